@@ -1,0 +1,179 @@
+"""The estimator interface and its name registry.
+
+An estimator is an online learning rule, written as a pair of functions over a plain state
+(as in optax):
+
+    state = est.init(cell, params, loss_kind, batch, seeds, hyper)
+    result = est.step(params, state, x, y)      # one time step of B streams
+    grad = est.flush(params, state)             # gradient of losses no step has covered yet
+
+``step`` runs the cell forward, the readout and the loss, updates the estimator's influence
+state (in place: buffers are preallocated and reused, and the same state object is what
+``step`` keeps working on) and returns ``StepResult(loss [B], output [B, o], grad)``. ``grad`` is
+a ``Params`` estimate of the gradient of this step's loss (shaped like ``params``: per stream,
+or the mean over streams for shared parameters), or ``None`` on steps that make no update
+(truncated BPTT between truncation points).
+
+Hyperparameters are a flat dict; ``resolve_hyper`` validates names and values against the
+estimator's ``defaults``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from algorithms.cell import Cell
+from algorithms.loss import LOSS_KINDS
+from algorithms.params import Params, check_params
+from algorithms.signs import stream_seeds
+
+
+class StepResult(NamedTuple):
+    loss: Tensor  # [B]
+    output: Tensor  # [B, o]
+    grad: Params | None
+
+
+@dataclass(frozen=True)
+class Estimator:
+    name: str
+    init: Callable[..., Any]
+    step: Callable[[Params, Any, Tensor, Tensor], StepResult]
+    defaults: Mapping[str, Any]
+    exact: bool  # equals BPTT for frozen parameters
+    unbiased: bool  # unbiased estimate of the BPTT gradient for frozen parameters
+    summary: str
+    cells: tuple[str, ...] | None = None  # None: every cell
+    flush: Callable[[Params, Any], Params | None] = field(default=lambda params, state: None)
+    # state -> (L [B, S, r], R [B, r, P]) with dh/dtheta ~ L R, for the Kalman filter
+    influence: Callable[[Any], tuple[Tensor, Tensor]] | None = None
+    # hyperparameter -> check returning an error message or None
+    checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
+
+
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register(estimator: Estimator) -> Estimator:
+    ESTIMATORS[estimator.name] = estimator
+    return estimator
+
+
+def _load_all() -> None:
+    from algorithms import (  # noqa: F401
+        bptt,
+        kf_rtrl,
+        nobacktrack,
+        rflo,
+        rtrl,
+        snap1,
+        tbptt,
+        uoro,
+    )
+
+
+def get_estimator(name: str) -> Estimator:
+    """The registered estimator called ``name``; ``ValueError`` listing the known ones."""
+    _load_all()
+    if name not in ESTIMATORS:
+        raise ValueError(
+            f"unknown estimator {name!r}; known estimators: {', '.join(sorted(ESTIMATORS))}"
+        )
+    return ESTIMATORS[name]
+
+
+def estimator_names() -> list[str]:
+    _load_all()
+    return sorted(ESTIMATORS)
+
+
+def resolve_hyper(estimator: Estimator, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults updated by ``overrides``; unknown names and bad values raise ``ValueError``."""
+    hyper = dict(estimator.defaults)
+    for key, value in (overrides or {}).items():
+        if key not in hyper:
+            known = ", ".join(sorted(hyper)) or "none"
+            raise ValueError(
+                f"estimator {estimator.name!r} has no hyperparameter {key!r} (known: {known})"
+            )
+        default = hyper[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{estimator.name}: {key} must be true or false, got {value!r}")
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{estimator.name}: {key} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{estimator.name}: {key} must be a number, got {value!r}")
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"{estimator.name}: {key} must be finite, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ValueError(f"{estimator.name}: {key} must be a string, got {value!r}")
+        hyper[key] = value
+    for key, check in estimator.checks.items():
+        problem = check(hyper[key])
+        if problem:
+            raise ValueError(f"{estimator.name}: {key}={hyper[key]!r}: {problem}")
+    return hyper
+
+
+def start(
+    name: str,
+    cell: Cell,
+    params: Params,
+    loss_kind: str,
+    batch: int,
+    *,
+    seed: int = 0,
+    seeds: Tensor | None = None,
+    **overrides: Any,
+) -> tuple[Estimator, Any]:
+    """Look up, validate and initialise an estimator for B streams: ``(estimator, state)``."""
+    estimator = get_estimator(name)
+    if estimator.cells is not None and cell.name not in estimator.cells:
+        raise ValueError(
+            f"estimator {name!r} supports the {', '.join(estimator.cells)} cell only, "
+            f"not {cell.name!r}"
+        )
+    if loss_kind not in LOSS_KINDS:
+        raise ValueError(f"unknown loss kind {loss_kind!r}; known: {', '.join(LOSS_KINDS)}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    check_params(cell, params, batch)
+    hyper = resolve_hyper(estimator, overrides)
+    if seeds is None:
+        seeds = stream_seeds(seed, batch, params.theta.device)
+    elif seeds.shape != (batch,):
+        raise ValueError(f"seeds must have shape [{batch}], got {tuple(seeds.shape)}")
+    state = estimator.init(cell, params, loss_kind, batch, seeds.to(params.theta.device), hyper)
+    return estimator, state
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def use_closed_form(cell: Cell, path: str, name: str) -> bool:
+    """Resolve the ``path`` hyperparameter: closed forms exist for the tanh cell only."""
+    if path == "closed-form" and cell.name != "tanh":
+        raise ValueError(f"{name}: path=closed-form exists for the tanh cell only, not {cell.name}")
+    return path == "closed-form" or (path == "auto" and cell.name == "tanh")
+
+
+def zeros_like_params(params: Params) -> Params:
+    """A zero gradient of the shape a step returns."""
+    return Params(torch.zeros_like(params.theta), torch.zeros_like(params.readout))

@@ -1,0 +1,43 @@
+"""The readout ``o = V h + c = R [h; 1]`` and its backward pass.
+
+``R = readout: [o, n + 1]`` shared, or ``[B, o, n + 1]`` per stream; ``hb = [h; 1]: [B, n + 1]``.
+Backward, for ``delta = dl/do [B, o]``: ``dl/dh = delta V [B, n]`` and
+``dl/dR = delta [h; 1]^T`` (per stream ``[B, o, n + 1]``, or the mean over streams ``[o, n + 1]``
+for a shared readout).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def output(readout: Tensor, hb: Tensor) -> Tensor:
+    """``o [B, o]``."""
+    if readout.dim() == 2:
+        return torch.mm(hb, readout.t())
+    return torch.bmm(readout, hb.unsqueeze(2)).squeeze(2)
+
+
+def backward(readout: Tensor, delta: Tensor, hb: Tensor) -> tuple[Tensor, Tensor]:
+    """``(dl/dh [B, n], dl/dR)`` — the latter per stream or averaged, like ``readout``."""
+    n = hb.shape[1] - 1
+    if readout.dim() == 2:
+        dh = torch.mm(delta, readout[:, :n])
+        grad = torch.mm(delta.t(), hb).div_(hb.shape[0])
+    else:
+        dh = torch.bmm(delta.unsqueeze(1), readout[:, :, :n]).squeeze(1)
+        grad = torch.bmm(delta.unsqueeze(2), hb.unsqueeze(1))
+    return dh, grad
+
+
+def reduce_streams(per_stream: Tensor, scale: Tensor, shared: bool) -> Tensor:
+    """``scale_b * per_stream_b``: per stream ``[B, ...]``, or its mean over streams if ``shared``.
+
+    ``per_stream [B, ...]``, ``scale [B]``; the shared case is one matrix-vector product.
+    """
+    batch = per_stream.shape[0]
+    if shared:
+        flat = per_stream.reshape(batch, -1)
+        return torch.mv(flat.t(), scale).div_(batch).view(per_stream.shape[1:])
+    return per_stream * scale.view((batch,) + (1,) * (per_stream.dim() - 1))

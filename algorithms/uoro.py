@@ -1,0 +1,162 @@
+"""UORO, unbiased online recurrent optimisation (Tallec & Ollivier, 2017).
+
+The influence ``G = ds/dtheta [S, P]`` of each stream is kept as a rank-one ``v w^T``
+(``v [B, S]``, ``w [B, P]``). With ``nu`` uniform in ``{+-1}^S``,
+
+    v' = rho0 J v + rho1 nu,        w' = w / rho0 + (nu^T dF/dtheta) / rho1,
+    rho0 = sqrt(||w|| / ||J v||),   rho1 = sqrt(||nu^T dF/dtheta|| / ||nu||),
+
+so that ``E[v' w'^T] = J v w^T + dF/dtheta`` (``J = dF/ds``): unbiased for frozen ``theta``.
+Both ratios are guarded, ``sqrt((a + eps) / (b + eps))``, which keeps them finite when an
+influence or a Jacobian product vanishes and leaves the estimate unbiased (any positive rho
+does). The gradient of the step's loss is ``(dl/ds . v) w`` plus the exact readout gradient.
+
+For the tanh RNN ``nu^T dF/dtheta = (nu * d) z^T`` (``z = [h; 1; x]``), so one step costs a few
+passes over ``w``: O(P). Other cells use ``torch.func`` (``jvp`` for ``J v``, ``vjp`` for
+``nu^T dF/dtheta``), which is also O(P).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from algorithms import readout as readout_
+from algorithms.cell import Cell
+from algorithms.estimator import (
+    Estimator,
+    StepResult,
+    one_of,
+    positive,
+    register,
+    use_closed_form,
+)
+from algorithms.forward_mode import param_vjp, state_jvp
+from algorithms.params import Params
+from algorithms.signs import SignStream
+from algorithms.trajectory import TanhTrajectory, Trajectory, matvec, unit_blocks
+
+
+@dataclass
+class RankOneState:
+    """Shared by UORO and NoBackTrack: ``G ~ v w^T`` per stream."""
+
+    traj: TanhTrajectory | Trajectory
+    v: Tensor  # [B, S]
+    w: Tensor  # [B, P] (closed form: a [B, n, n + 1 + m] view of the same storage)
+    signs: SignStream
+    eps: float
+    closed_form: bool
+    norms: Tensor  # [B, 4] scratch: ||w||, ||J v||, a, b
+
+
+def init_rank_one(
+    cell: Cell, params: Params, loss_kind: str, batch: int, seeds: Tensor, hyper: dict[str, Any],
+    name: str,
+) -> RankOneState:
+    dtype, device = params.theta.dtype, params.theta.device
+    closed = use_closed_form(cell, hyper["path"], name)
+    traj_type = TanhTrajectory if closed else Trajectory
+    traj = traj_type(cell, loss_kind, batch, dtype, device)
+    v = torch.zeros(batch, cell.state_size, dtype=dtype, device=device)
+    w = torch.zeros(batch, cell.num_params, dtype=dtype, device=device)
+    if closed:
+        w = w.view(batch, cell.hidden, cell.hidden + 1 + cell.inputs)
+    signs = SignStream(seeds, cell.state_size, dtype)
+    norms = torch.empty(batch, 4, dtype=dtype, device=device)
+    return RankOneState(traj, v, w, signs, hyper["eps"], closed, norms)
+
+
+def rank_one_gradient(
+    params: Params, state: RankOneState, ds: Tensor, g_readout: Tensor
+) -> Params:
+    """``(dl/ds . v) w`` and the exact readout gradient."""
+    scale = torch.bmm(ds.unsqueeze(1), state.v.unsqueeze(2)).view(-1)
+    g_theta = readout_.reduce_streams(state.w, scale, shared=not params.per_stream)
+    return Params(g_theta.reshape(params.theta.shape), g_readout)
+
+
+def rank_one_influence(state: RankOneState) -> tuple[Tensor, Tensor]:
+    """``(v [B, S, 1], w [B, 1, P])``: ``ds/dtheta ~ v w^T``."""
+    batch = state.v.shape[0]
+    return state.v.unsqueeze(2), state.w.reshape(batch, 1, -1)
+
+
+def rho(norms: Tensor, eps: float) -> Tensor:
+    """``sqrt((a + eps) / (b + eps))`` for columns ``(a, b) = (0, 1)`` and ``(2, 3)``: ``[B, 2]``."""
+    return norms[:, 0::2].add(eps).div_(norms[:, 1::2].add(eps)).sqrt_()
+
+
+def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    if state.closed_form:
+        return _step_tanh(params, state, x, y)
+    return _step_generic(params, state, x, y)
+
+
+def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    traj, v, w, norms = state.traj, state.v, state.w, state.norms
+    cell = traj.cell
+    n, leak = cell.hidden, cell.leak
+    blocks = unit_blocks(cell, params.theta)
+    nu = state.signs.next()
+    z, d = traj.advance(blocks, x)
+    jv = matvec(blocks[..., :n], v).mul_(d)
+    if leak != 1.0:
+        jv.add_(v, alpha=1.0 - leak)
+    torch.linalg.vector_norm(w, dim=(1, 2), out=norms[:, 0])
+    torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
+    torch.mul(
+        torch.linalg.vector_norm(d, dim=1), torch.linalg.vector_norm(z, dim=1), out=norms[:, 2]
+    )
+    norms[:, 3] = n**0.5
+    r = rho(norms, state.eps)
+    r0, r1 = r[:, 0:1], r[:, 1:2]
+    torch.addcmul(jv.mul_(r0), nu, r1, out=v)
+    w.div_(r0.unsqueeze(2))
+    w.baddbmm_(torch.mul(d, nu).div_(r1).unsqueeze(2), z.unsqueeze(1))
+    loss, out, dh, g_readout = traj.score(params, y)
+    return StepResult(loss, out, rank_one_gradient(params, state, dh, g_readout))
+
+
+def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    traj, v, w, norms = state.traj, state.v, state.w, state.norms
+    cell = traj.cell
+    nu = state.signs.next()
+    s_next, jv = state_jvp(cell, params.theta, traj.s, x, v)
+    nu_f = param_vjp(cell, params.theta, traj.s, x, nu)
+    torch.linalg.vector_norm(w, dim=1, out=norms[:, 0])
+    torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
+    torch.linalg.vector_norm(nu_f, dim=1, out=norms[:, 2])
+    norms[:, 3] = cell.state_size**0.5
+    r = rho(norms, state.eps)
+    r0, r1 = r[:, 0:1], r[:, 1:2]
+    torch.addcmul(jv.mul_(r0), nu, r1, out=v)
+    w.div_(r0).add_(nu_f.div_(r1))
+    traj.s = s_next
+    traj.t += 1
+    loss, out, ds, g_readout = traj.score(params, y)
+    return StepResult(loss, out, rank_one_gradient(params, state, ds, g_readout))
+
+
+def init(
+    cell: Cell, params: Params, loss_kind: str, batch: int, seeds: Tensor, hyper: dict[str, Any]
+) -> RankOneState:
+    return init_rank_one(cell, params, loss_kind, batch, seeds, hyper, "uoro")
+
+
+UORO = register(
+    Estimator(
+        name="uoro",
+        init=init,
+        step=step,
+        defaults={"eps": 1e-7, "path": "auto"},
+        checks={"eps": positive, "path": one_of("auto", "closed-form", "generic")},
+        exact=False,
+        unbiased=True,
+        summary="UORO: rank-one influence v w^T, one global rho pair; O(P)",
+        influence=rank_one_influence,
+    )
+)
