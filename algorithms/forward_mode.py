@@ -49,3 +49,12 @@ def jacobians(cell: Cell, theta: Tensor, s: Tensor, x: Tensor) -> tuple[Tensor, 
     return vmap(one, in_dims=(_theta_dim(theta), 0, 0))(theta, s, x)
 
 
+
+
+def param_jacobian(cell: Cell, theta: Tensor, s: Tensor, x: Tensor) -> Tensor:
+    """``dF/dtheta [B, S, P]`` (S reverse-mode products per stream)."""
+
+    def one(th: Tensor, s_: Tensor, x_: Tensor) -> Tensor:
+        return jacrev(lambda p: cell.fn(p, s_, x_))(th)
+
+    return vmap(one, in_dims=(_theta_dim(theta), 0, 0))(theta, s, x)

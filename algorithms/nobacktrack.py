@@ -1,1 +1,109 @@
-"""placeholder"""
+"""NoBackTrack (Ollivier, Tallec & Charpiat, 2015): the rank-one trick, term by term.
+
+The influence ``G = ds/dtheta`` of each stream is kept as ``v w^T``. The exact recursion
+``G' = J v w^T + sum_k e_k b_k^T`` (``J = dF/ds``, ``b_k = dF_k/dtheta``) is a sum of S + 1
+rank-one terms ``(v_0, w_0) = (J v, w)``, ``(v_k, w_k) = (e_k, b_k)``. With independent signs
+``eps_i`` and ``rho_i = sqrt(||w_i|| / ||v_i||)``:
+
+    v' = sum_i eps_i rho_i v_i,      w' = sum_i eps_i w_i / rho_i,
+
+so ``E[v' w'^T] = J v w^T + dF/dtheta``: unbiased for frozen ``theta``. Flipping every sign
+leaves ``v' w'^T`` unchanged, so ``eps_0 = +1`` without loss of generality and the S signs of
+the unit terms are drawn (``nu``). Each ratio is guarded as ``sqrt((a + eps) / (b + eps))``.
+UORO is the special case of one shared ``rho`` for all unit terms; choosing ``rho_k`` per unit
+balances the norms of each term and lowers the variance.
+
+Tanh RNN closed form: ``b_k = d_k z`` on unit k's row (``d = leak (1 - tanh^2) >= 0``,
+``z = [h; 1; x]``), so ``rho_k = sqrt((d_k ||z|| + eps) / (1 + eps))`` and
+
+    v' = rho_0 J v + nu * rho,       w' = w / rho_0 + (nu * d / rho) z^T,
+
+a few passes over ``w``: O(P). Other cells take ``dF/dtheta`` from ``torch.func`` (O(S P)).
+The gradient of the step's loss is ``(dl/ds . v) w`` plus the exact readout gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from algorithms.cell import Cell
+from algorithms.estimator import Estimator, StepResult, one_of, positive, register
+from algorithms.forward_mode import param_jacobian, state_jvp
+from algorithms.params import Params
+from algorithms.trajectory import matvec, unit_blocks
+from algorithms.uoro import (
+    RankOneState,
+    init_rank_one,
+    rank_one_gradient,
+    rank_one_influence,
+    rho,
+)
+
+
+def init(
+    cell: Cell, params: Params, loss_kind: str, batch: int, seeds: Tensor, hyper: dict[str, Any]
+) -> RankOneState:
+    return init_rank_one(cell, params, loss_kind, batch, seeds, hyper, "nobacktrack")
+
+
+def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    if state.closed_form:
+        return _step_tanh(params, state, x, y)
+    return _step_generic(params, state, x, y)
+
+
+def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    traj, v, w, norms, eps = state.traj, state.v, state.w, state.norms, state.eps
+    cell = traj.cell
+    n, leak = cell.hidden, cell.leak
+    blocks = unit_blocks(cell, params.theta)
+    nu = state.signs.next()
+    z, d = traj.advance(blocks, x)
+    jv = matvec(blocks[..., :n], v).mul_(d)
+    if leak != 1.0:
+        jv.add_(v, alpha=1.0 - leak)
+    torch.linalg.vector_norm(w, dim=(1, 2), out=norms[:, 0])
+    torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
+    r0 = rho(norms, eps)[:, 0:1]
+    rho_k = torch.mul(d, torch.linalg.vector_norm(z, dim=1, keepdim=True))
+    rho_k.add_(eps).div_(1.0 + eps).sqrt_()
+    torch.addcmul(jv.mul_(r0), nu, rho_k, out=v)
+    w.div_(r0.unsqueeze(2))
+    w.baddbmm_(torch.mul(d, nu).div_(rho_k).unsqueeze(2), z.unsqueeze(1))
+    loss, out, dh, g_readout = traj.score(params, y)
+    return StepResult(loss, out, rank_one_gradient(params, state, dh, g_readout))
+
+
+def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    traj, v, w, norms, eps = state.traj, state.v, state.w, state.norms, state.eps
+    nu = state.signs.next()
+    s_next, jv = state_jvp(traj.cell, params.theta, traj.s, x, v)
+    jac_theta = param_jacobian(traj.cell, params.theta, traj.s, x)
+    torch.linalg.vector_norm(w, dim=1, out=norms[:, 0])
+    torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
+    r0 = rho(norms, eps)[:, 0:1]
+    rho_k = torch.linalg.vector_norm(jac_theta, dim=2).add_(eps).div_(1.0 + eps).sqrt_()
+    torch.addcmul(jv.mul_(r0), nu, rho_k, out=v)
+    w.div_(r0).add_(torch.bmm((nu / rho_k).unsqueeze(1), jac_theta).squeeze(1))
+    traj.s = s_next
+    traj.t += 1
+    loss, out, ds, g_readout = traj.score(params, y)
+    return StepResult(loss, out, rank_one_gradient(params, state, ds, g_readout))
+
+
+NOBACKTRACK = register(
+    Estimator(
+        name="nobacktrack",
+        init=init,
+        step=step,
+        defaults={"eps": 1e-7, "path": "auto"},
+        checks={"eps": positive, "path": one_of("auto", "closed-form", "generic")},
+        exact=False,
+        unbiased=True,
+        summary="NoBackTrack: rank-one influence, one rho per unit term; O(P)",
+        influence=rank_one_influence,
+    )
+)
