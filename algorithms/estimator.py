@@ -177,3 +177,25 @@ def use_closed_form(cell: Cell, path: str, name: str) -> bool:
 def zeros_like_params(params: Params) -> Params:
     """A zero gradient of the shape a step returns."""
     return Params(torch.zeros_like(params.theta), torch.zeros_like(params.readout))
+
+
+def check_step(cell: Cell, params: Params, loss_kind: str, batch: int, x: Tensor, y: Tensor) -> None:
+    """Validate one step's inputs; ``ValueError`` naming the problem.
+
+    Not called by ``step`` itself (it would synchronise with the device every step): callers
+    check the first step and then every few hundred.
+    """
+    from algorithms.loss import check_targets
+
+    check_params(cell, params, batch)
+    if x.shape != (batch, cell.inputs):
+        raise ValueError(f"input x has shape {tuple(x.shape)}, expected [{batch}, {cell.inputs}]")
+    if x.dtype != params.theta.dtype or x.device != params.theta.device:
+        raise ValueError(
+            f"input x is {x.dtype} on {x.device}, the parameters are {params.theta.dtype} on "
+            f"{params.theta.device}"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("input x contains non-finite values")
+    outputs = params.readout.shape[-2]
+    check_targets(loss_kind, y, batch, outputs)

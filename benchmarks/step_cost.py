@@ -1,0 +1,198 @@
+"""Cost of one online step of each estimator, as ratios measured in one process.
+
+For the tanh RNN (float32, one CPU thread unless --threads), n in {32, 64, 128} and
+B in {1, 64}, each estimator's step (forward + influence update + gradient) is divided by
+
+- ``forward``: one plain forward step of the same batched RNN — cell, readout and loss, the
+  work of an online predictor that does not learn; and
+- ``pass``: one in-place pass ``S <- a S + u v^T`` over a tensor of the size of a rank-one
+  influence state ``[B, n, n + 1 + m]`` (the memory-traffic floor of UORO / NoBackTrack).
+
+All timings are interleaved (forward, pass, each estimator, repeated) and each ratio is the
+median over repeats, so that a noisy neighbour slows numerator and denominator alike.
+Run: ``python -m benchmarks.step_cost [--json] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from algorithms import readout as readout_
+from algorithms.cell import make_cell
+from algorithms.estimator import start
+from algorithms.params import init_params
+from algorithms.trajectory import TanhTrajectory, unit_blocks
+
+INPUTS, OUTPUTS = 2, 2
+HIDDEN = (32, 64, 128)
+BATCHES = (1, 64)
+CLOSED_FORM = ("uoro", "nobacktrack", "rtrl", "kf-rtrl", "snap1", "rflo", "tbptt")
+GENERIC = ("uoro", "nobacktrack", "rtrl")
+TRUNCATION = 16
+# Skip configurations whose step would take far longer than the rest (flop count per step).
+MAX_FLOPS = {"rtrl": 3e9, "kf-rtrl": 3e9}
+MAX_GENERIC_FLOPS = 3e8
+
+TARGETS = (
+    # (estimator, path, hidden, batch, against, bound)
+    ("uoro", "closed-form", 64, 1, "forward", 8.0),
+    ("nobacktrack", "closed-form", 64, 1, "forward", 8.0),
+    ("snap1", "closed-form", 64, 1, "forward", 6.0),
+    ("rflo", "closed-form", 64, 1, "forward", 6.0),
+    ("uoro", "closed-form", 128, 64, "pass", 5.0),
+    ("nobacktrack", "closed-form", 128, 64, "pass", 5.0),
+    ("tbptt", "closed-form", 128, 64, "forward", 4.0),
+)
+
+
+def _flops(name: str, n: int, batch: int, generic: bool) -> float:
+    p = n * (n + 1 + INPUTS)
+    if generic:
+        return batch * n * p * (n if name == "rtrl" else 1)
+    return batch * {"rtrl": n * n * p, "kf-rtrl": n**3}.get(name, p)
+
+
+def _timer(step: Callable[[], object], calls: int) -> float:
+    for _ in range(max(3, calls // 10)):
+        step()
+    start_time = time.perf_counter()
+    for _ in range(calls):
+        step()
+    return (time.perf_counter() - start_time) / calls
+
+
+def _setup(n: int, batch: int, seed: int = 0):
+    cell = make_cell("tanh", n, INPUTS)
+    gen = torch.Generator().manual_seed(seed)
+    params = init_params(cell, OUTPUTS, gen, torch.float32)
+    x = torch.randn(batch, INPUTS, generator=gen)
+    y = torch.randint(0, OUTPUTS, (batch,), generator=gen)
+    return cell, params, x, y
+
+
+def forward_step(n: int, batch: int) -> Callable[[], object]:
+    cell, params, x, y = _setup(n, batch)
+    traj = TanhTrajectory(cell, "ce", batch, torch.float32, "cpu")
+    blocks = unit_blocks(cell, params.theta)
+
+    def step() -> object:
+        traj.advance(blocks, x)
+        out = readout_.output(params.readout, traj.hb)
+        return torch.nn.functional.cross_entropy(out, y, reduction="none")
+
+    return step
+
+
+def pass_step(n: int, batch: int) -> Callable[[], object]:
+    s = torch.zeros(batch, n, n + 1 + INPUTS)
+    u = torch.randn(batch, n, 1)
+    v = torch.randn(batch, 1, n + 1 + INPUTS)
+    return lambda: s.baddbmm_(u, v, beta=0.999)
+
+
+def estimator_step(name: str, path: str, n: int, batch: int) -> Callable[[], object]:
+    cell, params, x, y = _setup(n, batch)
+    hyper: dict = {}
+    if name in GENERIC or name in ("snap1", "tbptt"):
+        hyper["path"] = path
+    if name == "tbptt":
+        hyper["truncation"] = TRUNCATION
+    est, state = start(name, cell, params, "ce", batch, **hyper)
+    return lambda: est.step(params, state, x, y)
+
+
+def measure(hidden, batches, repeats: int, calls: int, generic: bool, log) -> list[dict]:
+    rows = []
+    for n in hidden:
+        for batch in batches:
+            cases = [(name, "closed-form") for name in CLOSED_FORM]
+            if generic:
+                cases += [(name, "generic") for name in GENERIC]
+            cases = [
+                (name, path) for name, path in cases
+                if _flops(name, n, batch, path == "generic")
+                <= (MAX_GENERIC_FLOPS if path == "generic" else MAX_FLOPS.get(name, float("inf")))
+            ]
+            steps = {"forward": forward_step(n, batch), "pass": pass_step(n, batch)}
+            for name, path in cases:
+                steps[f"{name}/{path}"] = estimator_step(name, path, n, batch)
+            samples: dict[str, list[float]] = {key: [] for key in steps}
+            for _ in range(repeats):
+                for key, step in steps.items():
+                    heavy = key.endswith("generic") or key.startswith(("rtrl", "kf-rtrl"))
+                    samples[key].append(_timer(step, max(5, calls // 10) if heavy else calls))
+            fwd, floor = samples["forward"], samples["pass"]
+            for name, path in cases:
+                est = samples[f"{name}/{path}"]
+                rows.append({
+                    "estimator": name,
+                    "path": path,
+                    "hidden": n,
+                    "batch": batch,
+                    "ratio_to_forward": statistics.median(e / f for e, f in zip(est, fwd)),
+                    "ratio_to_pass": statistics.median(e / p for e, p in zip(est, floor)),
+                    "us_per_stream_step": statistics.median(est) / batch * 1e6,
+                    "forward_us": statistics.median(fwd) * 1e6,
+                    "pass_us": statistics.median(floor) * 1e6,
+                })
+            log(f"n={n} B={batch}: forward {statistics.median(fwd) * 1e6:.1f} us, "
+                f"pass {statistics.median(floor) * 1e6:.1f} us")
+    return rows
+
+
+def check_targets(rows: list[dict]) -> list[dict]:
+    verdicts = []
+    for name, path, n, batch, against, bound in TARGETS:
+        match = [r for r in rows if (r["estimator"], r["path"], r["hidden"], r["batch"])
+                 == (name, path, n, batch)]
+        if not match:
+            continue
+        ratio = match[0][f"ratio_to_{against}"]
+        verdicts.append({"estimator": name, "hidden": n, "batch": batch, "against": against,
+                         "ratio": ratio, "bound": bound, "met": ratio <= bound})
+    return verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print {'rows': [...]} as JSON")
+    parser.add_argument("--quick", action="store_true", help="few calls (a smoke run)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-generic", action="store_true", help="skip the torch.func path")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    calls = 20 if args.quick else 300
+    repeats = 1 if args.quick else args.repeats
+    hidden = (32,) if args.quick else HIDDEN
+    batches = (1, 4) if args.quick else BATCHES
+    rows = measure(hidden, batches, repeats, calls, not args.no_generic, log)
+    targets = check_targets(rows)
+    if args.json:
+        print(json.dumps({"rows": rows, "targets": targets}, indent=2))
+        return 0
+    print(f"\n{'estimator':<12} {'path':<12} {'n':>4} {'B':>3} {'x forward':>10} {'x pass':>8} "
+          f"{'us/stream-step':>15}")
+    for r in rows:
+        print(f"{r['estimator']:<12} {r['path']:<12} {r['hidden']:>4} {r['batch']:>3} "
+              f"{r['ratio_to_forward']:>10.2f} {r['ratio_to_pass']:>8.2f} "
+              f"{r['us_per_stream_step']:>15.2f}")
+    if targets:
+        print("\ntargets (pass = S <- a S + u v^T over [B, n, n+1+m]; forward = cell+readout+loss):")
+        for t in targets:
+            print(f"  {t['estimator']:<12} n={t['hidden']:<4} B={t['batch']:<3} "
+                  f"{t['ratio']:.2f}x {t['against']} (bound {t['bound']:.0f}x): "
+                  f"{'met' if t['met'] else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
