@@ -179,7 +179,9 @@ def zeros_like_params(params: Params) -> Params:
     return Params(torch.zeros_like(params.theta), torch.zeros_like(params.readout))
 
 
-def check_step(cell: Cell, params: Params, loss_kind: str, batch: int, x: Tensor, y: Tensor) -> None:
+def check_step(
+    cell: Cell, params: Params, loss_kind: str, batch: int, x: Tensor, y: Tensor
+) -> None:
     """Validate one step's inputs; ``ValueError`` naming the problem.
 
     Not called by ``step`` itself (it would synchronise with the device every step): callers

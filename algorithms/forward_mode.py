@@ -8,7 +8,6 @@ For ``s' = F(theta, s, x)``: ``J v`` with ``J = dF/ds`` (one forward-mode produc
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
@@ -47,8 +46,6 @@ def jacobians(cell: Cell, theta: Tensor, s: Tensor, x: Tensor) -> tuple[Tensor, 
         return cell.fn(th, s_, x_), j_s, j_theta
 
     return vmap(one, in_dims=(_theta_dim(theta), 0, 0))(theta, s, x)
-
-
 
 
 def param_jacobian(cell: Cell, theta: Tensor, s: Tensor, x: Tensor) -> Tensor:

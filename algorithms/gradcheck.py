@@ -130,8 +130,9 @@ def gradcheck(
         else:
             passed, judged = True, False
         results[name] = asdict(
-            CheckResult(rel_error, std_error, rel_variance, cosine, exact, unbiased, judged,
-                        passed, k, note)
+            CheckResult(
+                rel_error, std_error, rel_variance, cosine, exact, unbiased, judged, passed, k, note
+            )
         )
     return {
         "cell": cell_name,

@@ -50,7 +50,9 @@ def check_targets(kind: str, y: Tensor, batch: int, outputs: int) -> None:
             raise ValueError(f"ce targets must lie in [0, {outputs}), got {y.tolist()}")
     elif kind == "mse":
         if y.shape != (batch, outputs):
-            raise ValueError(f"mse targets must have shape [{batch}, {outputs}], got {tuple(y.shape)}")
+            raise ValueError(
+                f"mse targets must have shape [{batch}, {outputs}], got {tuple(y.shape)}"
+            )
         if not bool(torch.isfinite(y).all()):
             raise ValueError("mse targets contain non-finite values")
     else:

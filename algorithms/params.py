@@ -29,9 +29,7 @@ class Params(NamedTuple):
         """Per-stream views of shared parameters (no copy)."""
         if self.per_stream:
             return self
-        return Params(
-            self.theta.expand(batch, -1), self.readout.expand(batch, *self.readout.shape)
-        )
+        return Params(self.theta.expand(batch, -1), self.readout.expand(batch, *self.readout.shape))
 
     def flat(self) -> Tensor:
         """``[..., P + o (n + 1)]``: theta then the readout, row-major."""
@@ -64,8 +62,10 @@ def check_params(cell: Cell, params: Params, batch: int) -> None:
             f"theta has shape {tuple(theta.shape)}, expected [{cell.num_params}] or "
             f"[{batch}, {cell.num_params}] for the {cell.name} cell"
         )
-    if readout.dim() != len(lead) + 2 or tuple(readout.shape[:len(lead)]) != lead or (
-        readout.shape[-1] != cell.hidden + 1
+    if (
+        readout.dim() != len(lead) + 2
+        or tuple(readout.shape[: len(lead)]) != lead
+        or (readout.shape[-1] != cell.hidden + 1)
     ):
         raise ValueError(
             f"readout has shape {tuple(readout.shape)}, expected [o, {cell.hidden + 1}]"

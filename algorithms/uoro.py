@@ -54,7 +54,12 @@ class RankOneState:
 
 
 def init_rank_one(
-    cell: Cell, params: Params, loss_kind: str, batch: int, seeds: Tensor, hyper: dict[str, Any],
+    cell: Cell,
+    params: Params,
+    loss_kind: str,
+    batch: int,
+    seeds: Tensor,
+    hyper: dict[str, Any],
     name: str,
 ) -> RankOneState:
     dtype, device = params.theta.dtype, params.theta.device
@@ -70,9 +75,7 @@ def init_rank_one(
     return RankOneState(traj, v, w, signs, hyper["eps"], closed, norms)
 
 
-def rank_one_gradient(
-    params: Params, state: RankOneState, ds: Tensor, g_readout: Tensor
-) -> Params:
+def rank_one_gradient(params: Params, state: RankOneState, ds: Tensor, g_readout: Tensor) -> Params:
     """``(dl/ds . v) w`` and the exact readout gradient."""
     scale = torch.bmm(ds.unsqueeze(1), state.v.unsqueeze(2)).view(-1)
     g_theta = readout_.reduce_streams(state.w, scale, shared=not params.per_stream)

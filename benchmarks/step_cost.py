@@ -116,7 +116,8 @@ def measure(hidden, batches, repeats: int, calls: int, generic: bool, log) -> li
             if generic:
                 cases += [(name, "generic") for name in GENERIC]
             cases = [
-                (name, path) for name, path in cases
+                (name, path)
+                for name, path in cases
                 if _flops(name, n, batch, path == "generic")
                 <= (MAX_GENERIC_FLOPS if path == "generic" else MAX_FLOPS.get(name, float("inf")))
             ]
@@ -131,32 +132,52 @@ def measure(hidden, batches, repeats: int, calls: int, generic: bool, log) -> li
             fwd, floor = samples["forward"], samples["pass"]
             for name, path in cases:
                 est = samples[f"{name}/{path}"]
-                rows.append({
-                    "estimator": name,
-                    "path": path,
-                    "hidden": n,
-                    "batch": batch,
-                    "ratio_to_forward": statistics.median(e / f for e, f in zip(est, fwd)),
-                    "ratio_to_pass": statistics.median(e / p for e, p in zip(est, floor)),
-                    "us_per_stream_step": statistics.median(est) / batch * 1e6,
-                    "forward_us": statistics.median(fwd) * 1e6,
-                    "pass_us": statistics.median(floor) * 1e6,
-                })
-            log(f"n={n} B={batch}: forward {statistics.median(fwd) * 1e6:.1f} us, "
-                f"pass {statistics.median(floor) * 1e6:.1f} us")
+                rows.append(
+                    {
+                        "estimator": name,
+                        "path": path,
+                        "hidden": n,
+                        "batch": batch,
+                        "ratio_to_forward": statistics.median(
+                            e / f for e, f in zip(est, fwd, strict=True)
+                        ),
+                        "ratio_to_pass": statistics.median(
+                            e / p for e, p in zip(est, floor, strict=True)
+                        ),
+                        "us_per_stream_step": statistics.median(est) / batch * 1e6,
+                        "forward_us": statistics.median(fwd) * 1e6,
+                        "pass_us": statistics.median(floor) * 1e6,
+                    }
+                )
+            log(
+                f"n={n} B={batch}: forward {statistics.median(fwd) * 1e6:.1f} us, "
+                f"pass {statistics.median(floor) * 1e6:.1f} us"
+            )
     return rows
 
 
 def check_targets(rows: list[dict]) -> list[dict]:
     verdicts = []
     for name, path, n, batch, against, bound in TARGETS:
-        match = [r for r in rows if (r["estimator"], r["path"], r["hidden"], r["batch"])
-                 == (name, path, n, batch)]
+        match = [
+            r
+            for r in rows
+            if (r["estimator"], r["path"], r["hidden"], r["batch"]) == (name, path, n, batch)
+        ]
         if not match:
             continue
         ratio = match[0][f"ratio_to_{against}"]
-        verdicts.append({"estimator": name, "hidden": n, "batch": batch, "against": against,
-                         "ratio": ratio, "bound": bound, "met": ratio <= bound})
+        verdicts.append(
+            {
+                "estimator": name,
+                "hidden": n,
+                "batch": batch,
+                "against": against,
+                "ratio": ratio,
+                "bound": bound,
+                "met": ratio <= bound,
+            }
+        )
     return verdicts
 
 
@@ -179,18 +200,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"rows": rows, "targets": targets}, indent=2))
         return 0
-    print(f"\n{'estimator':<12} {'path':<12} {'n':>4} {'B':>3} {'x forward':>10} {'x pass':>8} "
-          f"{'us/stream-step':>15}")
+    print(
+        f"\n{'estimator':<12} {'path':<12} {'n':>4} {'B':>3} {'x forward':>10} {'x pass':>8} "
+        f"{'us/stream-step':>15}"
+    )
     for r in rows:
-        print(f"{r['estimator']:<12} {r['path']:<12} {r['hidden']:>4} {r['batch']:>3} "
-              f"{r['ratio_to_forward']:>10.2f} {r['ratio_to_pass']:>8.2f} "
-              f"{r['us_per_stream_step']:>15.2f}")
+        print(
+            f"{r['estimator']:<12} {r['path']:<12} {r['hidden']:>4} {r['batch']:>3} "
+            f"{r['ratio_to_forward']:>10.2f} {r['ratio_to_pass']:>8.2f} "
+            f"{r['us_per_stream_step']:>15.2f}"
+        )
     if targets:
-        print("\ntargets (pass = S <- a S + u v^T over [B, n, n+1+m]; forward = cell+readout+loss):")
+        print(
+            "\ntargets (pass = S <- a S + u v^T over [B, n, n+1+m]; forward = cell+readout+loss):"
+        )
         for t in targets:
-            print(f"  {t['estimator']:<12} n={t['hidden']:<4} B={t['batch']:<3} "
-                  f"{t['ratio']:.2f}x {t['against']} (bound {t['bound']:.0f}x): "
-                  f"{'met' if t['met'] else 'MISSED'}")
+            print(
+                f"  {t['estimator']:<12} n={t['hidden']:<4} B={t['batch']:<3} "
+                f"{t['ratio']:.2f}x {t['against']} (bound {t['bound']:.0f}x): "
+                f"{'met' if t['met'] else 'MISSED'}"
+            )
     return 0
 
 

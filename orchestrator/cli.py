@@ -64,16 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--hidden", type=_positive_int, default=16, help="units (default 16)")
     check.add_argument("--steps", type=_positive_int, default=30, help="stream length T (30)")
     check.add_argument(
-        "--samples", type=_positive_int, default=4096,
+        "--samples",
+        type=_positive_int,
+        default=4096,
         help="independent noise draws K for stochastic estimators (4096)",
     )
     check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     check.add_argument(
-        "--estimators", type=_estimator_list, default=None,
+        "--estimators",
+        type=_estimator_list,
+        default=None,
         help="comma-separated names (default: all but bptt, the reference)",
     )
     check.add_argument(
-        "--truncation", type=_positive_int, default=None,
+        "--truncation",
+        type=_positive_int,
+        default=None,
         help="tbptt truncation (default: the stream length, which makes it exact)",
     )
     check.add_argument("--seed", type=int, default=0)
@@ -104,8 +110,16 @@ def gradcheck_command(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     progress = None if args.json else (lambda line: print(f"  .. {line}", file=sys.stderr))
     report = gradcheck(
-        args.cell, args.hidden, args.steps, args.samples, dtype, args.estimators, args.seed,
-        device, args.truncation, progress,
+        args.cell,
+        args.hidden,
+        args.steps,
+        args.samples,
+        dtype,
+        args.estimators,
+        args.seed,
+        device,
+        args.truncation,
+        progress,
     )
     if args.json:
         print(json.dumps(report, indent=2))

@@ -130,8 +130,14 @@ def test_bad_names_and_shapes_are_named():
     with pytest.raises(ValueError, match="eps"):
         start("uoro", cell, params, "ce", 2, eps=-1.0)
     with pytest.raises(ValueError, match="path=closed-form exists for the tanh cell only"):
-        start("uoro", make_cell("gru", 4, 3), init_params(make_cell("gru", 4, 3), 2), "ce", 1,
-              path="closed-form")
+        start(
+            "uoro",
+            make_cell("gru", 4, 3),
+            init_params(make_cell("gru", 4, 3), 2),
+            "ce",
+            1,
+            path="closed-form",
+        )
     with pytest.raises(ValueError, match="theta has shape"):
         start("uoro", cell, Params(params.theta[:-1], params.readout), "ce", 2)
     with pytest.raises(ValueError, match="readout has shape"):
