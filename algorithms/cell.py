@@ -67,7 +67,8 @@ class Cell:
             )
         if s.dim() != 2 or s.shape[1] != self.state_size:
             raise ValueError(
-                f"{self.name} cell: state has shape {tuple(s.shape)}, expected [B, {self.state_size}]"
+                f"{self.name} cell: state has shape {tuple(s.shape)}, "
+                f"expected [B, {self.state_size}]"
             )
         if x.dim() != 2 or x.shape != (s.shape[0], self.inputs):
             raise ValueError(

@@ -45,7 +45,9 @@ def init_params(
     device: torch.device | str = "cpu",
     scale: float = 1.0,
 ) -> Params:
-    """Random shared parameters: the cell's ``init_params``, readout ``V ~ N(0, 1/n)``, ``c = 0``."""
+    """Random shared parameters: the cell's ``init_params``; readout ``V ~ N(0, 1/n)``, ``c = 0``.
+
+    ``scale`` multiplies the recurrent weights' standard deviation."""
     theta = cell.init_params(generator, dtype, device, scale)
     readout = torch.randn(outputs, cell.hidden + 1, generator=generator, dtype=torch.float64)
     readout /= cell.hidden**0.5

@@ -35,7 +35,7 @@ def mix(x: Tensor) -> Tensor:
 
 
 def signs(seeds: Tensor, start: int, steps: int, width: int, dtype: torch.dtype) -> Tensor:
-    """``[steps, B, width]`` of +-1 for steps ``start .. start + steps - 1``; ``seeds [B]`` int64."""
+    """``[steps, B, width]`` of +-1 for steps ``start ..`` onwards; ``seeds [B]`` int64."""
     device = seeds.device
     t = torch.arange(start, start + steps, dtype=torch.int64, device=device)
     i = torch.arange(width, dtype=torch.int64, device=device)

@@ -89,7 +89,7 @@ def rank_one_influence(state: RankOneState) -> tuple[Tensor, Tensor]:
 
 
 def rho(norms: Tensor, eps: float) -> Tensor:
-    """``sqrt((a + eps) / (b + eps))`` for columns ``(a, b) = (0, 1)`` and ``(2, 3)``: ``[B, 2]``."""
+    """``sqrt((a + eps) / (b + eps))`` for columns (a, b) = (0, 1) and (2, 3): ``[B, 2]``."""
     return norms[:, 0::2].add(eps).div_(norms[:, 1::2].add(eps)).sqrt_()
 
 
