@@ -44,6 +44,14 @@ class Trajectory:
     def h(self) -> Tensor:
         return self.s[:, self.cell.out_slice]
 
+    @property
+    def state(self) -> Tensor:
+        """The cell state ``s_t [B, S]``."""
+        return self.s
+
+    def set_state(self, s: Tensor) -> None:
+        self.s = s.to(dtype=self.s.dtype, device=self.s.device).expand_as(self.s).clone()
+
     def score(self, params: Params, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(loss [B], output [B, o], dl/ds [B, S], dl/dreadout)`` at the current state."""
         hb = torch.cat([self.h, torch.ones_like(self.s[:, :1])], dim=1)
@@ -102,6 +110,11 @@ class TanhTrajectory:
         loss, delta = loss_and_delta(self.loss_kind, out, y)
         dh, g_readout = readout_.backward(params.readout, delta, hb)
         return loss, out, dh, g_readout
+
+    @property
+    def state(self) -> Tensor:
+        """The cell state ``s_t = h_t [B, n]`` (a view of the current buffer)."""
+        return self.h
 
     def set_state(self, h: Tensor) -> None:
         self.h.copy_(h)
