@@ -475,8 +475,8 @@ class Learner:
         self._checked = False
 
 
-def save_checkpoint(learner: Learner, path: str) -> None:
-    """Write the learner's snapshot atomically (temporary file, then rename)."""
+def save_checkpoint(learner: Learner, path: str, extra: dict[str, Any] | None = None) -> None:
+    """Write the learner's snapshot (and ``extra``, e.g. a tracking run id) atomically."""
     import os
     import tempfile
 
@@ -485,7 +485,7 @@ def save_checkpoint(learner: Learner, path: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(learner.snapshot(), handle)
+            torch.save({**learner.snapshot(), "extra": dict(extra or {})}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -495,16 +495,22 @@ def save_checkpoint(learner: Learner, path: str) -> None:
         raise
 
 
-def load_checkpoint(path: str, spec: LearnerSpec | None = None) -> Learner:
-    """Rebuild a learner from a checkpoint file; a corrupt or mismatched file is refused."""
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """The raw snapshot in a checkpoint file; a missing, corrupt or foreign file is refused."""
     try:
         snap = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
         raise ValueError(f"checkpoint {path!r} does not exist") from None
     except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
         raise ValueError(f"checkpoint {path!r} is corrupt or not a checkpoint: {error}") from None
-    if not isinstance(snap, dict) or "spec" not in snap:
+    if not isinstance(snap, dict) or "spec" not in snap or "version" not in snap:
         raise ValueError(f"checkpoint {path!r} is not an rnnsweep learner checkpoint")
+    return snap
+
+
+def load_checkpoint(path: str, spec: LearnerSpec | None = None) -> Learner:
+    """Rebuild a learner from a checkpoint file; a corrupt or mismatched file is refused."""
+    snap = read_checkpoint(path)
     saved = LearnerSpec(**snap["spec"])
     if spec is not None and asdict(spec) != asdict(saved):
         raise ValueError(

@@ -1,0 +1,185 @@
+"""``rnnsweep run``: train one online learner end to end, with MLflow tracking and checkpoints.
+
+Everything is validated before any work starts (unknown ``--set`` keys and bad values exit 2).
+Checkpoints are written atomically every ``--checkpoint-every`` steps, at the end, and on
+Ctrl-C; ``--resume PATH`` continues a checkpointed run bit-for-bit, in the same MLflow run,
+with no metric step written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import yaml
+
+from algorithms.learner import (
+    Learner,
+    LearnerSpec,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from orchestrator.progress import ProgressLine
+from orchestrator.state_dir import resolve as resolve_state_dir
+
+EXPERIMENT = "rnnsweep-runs"
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """``["lr=0.01", "truncation=8"]`` -> ``{"lr": 0.01, "truncation": 8}`` (YAML scalars)."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, dict | list):
+            raise ValueError(f"--set {key}: expected a single value, got {text!r}")
+        settings[key.strip()] = value
+    return settings
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def build_learner(args) -> tuple[Learner, dict[str, Any]]:
+    """A new learner from the arguments, or the one in ``--resume`` (plus its saved extras)."""
+    if args.resume:
+        snap = read_checkpoint(args.resume)
+        saved = snap["spec"]
+        for flag, key in (("task", "task"), ("estimator", "estimator"), ("cell", "cell")):
+            given = getattr(args, flag)
+            if given is not None and given != saved[key]:
+                raise ValueError(
+                    f"--{flag} {given} contradicts the checkpoint {args.resume!r} "
+                    f"({key} = {saved[key]})"
+                )
+        return load_checkpoint(args.resume), dict(snap.get("extra") or {})
+    if not args.task or not args.estimator:
+        raise ValueError("--task and --estimator are required (or --resume a checkpoint)")
+    settings = parse_sets(args.set or [])
+    if args.probe_every is not None:
+        settings["probe_every"] = args.probe_every
+    spec = LearnerSpec(
+        task=args.task,
+        estimator=args.estimator,
+        cell=args.cell or "tanh",
+        hidden=args.hidden,
+        seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+        settings=settings,
+    )
+    return Learner(spec), {}
+
+
+def run_command(args) -> int:
+    from orchestrator.cli import resolve_device
+
+    args.device = resolve_device(args.device)
+    learner, extra = build_learner(args)
+    steps = args.steps if not args.resume else (args.steps or learner.counters["planned"])
+    if learner.counters["planned"] and steps != learner.counters["planned"]:
+        raise ValueError(
+            f"the checkpoint was planned for {learner.counters['planned']} steps, not {steps}"
+        )
+    tracker = None
+    last_logged = -1
+    if not args.no_mlflow:
+        from orchestrator.tracking import Tracker, default_tracking_uri
+
+        state_dir = resolve_state_dir(args.state_dir)
+        uri = args.tracking_uri or default_tracking_uri(state_dir)
+        spec = learner.spec
+        tracker = Tracker(
+            uri,
+            EXPERIMENT,
+            run_name=f"{spec.task}-{spec.estimator}-s{spec.seed}",
+            run_id=extra.get("mlflow_run_id"),
+            tags={"task": spec.task, "estimator": spec.estimator, "cell": spec.cell},
+        )
+        last_logged = tracker.resume_step()
+        tracker.log_params(
+            {"task": spec.task, "estimator": spec.estimator, "cell": spec.cell,
+             "hidden": learner.cell.hidden, "seed": spec.seed, "dtype": spec.dtype,
+             "steps": steps, **learner.config, **spec.settings}
+        )
+        extra["mlflow_run_id"] = tracker.run_id
+        print(f"MLflow run {tracker.run_id} at {uri}", file=sys.stderr)
+
+    checkpoint_every = args.checkpoint_every
+    progress = ProgressLine(steps, f"{learner.spec.estimator} on {learner.spec.task} ")
+    next_checkpoint = [learner.counters["t"] + checkpoint_every]
+    interrupted = [False]
+
+    def on_report(report: dict[str, Any]) -> None:
+        fields = {"loss": report["loss"], "steps/s": float(int(report["steps_per_sec"]))}
+        if "bpc" in report:
+            fields["bpc"] = report["bpc"]
+        progress.update(report["step"], **fields)
+        if tracker is not None and report["step"] > last_logged:
+            tracker.log_metrics(report["step"], report)
+        if args.checkpoint and report["step"] >= next_checkpoint[0]:
+            if tracker is not None:
+                tracker.flush()
+            save_checkpoint(learner, args.checkpoint, extra)
+            next_checkpoint[0] = report["step"] + checkpoint_every
+
+    def stop_requested() -> bool:
+        return interrupted[0]
+
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame) -> None:  # finish the current report chunk, then stop
+        if interrupted[0]:
+            signal.signal(signal.SIGINT, previous)
+        interrupted[0] = True
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        summary = learner.run(steps, on_report, stop_requested)
+    except BaseException:
+        if tracker is not None:
+            tracker.close("FAILED")
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress.close()
+    if args.checkpoint:
+        if tracker is not None:
+            tracker.flush()
+        save_checkpoint(learner, args.checkpoint, extra)
+    summary.update({"task": learner.spec.task, "estimator": learner.spec.estimator,
+                    "cell": learner.spec.cell, "hidden": learner.cell.hidden,
+                    "seed": learner.spec.seed, "interrupted": interrupted[0]})
+    if tracker is not None:
+        summary["mlflow_run_id"] = tracker.run_id
+        tracker.log_metrics(summary["steps"], {
+            f"final_{k}" if not k.startswith("final") else k: v
+            for k, v in summary.items() if k in ("final_loss", "final_bpc", "steps_per_sec")
+        })
+        tracker.set_tags({"diverged": summary["diverged"], "reason": summary["reason"]})
+        status = "KILLED" if interrupted[0] else "FAILED" if summary["diverged"] else "FINISHED"
+        tracker.close(status)
+    if args.summary_json:
+        write_json_atomic(args.summary_json, summary)
+    state = "diverged: " + summary["reason"] if summary["diverged"] else (
+        "interrupted" if interrupted[0] else "done")
+    print(f"{state}; final_loss {summary['final_loss']:.4f} {learner.task.unit if not learner.task.bits_per_char else 'nats'}"
+          f" over the last 10% of {steps} steps; {summary['steps_per_sec']:.0f} stream-steps/s",
+          file=sys.stderr)
+    return 130 if interrupted[0] else 0

@@ -1,0 +1,182 @@
+"""MLflow tracking that never blocks a learner.
+
+``Tracker`` wraps one MLflow run. Metrics are queued by ``log_metrics`` (a dict of values at
+one step) and written by a background thread in batches (``MlflowClient.log_batch``, at most
+1000 values per call), so a learner only pays for appending to a queue. ``close(status)``
+drains the queue and terminates the run. A run can be resumed by id: metrics then continue at
+the steps that follow, never duplicating one already written (``resume_step``).
+
+The default store is SQLite in the state directory (MLflow 3 refuses its old file store);
+``MLFLOW_TRACKING_URI`` overrides it, ``--tracking-uri`` overrides both.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+BATCH = 1000
+
+
+def default_tracking_uri(state_dir: str) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    os.makedirs(state_dir, exist_ok=True)
+    return f"sqlite:///{os.path.abspath(os.path.join(state_dir, 'mlflow.db'))}"
+
+
+def client(uri: str):
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    # MLflow's SQLite store logs its schema migrations at INFO on first use; keep stderr clean.
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client, name: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            mlflow_client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name)
+    except Exception:  # noqa: BLE001 - created concurrently by another process
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_params(value, f"{name}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+class Tracker:
+    """One MLflow run, written from a background thread."""
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import RunTag
+
+        self.uri = uri
+        self.client = client(uri)
+        if run_id is None:
+            all_tags = dict(tags or {})
+            if parent_run_id:
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            run = self.client.create_run(
+                experiment_id(self.client, experiment), tags=all_tags, run_name=run_name
+            )
+            self.run_id = run.info.run_id
+            self.experiment_id = run.info.experiment_id
+        else:
+            run = self.client.get_run(run_id)
+            self.run_id = run_id
+            self.experiment_id = run.info.experiment_id
+            self.client.update_run(run_id, status="RUNNING")
+            if tags:
+                self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._queue: queue.Queue = queue.Queue()
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._writer, name="mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def resume_step(self, key: str = "loss") -> int:
+        """The last step already written for ``key`` (-1 if none)."""
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=-1)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flat_params(params).items()]
+        existing = self.client.get_run(self.run_id).data.params
+        items = [p for p in items if p.key not in existing]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, step: int, values: Mapping[str, Any]) -> None:
+        """Queue numeric values at ``step`` (non-numeric and non-finite ones are skipped)."""
+        stamp = int(time.time() * 1000)
+        clean = {
+            k: float(v)
+            for k, v in values.items()
+            if isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and v == v
+            and abs(v) != float("inf")
+        }
+        self._queue.put((step, stamp, clean))
+
+    def _writer(self) -> None:
+        from mlflow.entities import Metric
+
+        while True:
+            item = self._queue.get()
+            pending = []
+            stop = item is None
+            if not stop:
+                pending.append(item)
+            while not stop:
+                try:
+                    nxt = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                else:
+                    pending.append(nxt)
+            metrics = [
+                Metric(key, value, stamp, step)
+                for step, stamp, values in pending
+                for key, value in values.items()
+            ]
+            for i in range(0, len(metrics), BATCH):
+                try:
+                    self.client.log_batch(self.run_id, metrics=metrics[i : i + BATCH])
+                except Exception as error:  # noqa: BLE001 - reported at close
+                    self._error = error
+            if stop:
+                return
+
+    def flush(self) -> None:
+        """Block until everything queued so far is written."""
+        self._queue.put(None)
+        self._thread.join()
+        self._thread = threading.Thread(target=self._writer, name="mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self.client.set_terminated(self.run_id, status=status)
+        if self._error is not None:
+            raise RuntimeError(f"MLflow logging failed: {self._error}")
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
