@@ -43,7 +43,7 @@ LEARNER_DEFAULTS: dict[str, Any] = {
     "optimizer": None,  # sgd | adam | kalman (default adam; kalman for *-kalman rules)
     "lr": None,  # default: LR[optimizer]
     "lr_decay": 0.0,  # alpha in lr / (1 + alpha sqrt(t))
-    "clip": 1.0,  # global gradient-norm clip, 0 = off
+    "clip": 0.0,  # global gradient-norm clip, 0 = off (Adam bounds its steps already)
     "update_every": 1,
     "batch": 1,  # independent streams sharing one model
     "init_scale": 1.0,  # recurrent weight scale at initialisation
@@ -60,7 +60,15 @@ LEARNER_DEFAULTS: dict[str, Any] = {
     "probe_samples": 64,
     "probe_horizon": 100,
 }
-LR = {"sgd": 0.03, "adam": 3e-3, "kalman": 1.0}
+PROBE_METRICS = ("bias", "variance", "cosine", "staleness")
+# Default learning rates, by optimizer, then estimator (tuned on ``add``, see
+# benchmarks/learning.py): per-step updates of a single stream are noisy, so Adam's rate is
+# small; truncated BPTT updates once per truncation and takes a larger one.
+LR: dict[str, dict[str, float]] = {
+    "sgd": {"default": 1e-3},
+    "adam": {"default": 1e-4, "rtrl": 3e-4, "tbptt": 1e-3},
+    "kalman": {"default": 1.0},  # unused: the filter sets its own step
+}
 CHOICES = {
     "optimizer": ("sgd", "adam", "kalman"),
     "covariance": ("full", "block", "diagonal"),
@@ -168,7 +176,8 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
         )
     if opt == "kalman" and estimator.influence is None:
         raise ValueError(f"optimizer kalman needs an estimator with an influence, not {name!r}")
-    learner["lr"] = LR[opt] if learner["lr"] is None else learner["lr"]
+    if learner["lr"] is None:
+        learner["lr"] = LR[opt].get(name, LR[opt]["default"])
     for key in POSITIVE_INT:
         if learner[key] < 1:
             raise ValueError(f"setting {key!r} must be >= 1, got {learner[key]}")
@@ -315,7 +324,8 @@ class Learner:
             s_prev = self.est_state.traj.state[0].clone()
             report = self.probe.observe(self.params, s_prev, x[0], y[0], c["t"])
             if report:
-                self.last_probe = report
+                self.last_probe = {k: report[k] for k in PROBE_METRICS}
+                self.last_probe["probe_step"] = report["step"]
         if self.filter is not None:
             cfg = self.config
             obs = cfg["obs_noise"] if cfg["obs_noise"] >= 0 else None

@@ -24,6 +24,22 @@ exit status: 0 when every judged claim holds, 1 otherwise, 2 on bad arguments.
 """
 
 
+RUN_EXAMPLES = """\
+examples:
+  rnnsweep run --task add --estimator uoro --steps 100000
+  rnnsweep run --task add --estimator tbptt --set truncation=10 lr=0.01 --summary-json out.json
+  rnnsweep run --task influence-balancing --estimator rtrl --steps 20000 --no-mlflow
+  rnnsweep run --task add --estimator nobacktrack-kalman --set process_noise=1e-4
+  rnnsweep run --task add --estimator uoro --probe-every 5000 --checkpoint ck.pt
+  rnnsweep run --resume ck.pt                     # continue bit-for-bit, same MLflow run
+
+--set takes learner keys (optimizer, lr, lr_decay, clip, update_every, batch, init_scale,
+log_every, beta1, beta2, adam_eps, process_noise, obs_noise, p0, covariance, probe_every,
+probe_window, probe_samples, probe_horizon), the estimator's hyperparameters (e.g. eps,
+truncation, stride, path) and the task's settings (e.g. t1, t2). Unknown keys exit 2.
+"""
+
+
 def _estimator_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -86,7 +102,41 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(handler=gradcheck_command)
+
+    run = sub.add_parser(
+        "run",
+        help="train one online learner end to end (progress, MLflow, checkpoints)",
+        description="Train one online learner on a task stream and record it in MLflow.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--task", help="add, influence-balancing, copy, brackets, anbn, mimic, text")
+    run.add_argument("--estimator", help="e.g. uoro, nobacktrack, nobacktrack-kalman, rtrl, tbptt")
+    run.add_argument("--cell", choices=["tanh", "gru", "lstm"], default=None)
+    run.add_argument("--hidden", type=_positive_int, default=32)
+    run.add_argument("--steps", type=_positive_int, default=None, help="default 100000")
+    run.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend", default=[])
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    run.add_argument("--probe-every", type=int, default=None, help="probe every K steps")
+    run.add_argument("--summary-json", metavar="PATH")
+    run.add_argument("--no-mlflow", action="store_true", help="do not record in MLflow")
+    run.add_argument("--tracking-uri", help="MLflow URI (default: SQLite in the state dir)")
+    run.add_argument("--state-dir", help="default $RNNSWEEP_STATE_DIR or ./.rnnsweep")
+    run.add_argument("--checkpoint", metavar="PATH", help="write checkpoints here (atomically)")
+    run.add_argument("--checkpoint-every", type=_positive_int, default=10000)
+    run.add_argument("--resume", metavar="PATH", help="continue the run in this checkpoint")
+    run.set_defaults(handler=run_entry)
     return parser
+
+
+def run_entry(args: argparse.Namespace) -> int:
+    from orchestrator.run_command import run_command
+
+    if args.steps is None and not args.resume:
+        args.steps = 100_000
+    return run_command(args)
 
 
 def resolve_device(name: str) -> str:

@@ -114,9 +114,17 @@ def run_command(args) -> int:
         )
         last_logged = tracker.resume_step()
         tracker.log_params(
-            {"task": spec.task, "estimator": spec.estimator, "cell": spec.cell,
-             "hidden": learner.cell.hidden, "seed": spec.seed, "dtype": spec.dtype,
-             "steps": steps, **learner.config, **spec.settings}
+            {
+                "task": spec.task,
+                "estimator": spec.estimator,
+                "cell": spec.cell,
+                "hidden": learner.cell.hidden,
+                "seed": spec.seed,
+                "dtype": spec.dtype,
+                "steps": steps,
+                **learner.config,
+                **spec.settings,
+            }
         )
         extra["mlflow_run_id"] = tracker.run_id
         print(f"MLflow run {tracker.run_id} at {uri}", file=sys.stderr)
@@ -163,23 +171,41 @@ def run_command(args) -> int:
         if tracker is not None:
             tracker.flush()
         save_checkpoint(learner, args.checkpoint, extra)
-    summary.update({"task": learner.spec.task, "estimator": learner.spec.estimator,
-                    "cell": learner.spec.cell, "hidden": learner.cell.hidden,
-                    "seed": learner.spec.seed, "interrupted": interrupted[0]})
+    summary.update(
+        {
+            "task": learner.spec.task,
+            "estimator": learner.spec.estimator,
+            "cell": learner.spec.cell,
+            "hidden": learner.cell.hidden,
+            "seed": learner.spec.seed,
+            "interrupted": interrupted[0],
+        }
+    )
     if tracker is not None:
         summary["mlflow_run_id"] = tracker.run_id
-        tracker.log_metrics(summary["steps"], {
-            f"final_{k}" if not k.startswith("final") else k: v
-            for k, v in summary.items() if k in ("final_loss", "final_bpc", "steps_per_sec")
-        })
+        tracker.log_metrics(
+            summary["steps"],
+            {
+                f"final_{k}" if not k.startswith("final") else k: v
+                for k, v in summary.items()
+                if k in ("final_loss", "final_bpc", "steps_per_sec")
+            },
+        )
         tracker.set_tags({"diverged": summary["diverged"], "reason": summary["reason"]})
         status = "KILLED" if interrupted[0] else "FAILED" if summary["diverged"] else "FINISHED"
         tracker.close(status)
     if args.summary_json:
         write_json_atomic(args.summary_json, summary)
-    state = "diverged: " + summary["reason"] if summary["diverged"] else (
-        "interrupted" if interrupted[0] else "done")
-    print(f"{state}; final_loss {summary['final_loss']:.4f} {learner.task.unit if not learner.task.bits_per_char else 'nats'}"
-          f" over the last 10% of {steps} steps; {summary['steps_per_sec']:.0f} stream-steps/s",
-          file=sys.stderr)
+    state = (
+        "diverged: " + summary["reason"]
+        if summary["diverged"]
+        else ("interrupted" if interrupted[0] else "done")
+    )
+    unit = "bpc" if learner.task.bits_per_char else "nats"
+    final = summary.get("final_bpc", summary["final_loss"])
+    print(
+        f"{state}; final loss {final:.4f} {unit} over the last 10% of {steps} steps; "
+        f"{summary['steps_per_sec']:.0f} stream-steps/s",
+        file=sys.stderr,
+    )
     return 130 if interrupted[0] else 0
