@@ -462,13 +462,15 @@ class Learner:
             raise ValueError(
                 f"checkpoint version {snap.get('version')!r} is not {CHECKPOINT_VERSION}"
             )
-        if snap["spec"] != asdict(self.spec):
+        saved, mine = dict(snap["spec"]), asdict(self.spec)
+        saved.pop("device", None)  # a run may continue on another device
+        mine.pop("device", None)
+        if saved != mine:
             raise ValueError(
-                "checkpoint was written by a different run specification: "
-                f"{snap['spec']} != {asdict(self.spec)}"
+                f"checkpoint was written by a different run specification: {saved} != {mine}"
             )
-        for p, saved in zip(self.params, snap["params"], strict=True):
-            checkpoint.restore(p, saved, "params")
+        for p, value in zip(self.params, snap["params"], strict=True):
+            checkpoint.restore(p, value, "params")
         if self.opt_state is not None:
             checkpoint.restore(self.opt_state, snap["opt_state"], "optimizer")
         if self.filter is not None:

@@ -40,6 +40,30 @@ truncation, stride, path) and the task's settings (e.g. t1, t2). Unknown keys ex
 """
 
 
+LAUNCH_EXAMPLES = """\
+examples:
+  rnnsweep launch examples/smoke.yaml --workers 2       # a 2-minute laptop sweep
+  rnnsweep launch examples/compare_add.yaml --dry-run   # validate, show the search space
+  RAY_ADDRESS=auto rnnsweep launch examples/gpu_cluster.yaml   # on a Ray cluster's head
+"""
+RESUME_EXAMPLES = """\
+examples:
+  rnnsweep resume smoke             # running trials continue from their checkpoints
+  rnnsweep resume smoke --workers 2 --state-dir /data/sweeps
+"""
+STATUS_EXAMPLES = """\
+examples:
+  rnnsweep status smoke
+  rnnsweep status smoke --json | jq '.trials[] | select(.state == "COMPLETE")'
+"""
+BEST_EXAMPLES = """\
+examples:
+  rnnsweep best smoke                      # print the best trial per estimator
+  rnnsweep best smoke -o best.yaml
+  rnnsweep run --config best.yaml --estimator uoro   # run a best configuration again
+"""
+
+
 def _estimator_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -113,11 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", help="add, influence-balancing, copy, brackets, anbn, mimic, text")
     run.add_argument("--estimator", help="e.g. uoro, nobacktrack, nobacktrack-kalman, rtrl, tbptt")
     run.add_argument("--cell", choices=["tanh", "gru", "lstm"], default=None)
-    run.add_argument("--hidden", type=_positive_int, default=32)
+    run.add_argument("--hidden", type=_positive_int, default=None, help="units (default 32)")
     run.add_argument("--steps", type=_positive_int, default=None, help="default 100000")
     run.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend", default=[])
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    run.add_argument("--seed", type=int, default=None, help="default 0")
+    run.add_argument(
+        "--dtype", choices=["float32", "float64"], default=None, help="default float32"
+    )
     run.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     run.add_argument("--probe-every", type=int, default=None, help="probe every K steps")
     run.add_argument("--summary-json", metavar="PATH")
@@ -127,14 +153,61 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint", metavar="PATH", help="write checkpoints here (atomically)")
     run.add_argument("--checkpoint-every", type=_positive_int, default=10000)
     run.add_argument("--resume", metavar="PATH", help="continue the run in this checkpoint")
+    run.add_argument(
+        "--config", metavar="FILE", help="a run file, e.g. written by `rnnsweep best -o FILE`"
+    )
     run.set_defaults(handler=run_entry)
+
+    def sweep_parser(name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+        sub_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub_parser.add_argument("--state-dir", help="default $RNNSWEEP_STATE_DIR or ./.rnnsweep")
+        return sub_parser
+
+    launch = sweep_parser("launch", "launch a sweep from a YAML spec", LAUNCH_EXAMPLES)
+    launch.add_argument("spec", help="the sweep spec (YAML); see examples/")
+    launch.add_argument("--name", help="override the spec's name")
+    launch.add_argument("--workers", type=_positive_int, help="concurrent trials (actors)")
+    launch.add_argument(
+        "--dry-run", action="store_true", help="validate and show the search space; start nothing"
+    )
+    launch.set_defaults(handler=_lazy("orchestrator.sweep_commands", "launch_command"))
+
+    resume = sweep_parser("resume", "continue an interrupted sweep", RESUME_EXAMPLES)
+    resume.add_argument("name")
+    resume.add_argument("--workers", type=_positive_int)
+    resume.set_defaults(handler=_lazy("orchestrator.sweep_commands", "resume_command"))
+
+    status = sweep_parser("status", "one row per trial of a sweep", STATUS_EXAMPLES)
+    status.add_argument("name")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_lazy("orchestrator.sweep_commands", "status_command"))
+
+    best = sweep_parser("best", "the best trial per estimator, as runs", BEST_EXAMPLES)
+    best.add_argument("name")
+    best.add_argument("-o", "--output", metavar="FILE")
+    best.set_defaults(handler=_lazy("orchestrator.sweep_commands", "best_command"))
     return parser
+
+
+def _lazy(module: str, function: str):
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+
+    return handler
 
 
 def run_entry(args: argparse.Namespace) -> int:
     from orchestrator.run_command import run_command
 
-    if args.steps is None and not args.resume:
+    if args.steps is None and not args.resume and not args.config:
         args.steps = 100_000
     return run_command(args)
 

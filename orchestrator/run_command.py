@@ -56,6 +56,46 @@ def write_json_atomic(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
+    """A run described in YAML: ``{task, estimator, cell, hidden, steps, seed, dtype,
+    settings}``, or a ``rnnsweep best`` file (``best: [{run: {...}}, ...]``), from which
+    ``estimator`` picks one (required when it holds several)."""
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except OSError as error:
+        raise ValueError(f"--config {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {path}: not valid YAML: {error}") from None
+    if isinstance(data, dict) and isinstance(data.get("best"), list):
+        runs = [entry.get("run", {}) for entry in data["best"] if isinstance(entry, dict)]
+        if estimator:
+            runs = [r for r in runs if r.get("estimator") == estimator]
+            if not runs:
+                raise ValueError(f"--config {path} has no run for estimator {estimator!r}")
+        if len(runs) != 1:
+            names = ", ".join(r.get("estimator", "?") for r in runs)
+            raise ValueError(
+                f"--config {path} holds several runs ({names}): pick one with --estimator"
+            )
+        data = runs[0]
+    if not isinstance(data, dict) or "task" not in data or "estimator" not in data:
+        raise ValueError(f"--config {path}: expected a mapping with 'task' and 'estimator'")
+    unknown = set(data) - {
+        "task",
+        "estimator",
+        "cell",
+        "hidden",
+        "steps",
+        "seed",
+        "dtype",
+        "settings",
+    }
+    if unknown:
+        raise ValueError(f"--config {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    return data
+
+
 def build_learner(args) -> tuple[Learner, dict[str, Any]]:
     """A new learner from the arguments, or the one in ``--resume`` (plus its saved extras)."""
     if args.resume:
@@ -69,18 +109,26 @@ def build_learner(args) -> tuple[Learner, dict[str, Any]]:
                     f"({key} = {saved[key]})"
                 )
         return load_checkpoint(args.resume), dict(snap.get("extra") or {})
+    base: dict[str, Any] = {}
+    if args.config:
+        base = load_run_config(args.config, args.estimator)
+        args.task = args.task or base["task"]
+        args.estimator = args.estimator or base["estimator"]
+        args.cell = args.cell or base.get("cell")
+        if args.steps is None:
+            args.steps = base.get("steps", 100_000)
     if not args.task or not args.estimator:
         raise ValueError("--task and --estimator are required (or --resume a checkpoint)")
-    settings = parse_sets(args.set or [])
+    settings = {**base.get("settings", {}), **parse_sets(args.set or [])}
     if args.probe_every is not None:
         settings["probe_every"] = args.probe_every
     spec = LearnerSpec(
         task=args.task,
         estimator=args.estimator,
         cell=args.cell or "tanh",
-        hidden=args.hidden,
-        seed=args.seed,
-        dtype=args.dtype,
+        hidden=base.get("hidden", 32) if args.hidden is None else args.hidden,
+        seed=base.get("seed", 0) if args.seed is None else args.seed,
+        dtype=base.get("dtype", "float32") if args.dtype is None else args.dtype,
         device=args.device,
         settings=settings,
     )

@@ -1,0 +1,460 @@
+"""The sweep driver: Optuna's only writer, Ray actors' dispatcher, MLflow's recorder.
+
+Loop: ask Optuna for a trial (``study.ask``) while fewer than ``trials`` exist and an actor is
+free; suggest its estimator and hyperparameters (define-by-run, conditional on the estimator);
+open its MLflow child run under the sweep's parent run (tag ``optuna_trial_number``; user attr
+``mlflow_run_id`` on the trial); start it on a ``LearnerHost`` actor and keep one ``advance``
+call in flight per actor. Each result's reports go to MLflow through the tracker's queue
+(never blocking) and to Optuna as intermediate values for pruning; checkpoints come back as
+bytes and are written atomically to the state directory.
+
+Faults: an actor that dies is replaced and its trial restarted from its last checkpoint under
+the same trial number, up to ``max_retries`` times, then failed with the reason; a diverged
+learner fails its trial with the reason (no retry); a driver killed mid-sweep leaves RUNNING
+trials that ``resume`` restarts from their checkpoints, in the same MLflow child runs, with no
+metric step logged twice (steps already in MLflow are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+from orchestrator import spec as spec_
+from orchestrator import sweep_store
+from orchestrator.actors import LearnerHost
+from orchestrator.progress_table import ProgressTable, TrialRow
+from orchestrator.tracking import Tracker
+
+
+@dataclass
+class Running:
+    number: int
+    trial: Any  # optuna.trial.Trial
+    estimator: str
+    settings: dict[str, Any]
+    learner_spec: dict[str, Any]
+    tracker: Tracker
+    last_logged: int
+    reported: set[int]
+    row: TrialRow
+    actor: Any = None
+    future: Any = None
+    retries: int = 0
+    restart_from: int = 0
+
+
+@dataclass
+class Driver:
+    spec: Any  # SweepSpec
+    state_dir: str
+    workers: int
+    out: TextIO = field(default_factory=lambda: sys.stderr)
+    chunk_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.name = self.spec.name
+        storage = self.spec.storage
+        self.optuna_url = storage.get("optuna") or sweep_store.default_optuna_url(self.state_dir)
+        self.tracking_uri = storage.get("mlflow") or sweep_store.default_tracking_uri(
+            self.state_dir
+        )
+        self.started_ray = False
+        self.running: dict[int, Running] = {}
+        self.idle: list[Any] = []
+        self.actors: list[Any] = []
+        self.table = ProgressTable(self.spec.trials, self.out)
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _open(self, resume: bool):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        direction = self.spec.objective["direction"]
+        sampler = spec_.make_sampler(self.spec, self.spec.seed)
+        pruner = spec_.make_pruner(self.spec)
+        if resume:
+            study = optuna.load_study(
+                study_name=self.name, storage=self.optuna_url, sampler=sampler, pruner=pruner
+            )
+            parent = Tracker(
+                self.tracking_uri, self.name, run_id=study.user_attrs["mlflow_parent_run_id"]
+            )
+        else:
+            try:
+                optuna.load_study(study_name=self.name, storage=self.optuna_url)
+                exists = True
+            except KeyError:
+                exists = False
+            if exists:
+                raise ValueError(
+                    f"sweep {self.name!r} already exists in {self.optuna_url}; "
+                    f"continue it with `rnnsweep resume {self.name}`"
+                )
+            study = optuna.create_study(
+                study_name=self.name,
+                storage=self.optuna_url,
+                direction=direction,
+                sampler=sampler,
+                pruner=pruner,
+            )
+            parent = Tracker(
+                self.tracking_uri,
+                self.name,
+                run_name=self.name,
+                tags={
+                    "rnnsweep.sweep": self.name,
+                    "optuna.study": self.name,
+                    "optuna.storage": self.optuna_url,
+                },
+            )
+            parent.log_params(
+                {k: v for k, v in self.spec.to_dict().items() if k not in ("search", "storage")}
+            )
+            parent.set_tags({"search_space": json.dumps(self.spec.to_dict()["search"])})
+            study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+            study.set_user_attr("mlflow_experiment_id", parent.experiment_id)
+            study.set_user_attr("tracking_uri", self.tracking_uri)
+            study.set_user_attr("spec", self.spec.to_dict())
+            sweep_store.write_record(
+                self.state_dir,
+                self.name,
+                {
+                    "name": self.name,
+                    "spec": self.spec.to_dict(),
+                    "optuna_storage": self.optuna_url,
+                    "tracking_uri": self.tracking_uri,
+                    "mlflow_parent_run_id": parent.run_id,
+                    "mlflow_experiment_id": parent.experiment_id,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            )
+        return study, parent
+
+    def _start_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        quiet = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(**quiet)
+        else:
+            cpus = max(1, int(round(self.workers * self.spec.resources["cpus"])))
+            ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+        self.started_ray = True
+
+    def _new_actor(self):
+        import ray
+
+        res = self.spec.resources
+        host = ray.remote(LearnerHost).options(
+            num_cpus=res["cpus"], num_gpus=res["gpus"], max_restarts=0, max_concurrency=1
+        )
+        actor = host.remote(max(1, int(res["cpus"])))
+        self.actors.append(actor)
+        return actor
+
+    # -- trials -----------------------------------------------------------------------------
+
+    def _child_tracker(
+        self, study, number: int, estimator: str, settings: dict[str, Any], run_id: str | None
+    ) -> Tracker:
+        tracker = Tracker(
+            self.tracking_uri,
+            self.name,
+            run_name=f"trial-{number}-{estimator}",
+            run_id=run_id,
+            parent_run_id=study.user_attrs["mlflow_parent_run_id"],
+            tags={
+                "optuna_trial_number": number,
+                "estimator": estimator,
+                "rnnsweep.sweep": self.name,
+                "optuna.study": self.name,
+            },
+        )
+        if run_id is None:
+            tracker.log_params(
+                {
+                    "estimator": estimator,
+                    "task": self.spec.task,
+                    "cell": self.spec.cell,
+                    "hidden": self.spec.hidden,
+                    "steps": self.spec.steps,
+                    "trial": number,
+                    **settings,
+                }
+            )
+        return tracker
+
+    def _begin(
+        self,
+        study,
+        trial,
+        estimator: str,
+        settings: dict[str, Any],
+        run_id: str | None,
+        checkpoint: bytes | None,
+        restart_from: int,
+        reported: set[int],
+    ) -> None:
+        number = trial.number
+        seed = self.spec.seed + number
+        learner_spec = asdict(spec_.learner_spec(self.spec, estimator, settings, seed))
+        if run_id is None:
+            trial.set_user_attr("estimator", estimator)
+            trial.set_user_attr("settings", settings)
+            trial.set_user_attr("seed", seed)
+        tracker = self._child_tracker(study, number, estimator, settings, run_id)
+        if run_id is None:
+            trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        row = TrialRow(
+            number, estimator, settings_for_display(settings), self.spec.steps, step=restart_from
+        )
+        run = Running(
+            number,
+            trial,
+            estimator,
+            settings,
+            learner_spec,
+            tracker,
+            tracker.resume_step(),
+            reported,
+            row,
+            restart_from=restart_from,
+        )
+        self.running[number] = run
+        self._dispatch(run, checkpoint)
+
+    def _dispatch(self, run: Running, checkpoint: bytes | None) -> None:
+        import ray
+
+        actor = self.idle.pop() if self.idle else self._new_actor()
+        run.actor = actor
+        try:
+            ray.get(
+                actor.start.remote(
+                    run.number,
+                    run.learner_spec,
+                    self.spec.steps,
+                    self.spec.checkpoint_every,
+                    checkpoint,
+                )
+            )
+        except ray.exceptions.RayActorError as error:
+            self._actor_died(run, error)
+            return
+        run.future = actor.advance.remote(self.chunk_seconds)
+        run.row.state = "RUNNING"
+        self.table.update(run.row, changed_state=True)
+
+    def _checkpoint_bytes(self, number: int) -> bytes | None:
+        path = sweep_store.checkpoint_path(self.state_dir, self.name, number)
+        if not os.path.exists(path):
+            return None
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    def _actor_died(self, run: Running, error: Exception) -> None:
+        import ray
+
+        if run.actor in self.actors:
+            self.actors.remove(run.actor)
+        try:
+            ray.kill(run.actor)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        run.retries += 1
+        run.trial.set_user_attr("retries", run.retries)
+        if run.retries > self.spec.max_retries:
+            self._finish(
+                run,
+                "FAIL",
+                None,
+                f"actor died {run.retries} times (max_retries "
+                f"{self.spec.max_retries}): {type(error).__name__}",
+            )
+            return
+        run.row.state, run.row.note = "RESTARTING", f"retry {run.retries}"
+        self.table.update(run.row, changed_state=True)
+        self._dispatch(run, self._checkpoint_bytes(run.number))
+
+    def _finish(self, run: Running, state: str, value: float | None, reason: str = "") -> None:
+        import optuna
+
+        states = {
+            "COMPLETE": optuna.trial.TrialState.COMPLETE,
+            "FAIL": optuna.trial.TrialState.FAIL,
+            "PRUNED": optuna.trial.TrialState.PRUNED,
+        }
+        if reason:
+            run.trial.set_user_attr("fail_reason" if state == "FAIL" else "reason", reason)
+            run.tracker.set_tags({"reason": reason})
+        study = run.trial.study
+        study.tell(run.number, value if state == "COMPLETE" else None, state=states[state])
+        run.tracker.set_tags({"optuna_state": state})
+        run.tracker.close({"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}[state])
+        run.row.state, run.row.note = state, reason[:60]
+        if state == "COMPLETE" and value is not None:
+            best = self.table.best
+            direction = self.spec.objective["direction"]
+            if best is None or (value < best if direction == "minimize" else value > best):
+                self.table.best = value
+        self.table.update(run.row, changed_state=True)
+        del self.running[run.number]
+        if run.actor is not None and run.actor in self.actors:
+            self.idle.append(run.actor)
+
+    def _handle(self, run: Running, result: dict[str, Any]) -> None:
+        trial = run.trial
+        pruned = False
+        for report in result["reports"]:
+            step = report["step"]
+            if step > run.last_logged:
+                run.tracker.log_metrics(step, report)
+                run.last_logged = step
+            loss = report["loss"]
+            run.row.step, run.row.loss = step, loss
+            if step not in run.reported and loss == loss:
+                trial.report(loss, step)
+                run.reported.add(step)
+                if trial.should_prune():
+                    pruned = True
+        if result["state"] == "running" and not pruned:
+            run.future = run.actor.advance.remote(self.chunk_seconds)
+        if result["checkpoint"] is not None:
+            sweep_store.write_atomic(
+                sweep_store.checkpoint_path(self.state_dir, self.name, run.number),
+                result["checkpoint"],
+            )
+            trial.set_user_attr("checkpoint_step", result["checkpoint_step"])
+        if result["state"] == "done":
+            summary = result["summary"]
+            metric = self.spec.objective["metric"]
+            value = summary.get(metric)
+            trial.set_user_attr("steps_done", summary["steps"])
+            run.tracker.log_metrics(
+                summary["steps"],
+                {
+                    "final_loss": summary["final_loss"],
+                    "final_steps_per_sec": summary["steps_per_sec"],
+                },
+            )
+            if value is None or value != value:
+                self._finish(run, "FAIL", None, f"objective {metric} is not a number")
+            else:
+                self._finish(run, "COMPLETE", float(value))
+        elif result["state"] == "diverged":
+            trial.set_user_attr("steps_done", result["summary"]["steps"])
+            self._finish(run, "FAIL", None, f"diverged: {result['summary']['reason']}")
+        elif pruned:
+            trial.set_user_attr("steps_done", run.row.step)
+            self._finish(run, "PRUNED", None, f"pruned at step {run.row.step}")
+        else:
+            self.table.update(run.row)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        import optuna
+        import ray
+
+        study, parent = self._open(resume)
+        status = "FAILED"
+        try:
+            self._start_ray()
+            restarts = []
+            if resume:
+                for frozen in study.get_trials(deepcopy=False):
+                    if frozen.state == optuna.trial.TrialState.RUNNING:
+                        restarts.append(frozen)
+            while True:
+                while len(self.running) < self.workers and restarts:
+                    frozen = restarts.pop(0)
+                    trial = optuna.trial.Trial(study, frozen._trial_id)
+                    attrs = frozen.user_attrs
+                    checkpoint = self._checkpoint_bytes(frozen.number)
+                    self._begin(
+                        study,
+                        trial,
+                        attrs["estimator"],
+                        attrs["settings"],
+                        attrs.get("mlflow_run_id"),
+                        checkpoint,
+                        attrs.get("checkpoint_step", 0) if checkpoint else 0,
+                        set(frozen.intermediate_values),
+                    )
+                while (
+                    len(self.running) < self.workers
+                    and not restarts
+                    and len(study.get_trials(deepcopy=False)) < self.spec.trials
+                ):
+                    trial = study.ask()
+                    estimator, settings = spec_.suggest(self.spec, trial)
+                    self._begin(study, trial, estimator, settings, None, None, 0, set())
+                if not self.running:
+                    break
+                futures = {
+                    run.future: run for run in self.running.values() if run.future is not None
+                }
+                ready, _ = ray.wait(list(futures), num_returns=1, timeout=0.5)
+                for future in ready:
+                    run = futures[future]
+                    run.future = None
+                    try:
+                        result = ray.get(future)
+                    except ray.exceptions.RayActorError as error:
+                        self._actor_died(run, error)
+                        continue
+                    except ray.exceptions.RayTaskError as error:
+                        self._finish(run, "FAIL", None, f"error: {error.cause!r}"[:500])
+                        continue
+                    self._handle(run, result)
+                self.table.draw()
+            self.table.draw(force=True)
+            summary = sweep_summary(study, self.spec.objective["direction"])
+            parent.log_metrics(0, {f"best_{e}": v["value"] for e, v in summary["best"].items()})
+            parent.log_metrics(0, {f"trials_{k.lower()}": v for k, v in summary["states"].items()})
+            status = "FINISHED"
+            return summary
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            for run in list(self.running.values()):
+                run.tracker.close("KILLED")
+            parent.close(status)
+            if self.started_ray:
+                ray.shutdown()
+
+
+def settings_for_display(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in ("log_every",)}
+
+
+def sweep_summary(study, direction: str) -> dict[str, Any]:
+    """Counts per state and the best complete trial per estimator."""
+    states: dict[str, int] = {}
+    best: dict[str, dict[str, Any]] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+        if t.state.name != "COMPLETE" or t.value is None:
+            continue
+        estimator = t.user_attrs.get("estimator", t.params.get("estimator", "?"))
+        current = best.get(estimator)
+        better = current is None or (
+            t.value < current["value"] if direction == "minimize" else t.value > current["value"]
+        )
+        if better:
+            best[estimator] = {
+                "value": t.value,
+                "trial": t.number,
+                "settings": t.user_attrs.get("settings", {}),
+                "seed": t.user_attrs.get("seed"),
+            }
+    return {"states": states, "best": best}

@@ -1,0 +1,79 @@
+"""Where a sweep's state lives, and opening it.
+
+A sweep ``NAME`` in state directory ``DIR`` has a record ``DIR/sweeps/NAME.json`` (its resolved
+spec, Optuna storage URL and MLflow tracking URI), an Optuna study named ``NAME`` (SQLite
+``DIR/optuna.db`` by default, PostgreSQL on a cluster), an MLflow experiment named ``NAME``
+(SQLite ``DIR/mlflow.db`` by default) and checkpoints under ``DIR/checkpoints/NAME/``. Every
+command that reads or writes sweep state goes through here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from orchestrator.state_dir import resolve as resolve_state_dir
+
+
+def record_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, "sweeps", f"{name}.json")
+
+
+def checkpoint_dir(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, "checkpoints", name)
+
+
+def checkpoint_path(state_dir: str, name: str, trial: int) -> str:
+    return os.path.join(checkpoint_dir(state_dir, name), f"trial-{trial}.pt")
+
+
+def default_optuna_url(state_dir: str) -> str:
+    return f"sqlite:///{os.path.join(state_dir, 'optuna.db')}"
+
+
+def default_tracking_uri(state_dir: str) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env or f"sqlite:///{os.path.join(state_dir, 'mlflow.db')}"
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_record(state_dir: str, name: str, record: dict[str, Any]) -> None:
+    write_atomic(record_path(state_dir, name), json.dumps(record, indent=2).encode())
+
+
+def read_record(state_dir: str | None, name: str) -> tuple[str, dict[str, Any]]:
+    """``(state_dir, record)`` of sweep ``name``; ``ValueError`` naming what is missing."""
+    state_dir = resolve_state_dir(state_dir)
+    path = record_path(state_dir, name)
+    if not os.path.exists(path):
+        known = (
+            sorted(
+                f[:-5] for f in os.listdir(os.path.join(state_dir, "sweeps")) if f.endswith(".json")
+            )
+            if os.path.isdir(os.path.join(state_dir, "sweeps"))
+            else []
+        )
+        hint = f"; sweeps there: {', '.join(known)}" if known else ""
+        raise ValueError(f"no sweep named {name!r} in state directory {state_dir}{hint}")
+    try:
+        with open(path) as handle:
+            return state_dir, json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"sweep record {path} is unreadable: {error}") from None
+
+
+def load_study(record: dict[str, Any]):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=record["name"], storage=record["optuna_storage"])
