@@ -8,6 +8,9 @@ For ``s' = F(theta, s, x)``: ``J v`` with ``J = dF/ds`` (one forward-mode produc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor
 from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
@@ -48,10 +51,30 @@ def jacobians(cell: Cell, theta: Tensor, s: Tensor, x: Tensor) -> tuple[Tensor, 
     return vmap(one, in_dims=(_theta_dim(theta), 0, 0))(theta, s, x)
 
 
-def param_jacobian(cell: Cell, theta: Tensor, s: Tensor, x: Tensor) -> Tensor:
-    """``dF/dtheta [B, S, P]`` (S reverse-mode products per stream)."""
+def param_rows(
+    cell: Cell, theta: Tensor, s: Tensor, x: Tensor
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """``(||dF_k/dtheta|| [B, S], u -> u^T dF/dtheta [B, P])``.
 
-    def one(th: Tensor, s_: Tensor, x_: Tensor) -> Tensor:
-        return jacrev(lambda p: cell.fn(p, s_, x_))(th)
+    S + 1 reverse passes through the batched cell with per-stream copies of ``theta`` (a
+    per-sample-gradient layout that batches well); the rows themselves are never stored.
+    """
+    batch = s.shape[0]
+    with torch.enable_grad():
+        leaf = theta.detach().expand(batch, -1).clone().requires_grad_(True)
+        out = vmap(cell.fn)(leaf, s.detach(), x.detach())
+        norms = torch.stack(
+            [
+                torch.linalg.vector_norm(
+                    torch.autograd.grad(out[:, k].sum(), leaf, retain_graph=True)[0], dim=1
+                )
+                for k in range(out.shape[1])
+            ],
+            dim=1,
+        )
 
-    return vmap(one, in_dims=(_theta_dim(theta), 0, 0))(theta, s, x)
+    def pull(u: Tensor) -> Tensor:
+        with torch.enable_grad():
+            return torch.autograd.grad(out, leaf, u)[0]
+
+    return norms, pull

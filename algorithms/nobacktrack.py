@@ -31,7 +31,7 @@ from torch import Tensor
 
 from algorithms.cell import Cell
 from algorithms.estimator import Estimator, StepResult, one_of, positive, register
-from algorithms.forward_mode import param_jacobian, state_jvp
+from algorithms.forward_mode import param_rows, state_jvp
 from algorithms.params import Params
 from algorithms.trajectory import matvec, unit_blocks
 from algorithms.uoro import (
@@ -81,13 +81,13 @@ def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> 
     traj, v, w, norms, eps = state.traj, state.v, state.w, state.norms, state.eps
     nu = state.signs.next()
     s_next, jv = state_jvp(traj.cell, params.theta, traj.s, x, v)
-    jac_theta = param_jacobian(traj.cell, params.theta, traj.s, x)
+    row_norms, pull = param_rows(traj.cell, params.theta, traj.s, x)
     torch.linalg.vector_norm(w, dim=1, out=norms[:, 0])
     torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
     r0 = rho(norms, eps)[:, 0:1]
-    rho_k = torch.linalg.vector_norm(jac_theta, dim=2).add_(eps).div_(1.0 + eps).sqrt_()
+    rho_k = row_norms.add_(eps).div_(1.0 + eps).sqrt_()
     torch.addcmul(jv.mul_(r0), nu, rho_k, out=v)
-    w.div_(r0).add_(torch.bmm((nu / rho_k).unsqueeze(1), jac_theta).squeeze(1))
+    w.div_(r0).add_(pull(nu / rho_k))
     traj.s = s_next
     traj.t += 1
     loss, out, ds, g_readout = traj.score(params, y)
