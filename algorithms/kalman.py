@@ -99,8 +99,13 @@ class KalmanState:
     def state_dict(self) -> dict[str, Any]:
         covs = [g.cov for g in self.groups] if self.structure == "block" else [self.cov]
         covs = [c.clone() for c in covs]  # a snapshot, not the live buffers
-        return {"structure": self.structure, "q_size": self.q_size, "batch": self.batch,
-                "blocks": list(self.blocks), "covs": covs}
+        return {
+            "structure": self.structure,
+            "q_size": self.q_size,
+            "batch": self.batch,
+            "blocks": list(self.blocks),
+            "covs": covs,
+        }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         mine = (self.structure, self.q_size, self.batch, list(self.blocks))
@@ -259,8 +264,8 @@ def observation(
     """``(H [B, o, Q], R [B, o, o], e [B, o])`` for outputs ``out [B, o]``, ``H_out = do/dtheta``.
 
     ``mse`` (``y [B, o]``): ``H = H_out``, ``R = r I``, ``e = y - o``. ``ce`` (``y [B]`` class
-    indices): ``p = softmax(o)``, ``F = diag(p) - p p^T``, ``H = F H_out``, ``R = F + r I``,
-    ``e = onehot(y) - p``; needs ``r > 0``. ``obs_noise`` r defaults to ``OBS_NOISE[loss_kind]``.
+    indices, or a target distribution ``[B, o]``): ``p = softmax(o)``, ``F = diag(p) - p p^T``,
+    ``H = F H_out``, ``R = F + r I``, ``e = onehot(y) - p`` (or ``y - p``); needs ``r > 0``. ``obs_noise`` r defaults to ``OBS_NOISE[loss_kind]``.
     """
     if loss_kind not in OBS_NOISE:
         raise ValueError(f"unknown loss kind {loss_kind!r}; known: {', '.join(OBS_NOISE)}")
@@ -274,5 +279,8 @@ def observation(
         raise ValueError("obs_noise must be > 0 for ce: the Fisher diag(p) - p p^T is singular")
     p = torch.softmax(out, dim=-1)
     fisher = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
-    e = p.neg().scatter_add_(-1, y.unsqueeze(-1), torch.ones_like(p[:, :1]))  # no value check
+    if y.is_floating_point():  # soft targets: a distribution over the classes
+        e = y - p
+    else:
+        e = p.neg().scatter_add_(-1, y.unsqueeze(-1), torch.ones_like(p[:, :1]))
     return torch.bmm(fisher, H_out), fisher + eye * r, e

@@ -1,7 +1,9 @@
 """Per-step losses of the readout output ``o [B, o]``.
 
-``ce``: softmax cross-entropy, targets are class indices ``y [B]`` (int64),
-``l = logsumexp(o) - o_y``, ``dl/do = softmax(o) - onehot(y)``.
+``ce``: softmax cross-entropy. Targets are class indices ``y [B]`` (int64),
+``l = logsumexp(o) - o_y``, ``dl/do = softmax(o) - onehot(y)``; or target distributions
+``y [B, o]`` (floating point, "soft" labels), ``l = -sum_c y_c log softmax(o)_c``,
+``dl/do = softmax(o) - y``.
 ``mse``: ``l = 1/2 ||o - y||^2`` with ``y [B, o]``, ``dl/do = o - y``.
 """
 
@@ -25,6 +27,10 @@ def loss(kind: str, out: Tensor, y: Tensor) -> Tensor:
 
 def loss_and_delta(kind: str, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """``(l [B], dl/do [B, o])`` in closed form, without autograd."""
+    if kind == "ce" and y.is_floating_point():
+        logp = torch.log_softmax(out, dim=-1)
+        value = (logp * y).sum(-1).neg_()
+        return value, logp.exp_().sub_(y)
     if kind == "ce":
         logp = torch.log_softmax(out, dim=-1)
         col = y.unsqueeze(-1)
@@ -40,7 +46,15 @@ def loss_and_delta(kind: str, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 def check_targets(kind: str, y: Tensor, batch: int, outputs: int) -> None:
     """Raise ``ValueError`` naming the problem with a step's targets."""
-    if kind == "ce":
+    if kind == "ce" and y.is_floating_point():
+        if y.shape != (batch, outputs):
+            raise ValueError(
+                f"ce target distributions must have shape [{batch}, {outputs}], got "
+                f"{tuple(y.shape)}"
+            )
+        if not bool(torch.isfinite(y).all()) or bool((y < 0).any()):
+            raise ValueError("ce target distributions must be finite and non-negative")
+    elif kind == "ce":
         if y.shape != (batch,) or y.dtype != torch.int64:
             raise ValueError(
                 f"ce targets must be int64 class indices of shape [{batch}], got "

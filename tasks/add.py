@@ -1,7 +1,11 @@
 """``add``: labels that depend on two inputs in the past.
 
 ``x_t ~ Bernoulli(1/2)``, given as one float ``x [B, 1]`` in ``{0, 1}`` (m = 1); the label
-``y_t in {0, 1}`` (ce, 2 classes) has ``P(y_t = 1) = 1/2 + 1/2 x_{t-t1} - 1/4 x_{t-t2}``.
+``y_t in {0, 1}`` (ce, 2 classes) has ``p_t = P(y_t = 1) = 1/2 + 1/2 x_{t-t1} - 1/4 x_{t-t2}``.
+With ``labels = "soft"`` (the default: deterministic two-class labels) the target is that
+distribution itself, ``y_t = (1 - p_t, p_t) [B, 2]``, so the loss is
+``H(p_t) + KL(p_t || q_t)`` with no label-sampling noise; with ``labels = "sampled"`` it is a
+class index drawn from it. The expected losses, hence the references, are the same.
 The inputs before ``t = 0`` are drawn too (a hidden warm-up of ``max(t1, t2)`` steps) so the
 process is stationary from the first step. References, exact (nats per step): ``nothing
 learned`` = H(y), ``t1 only`` = H(y | x_{t-t1}), ``optimum`` = H(y | x_{t-t1}, x_{t-t2});
@@ -18,7 +22,7 @@ from torch import Tensor
 
 from tasks.entropy import binary_entropy
 from tasks.registry import register_task
-from tasks.settings import integer_setting
+from tasks.settings import choice_setting, integer_setting
 from tasks.stream import Stream
 from tasks.task import Task
 
@@ -48,9 +52,9 @@ def references(t1: int, t2: int) -> dict[str, float]:
 class AddStream(Stream):
     """Carries the last ``max(t1, t2)`` inputs ``[H, B]`` from chunk to chunk."""
 
-    def __init__(self, t1: int, t2: int, **kwargs: Any) -> None:
+    def __init__(self, t1: int, t2: int, labels: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.t1, self.t2 = t1, t2
+        self.t1, self.t2, self.labels = t1, t2, labels
         self.lag = max(t1, t2)
         self._history = torch.randint(0, 2, (self.lag, self.batch), generator=self.generator)
 
@@ -59,8 +63,12 @@ class AddStream(Stream):
         full = torch.cat([self._history, new])  # row i is x_{i - lag}
         a = full[self.lag - self.t1 : self.lag - self.t1 + steps].double()
         b = full[self.lag - self.t2 : self.lag - self.t2 + steps].double()
-        u = torch.rand(steps, self.batch, generator=self.generator, dtype=torch.float64)
-        y = (u < label_probability(a, b)).long()
+        p = label_probability(a, b)
+        if self.labels == "soft":
+            y = torch.stack([1.0 - p, p], dim=-1)
+        else:
+            u = torch.rand(steps, self.batch, generator=self.generator, dtype=torch.float64)
+            y = (u < p).long()
         self._history = full[steps:].clone()
         return new.unsqueeze(-1).double(), y
 
@@ -72,15 +80,24 @@ class AddStream(Stream):
 
 
 @register_task("add")
-def add_task(t1: int = 5, t2: int = 9) -> Task:
+def add_task(t1: int = 5, t2: int = 9, labels: str = "soft") -> Task:
     t1 = integer_setting("add", "t1", t1, low=0)
     t2 = integer_setting("add", "t2", t2, low=0)
-    settings = {"t1": t1, "t2": t2}
+    labels = choice_setting("add", "labels", labels, ("soft", "sampled"))
+    settings = {"t1": t1, "t2": t2, "labels": labels}
 
     def make_stream(batch: int, seed: int, dtype: torch.dtype, device: torch.device) -> Stream:
         return AddStream(
-            t1, t2, task="add", settings=settings, inputs=1, batch=batch, seed=seed,
-            dtype=dtype, device=device,
+            t1,
+            t2,
+            labels,
+            task="add",
+            settings=settings,
+            inputs=1,
+            batch=batch,
+            seed=seed,
+            dtype=dtype,
+            device=device,
         )
 
     return Task("add", 1, 2, "ce", references(t1, t2), False, settings, make_stream)

@@ -25,8 +25,8 @@ NAMES = ["add", "anbn", "brackets", "copy", "influence-balancing", "mimic", "tex
 
 
 @cache
-def task(name: str) -> Task:
-    return make_task(name)
+def task(name: str, **settings) -> Task:
+    return make_task(name, **settings)
 
 
 def run(stream, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +53,7 @@ def test_unknown_task_lists_known_ones() -> None:
 
 
 def test_unknown_setting_names_key_and_known_keys() -> None:
-    with pytest.raises(ValueError, match=re.escape("add: unknown setting 'tt1' (known: t1, t2)")):
+    with pytest.raises(ValueError, match=re.escape("add: unknown setting 'tt1' (known: t1, t2, labels)")):
         make_task("add", tt1=3)
 
 
@@ -78,7 +78,7 @@ def test_bad_setting_value_names_key(name: str, settings: dict, key: str) -> Non
 
 
 def test_settings_are_resolved_with_defaults() -> None:
-    assert make_task("add", t1=3.0).settings == {"t1": 3, "t2": 9}
+    assert make_task("add", t1=3.0).settings == {"t1": 3, "t2": 9, "labels": "soft"}
     assert task("anbn").settings == {"min_n": 1, "max_n": 32}
 
 
@@ -169,11 +169,22 @@ def test_restore_refuses_other_task_or_shape() -> None:
 # --- add ---------------------------------------------------------------------------------------
 
 
+def test_add_soft_labels_are_the_label_distribution() -> None:
+    t1, t2 = 5, 9
+    x, y = run(task("add").new_stream(4, seed=0, dtype=torch.float64), 120)
+    x = x[..., 0]
+    assert y.shape == (120, 4, 2) and y.dtype == torch.float64
+    p = 0.5 + 0.5 * x[t2 - t1 : -t1] - 0.25 * x[:-t2]
+    assert torch.equal(y[t2:, :, 1], p) and torch.equal(
+        y[..., 0] + y[..., 1], torch.ones(120, 4, dtype=torch.float64)
+    )
+
+
 def test_add_label_frequencies_follow_the_formula() -> None:
     t1, t2 = 5, 9
-    x, y = run(task("add").new_stream(100, seed=0, dtype=torch.float64), 240)
+    x, y = run(task("add", labels="sampled").new_stream(100, seed=0, dtype=torch.float64), 240)
     x = x[..., 0]
-    a, b, label = x[t2 - t1 : -t1], x[: -t2], y[t2:].double()  # x_{t-t1}, x_{t-t2}, y_t
+    a, b, label = x[t2 - t1 : -t1], x[:-t2], y[t2:].double()  # x_{t-t1}, x_{t-t2}, y_t
     for va in (0, 1):
         for vb in (0, 1):
             mask = (a == va) & (b == vb)
@@ -247,9 +258,15 @@ def test_influence_balancing_iteration_converges_to_the_fixed_point(theta: float
     for _ in range(400):
         s = cell.step(th, s, x)
     star = fixed_point(theta)
-    assert torch.allclose((torch.eye(23).double() - 0.5 * torch.eye(23).double()
-                           - 0.5 * torch.diag(torch.ones(22), 1).double()) @ star,
-                          theta * torch.tensor([1.0] * 10 + [-1.0] * 13).double())
+    assert torch.allclose(
+        (
+            torch.eye(23).double()
+            - 0.5 * torch.eye(23).double()
+            - 0.5 * torch.diag(torch.ones(22), 1).double()
+        )
+        @ star,
+        theta * torch.tensor([1.0] * 10 + [-1.0] * 13).double(),
+    )
     assert torch.allclose(s[0], star, atol=1e-9)
     assert float(star[0]) == pytest.approx(-6 * theta, abs=1e-12)
     assert optimal_theta() == pytest.approx(-1 / 6)
