@@ -59,8 +59,8 @@ class Driver:
     def __post_init__(self) -> None:
         self.name = self.spec.name
         storage = self.spec.storage
-        self.optuna_url = storage.get("optuna") or sweep_store.default_optuna_url(self.state_dir)
-        self.tracking_uri = storage.get("mlflow") or sweep_store.default_tracking_uri(
+        self.optuna_url = storage.optuna or sweep_store.default_optuna_url(self.state_dir)
+        self.tracking_uri = storage.mlflow or sweep_store.default_tracking_uri(
             self.state_dir
         )
         self.started_ray = False
@@ -75,7 +75,7 @@ class Driver:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        direction = self.spec.objective["direction"]
+        direction = self.spec.objective.direction
         sampler = spec_.make_sampler(self.spec, self.spec.seed)
         pruner = spec_.make_pruner(self.spec)
         if resume:
@@ -145,7 +145,7 @@ class Driver:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**quiet)
         else:
-            cpus = max(1, int(round(self.workers * self.spec.resources["cpus"])))
+            cpus = max(1, int(round(self.workers * self.spec.resources.cpus)))
             ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
         self.started_ray = True
 
@@ -154,9 +154,9 @@ class Driver:
 
         res = self.spec.resources
         host = ray.remote(LearnerHost).options(
-            num_cpus=res["cpus"], num_gpus=res["gpus"], max_restarts=0, max_concurrency=1
+            num_cpus=res.cpus, num_gpus=res.gpus, max_restarts=0, max_concurrency=1
         )
-        actor = host.remote(max(1, int(res["cpus"])))
+        actor = host.remote(max(1, int(res.cpus)))
         self.actors.append(actor)
         return actor
 
@@ -302,7 +302,7 @@ class Driver:
         run.row.state, run.row.note = state, reason[:60]
         if state == "COMPLETE" and value is not None:
             best = self.table.best
-            direction = self.spec.objective["direction"]
+            direction = self.spec.objective.direction
             if best is None or (value < best if direction == "minimize" else value > best):
                 self.table.best = value
         self.table.update(run.row, changed_state=True)
@@ -335,7 +335,7 @@ class Driver:
             trial.set_user_attr("checkpoint_step", result["checkpoint_step"])
         if result["state"] == "done":
             summary = result["summary"]
-            metric = self.spec.objective["metric"]
+            metric = self.spec.objective.metric
             value = summary.get(metric)
             trial.set_user_attr("steps_done", summary["steps"])
             run.tracker.log_metrics(
@@ -417,7 +417,7 @@ class Driver:
                     self._handle(run, result)
                 self.table.draw()
             self.table.draw(force=True)
-            summary = sweep_summary(study, self.spec.objective["direction"])
+            summary = sweep_summary(study, self.spec.objective.direction)
             parent.log_metrics(0, {f"best_{e}": v["value"] for e, v in summary["best"].items()})
             parent.log_metrics(0, {f"trials_{k.lower()}": v for k, v in summary["states"].items()})
             status = "FINISHED"

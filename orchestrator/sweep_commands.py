@@ -25,7 +25,7 @@ def launch_command(args) -> int:
         print(spec_.dry_run_text(spec))
         print(f"workers: {workers}")
         return 0
-    state_dir = resolve_state_dir(args.state_dir or spec.storage.get("state_dir"))
+    state_dir = resolve_state_dir(args.state_dir or spec.storage.state_dir)
     if os.path.exists(sweep_store.record_path(state_dir, spec.name)):
         raise ValueError(
             f"sweep {spec.name!r} already exists in {state_dir}; continue it with "
