@@ -57,9 +57,19 @@ def param_rows(
     """``(||dF_k/dtheta|| [B, S], u -> u^T dF/dtheta [B, P])``.
 
     S + 1 reverse passes through the batched cell with per-stream copies of ``theta`` (a
-    per-sample-gradient layout that batches well); the rows themselves are never stored.
+    per-sample-gradient layout that batches well), the rows never stored; or, when P <= S,
+    P forward-mode products giving ``dF/dtheta`` whole.
     """
     batch = s.shape[0]
+    if theta.shape[-1] <= s.shape[1]:  # few parameters: P forward-mode products are cheaper
+
+        def one(th: Tensor, s_: Tensor, x_: Tensor) -> Tensor:
+            return jacfwd(lambda p: cell.fn(p, s_, x_))(th)
+
+        jac = vmap(one, in_dims=(_theta_dim(theta), 0, 0))(theta, s, x)
+        return torch.linalg.vector_norm(jac, dim=2), lambda u: torch.bmm(
+            u.unsqueeze(1), jac
+        ).squeeze(1)
     with torch.enable_grad():
         leaf = theta.detach().expand(batch, -1).clone().requires_grad_(True)
         out = vmap(cell.fn)(leaf, s.detach(), x.detach())

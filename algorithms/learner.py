@@ -42,7 +42,7 @@ CHECKPOINT_VERSION = 1
 LEARNER_DEFAULTS: dict[str, Any] = {
     "optimizer": None,  # sgd | adam | kalman (default adam; kalman for *-kalman rules)
     "lr": None,  # default: LR[optimizer]
-    "lr_decay": 0.0,  # alpha in lr / (1 + alpha sqrt(t))
+    "lr_decay": 0.01,  # alpha in lr / (1 + alpha sqrt(t))
     "clip": 0.0,  # global gradient-norm clip, 0 = off (Adam bounds its steps already)
     "update_every": 1,
     "batch": 1,  # independent streams sharing one model
@@ -66,7 +66,8 @@ PROBE_METRICS = ("bias", "variance", "cosine", "staleness")
 # small; truncated BPTT updates once per truncation and takes a larger one.
 LR: dict[str, dict[str, float]] = {
     "sgd": {"default": 1e-3},
-    "adam": {"default": 1e-4, "rtrl": 3e-4, "tbptt": 1e-3},
+    "adam": {"default": 1e-4, "rtrl": 1e-3, "tbptt": 1e-3, "snap1": 1e-3, "rflo": 1e-3,
+             "kf-rtrl": 3e-4},
     "kalman": {"default": 1.0},  # unused: the filter sets its own step
 }
 CHOICES = {
@@ -242,7 +243,8 @@ class Learner:
             self.opt_state = None
         else:
             self.filter = None
-            self.opt_state = optimizer.init(opt, list(params))
+            trainable = list(params)[:1] if task.readout is not None else list(params)
+            self.opt_state = optimizer.init(opt, trainable)
         self.probe = None
         if learner["probe_every"]:
             from algorithms import probe

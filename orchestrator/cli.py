@@ -62,6 +62,28 @@ examples:
   rnnsweep best smoke -o best.yaml
   rnnsweep run --config best.yaml --estimator uoro   # run a best configuration again
 """
+UI_EXAMPLES = """\
+examples:
+  rnnsweep ui smoke                  # serve, print http://127.0.0.1:5000/#/experiments/<id>/runs
+  rnnsweep ui smoke --port 5055 --state-dir /data/sweeps
+  rnnsweep ui                        # every experiment of the state directory's store
+  ssh -L 5000:127.0.0.1:5000 HOST    # from a laptop, while `rnnsweep ui` runs on HOST
+
+The server listens on 127.0.0.1 only and runs until Ctrl-C. A sweep tracked on a remote MLflow
+server (http(s)://...) starts nothing: its runs-table address is printed.
+exit status: 0 after Ctrl-C, 1 if the server exits by itself, 2 on an unknown sweep, a port
+in use or a server that does not start (its log's last lines are shown).
+"""
+REPORT_EXAMPLES = """\
+examples:
+  rnnsweep report smoke                     # figures + summary.json in DIR/reports/smoke/
+  rnnsweep report smoke --out figures/smoke --state-dir /data/sweeps
+
+Figures: loss curves per trial coloured by estimator; last probe bias and variance against the
+tbptt truncation and against the Kalman process_noise; the best value per estimator. A figure
+without data is skipped with a note. Every file is also logged to the sweep's MLflow parent run
+under report/.
+"""
 
 
 def _estimator_list(text: str) -> list[str]:
@@ -192,6 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("name")
     best.add_argument("-o", "--output", metavar="FILE")
     best.set_defaults(handler=_lazy("orchestrator.sweep_commands", "best_command"))
+
+    ui = sweep_parser("ui", "browse a sweep's runs in the MLflow UI (127.0.0.1 only)", UI_EXAMPLES)
+    ui.add_argument("name", nargs="?", help="the sweep (default: list every experiment)")
+    ui.add_argument(
+        "--port", type=_positive_int, help="default 5000, or the next free one if 5000 is taken"
+    )
+    ui.add_argument(
+        "--timeout",
+        type=float,
+        default=90.0,
+        metavar="SECONDS",
+        help="how long to wait for the server to answer (default 90)",
+    )
+    ui.set_defaults(handler=_lazy("orchestrator.ui_command", "ui_command"))
+
+    report = sweep_parser("report", "figures and a summary of a sweep", REPORT_EXAMPLES)
+    report.add_argument("name")
+    report.add_argument("--out", metavar="FOLDER", help="default DIR/reports/NAME/")
+    report.set_defaults(handler=_lazy("orchestrator.report", "report_command"))
     return parser
 
 

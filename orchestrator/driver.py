@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
@@ -46,6 +47,7 @@ class Running:
     future: Any = None
     retries: int = 0
     restart_from: int = 0
+    start_future: Any = None
 
 
 @dataclass
@@ -59,10 +61,10 @@ class Driver:
     def __post_init__(self) -> None:
         self.name = self.spec.name
         storage = self.spec.storage
-        self.optuna_url = storage.optuna or sweep_store.default_optuna_url(self.state_dir)
-        self.tracking_uri = storage.mlflow or sweep_store.default_tracking_uri(
-            self.state_dir
+        self.optuna_url = sweep_store.optuna_url(
+            storage.optuna or sweep_store.default_optuna_url(self.state_dir)
         )
+        self.tracking_uri = storage.mlflow or sweep_store.default_tracking_uri(self.state_dir)
         self.started_ray = False
         self.running: dict[int, Running] = {}
         self.idle: list[Any] = []
@@ -146,7 +148,8 @@ class Driver:
             ray.init(**quiet)
         else:
             cpus = max(1, int(round(self.workers * self.spec.resources.cpus)))
-            ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+            # "local": a private instance, never one that happens to run on this machine.
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
         self.started_ray = True
 
     def _new_actor(self):
@@ -232,23 +235,13 @@ class Driver:
         self._dispatch(run, checkpoint)
 
     def _dispatch(self, run: Running, checkpoint: bytes | None) -> None:
-        import ray
-
+        """Start the trial on an actor without waiting: an actor runs its calls in order, so
+        the first ``advance`` follows ``start``; a failed start surfaces on that future."""
         actor = self.idle.pop() if self.idle else self._new_actor()
         run.actor = actor
-        try:
-            ray.get(
-                actor.start.remote(
-                    run.number,
-                    run.learner_spec,
-                    self.spec.steps,
-                    self.spec.checkpoint_every,
-                    checkpoint,
-                )
-            )
-        except ray.exceptions.RayActorError as error:
-            self._actor_died(run, error)
-            return
+        run.start_future = actor.start.remote(
+            run.number, run.learner_spec, self.spec.steps, self.spec.checkpoint_every, checkpoint
+        )
         run.future = actor.advance.remote(self.chunk_seconds)
         run.row.state = "RUNNING"
         self.table.update(run.row, changed_state=True)
@@ -364,10 +357,31 @@ class Driver:
         import optuna
         import ray
 
-        study, parent = self._open(resume)
-        status = "FAILED"
+        # Ray's start (processes) and MLflow's (imports, store migrations) overlap: the stores
+        # are opened in a thread while this one starts Ray and the actors.
+        opened: dict[str, Any] = {}
+
+        def open_stores() -> None:
+            try:
+                opened["stores"] = self._open(resume)
+            except BaseException as error:  # noqa: BLE001 - re-raised below
+                opened["error"] = error
+
+        opener = threading.Thread(target=open_stores, name="open-stores")
+        opener.start()
         try:
             self._start_ray()
+            for _ in range(self.workers):
+                self.idle.append(self._new_actor())
+        finally:
+            opener.join()
+        if "error" in opened:
+            if self.started_ray:
+                ray.shutdown()
+            raise opened["error"]
+        study, parent = opened["stores"]
+        status = "FAILED"
+        try:
             restarts = []
             if resume:
                 for frozen in study.get_trials(deepcopy=False):
@@ -411,8 +425,16 @@ class Driver:
                     except ray.exceptions.RayActorError as error:
                         self._actor_died(run, error)
                         continue
-                    except ray.exceptions.RayTaskError as error:
-                        self._finish(run, "FAIL", None, f"error: {error.cause!r}"[:500])
+                    except ray.exceptions.RayTaskError as task_error:
+                        cause = task_error.cause
+                        try:  # a failed start is the real cause of a failed first advance
+                            ray.get(run.start_future)
+                        except ray.exceptions.RayTaskError as start_error:
+                            cause = start_error.cause
+                        except ray.exceptions.RayActorError as actor_error:
+                            self._actor_died(run, actor_error)
+                            continue
+                        self._finish(run, "FAIL", None, f"error: {cause!r}"[:500])
                         continue
                     self._handle(run, result)
                 self.table.draw()
@@ -431,6 +453,9 @@ class Driver:
             parent.close(status)
             if self.started_ray:
                 ray.shutdown()
+            else:  # on a shared instance, give the actors' resources back
+                for actor in self.actors:
+                    ray.kill(actor)
 
 
 def settings_for_display(settings: dict[str, Any]) -> dict[str, Any]:

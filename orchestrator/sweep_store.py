@@ -28,6 +28,14 @@ def checkpoint_path(state_dir: str, name: str, trial: int) -> str:
     return os.path.join(checkpoint_dir(state_dir, name), f"trial-{trial}.pt")
 
 
+def optuna_url(url: str) -> str:
+    """Optuna's SQLAlchemy URL: plain ``postgresql://`` goes through psycopg2, the driver
+    installed with the project (SQLAlchemy 2.1 would otherwise look for psycopg 3)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
 def default_optuna_url(state_dir: str) -> str:
     return f"sqlite:///{os.path.join(state_dir, 'optuna.db')}"
 
@@ -76,4 +84,6 @@ def load_study(record: dict[str, Any]):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=record["name"], storage=record["optuna_storage"])
+    return optuna.load_study(
+        study_name=record["name"], storage=optuna_url(record["optuna_storage"])
+    )

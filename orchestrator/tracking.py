@@ -12,6 +12,7 @@ The default store is SQLite in the state directory (MLflow 3 refuses its old fil
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -30,7 +31,10 @@ def default_tracking_uri(state_dir: str) -> str:
     return f"sqlite:///{os.path.abspath(os.path.join(state_dir, 'mlflow.db'))}"
 
 
+@functools.lru_cache(maxsize=8)
 def client(uri: str):
+    """One ``MlflowClient`` per URI and process (creating one opens, and on first use
+    migrates, the store)."""
     import logging
 
     from mlflow.tracking import MlflowClient

@@ -1,0 +1,964 @@
+"""The sweep specification: a YAML file, validated completely before anything starts.
+
+A sweep names a task, a cell, the estimators to compare, settings fixed for every trial and a
+search space. Settings are the flat keys of ``algorithms.learner.split_settings`` (learner,
+estimator and task keys). A key *applies* to an estimator when the learner would use it:
+estimator hyperparameters only for the estimators that have them (``truncation`` for tbptt),
+Kalman-filter keys (``process_noise``, ``obs_noise``, ``p0``, ``covariance``) only with the
+Kalman filter (the rules ``*-kalman``, or ``optimizer: kalman``), Adam keys only with Adam,
+gradient-step keys (``lr``, ``lr_decay``, ``clip``, ``update_every``) never with the filter.
+A fixed key applies to the estimators it applies to (an error if none); a searched key exists
+only for the estimators it applies to, or for those listed in its ``estimators:``.
+
+Every problem raises ``SpecError`` (a ``ValueError``) whose message starts with the key path,
+e.g. ``search.truncation.low: must be < high (got 20 >= 5)``.
+
+Trials: ``suggest(spec, trial)`` samples an estimator (the categorical parameter
+``estimator``) and then, define-by-run, the parameters that exist for it (``optimizer``
+first when it is searched, so that keys conditional on the optimizer follow it);
+``learner_spec`` turns the result into an ``algorithms.learner.LearnerSpec``. Pruners count
+resources in learner steps: the driver reports intermediate losses at ``report["step"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import yaml
+
+from algorithms.estimator import estimator_names, get_estimator
+from algorithms.learner import (
+    CHOICES,
+    DTYPES,
+    KALMAN_RULES,
+    LEARNER_DEFAULTS,
+    LearnerSpec,
+    split_settings,
+)
+from tasks.registry import make_task, task_names
+from tasks.registry import task_settings as task_defaults
+
+if TYPE_CHECKING:
+    import optuna
+
+CELLS = ("tanh", "gru", "lstm")
+SAMPLERS = ("tpe", "random", "cmaes", "gp")
+PRUNERS = ("median", "none", "hyperband")
+OBJECTIVE_METRICS = ("final_loss", "final_bpc")
+DIRECTIONS = ("minimize", "maximize")
+PARAM_TYPES = ("float", "int", "categorical")
+# Optional Python packages each sampler needs (optuna imports them lazily).
+SAMPLER_PACKAGES = {"cmaes": ("cmaes",), "gp": ("torch", "scipy")}
+PROBE_SETTINGS = {
+    "every": "probe_every",
+    "window": "probe_window",
+    "samples": "probe_samples",
+    "horizon": "probe_horizon",
+}
+KALMAN_KEYS = frozenset({"process_noise", "obs_noise", "p0", "covariance"})
+ADAM_KEYS = frozenset({"beta1", "beta2", "adam_eps"})
+GRADIENT_KEYS = frozenset({"lr", "lr_decay", "clip", "update_every"})
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+TOP_KEYS = (
+    "name",
+    "task",
+    "task_settings",
+    "cell",
+    "hidden",
+    "dtype",
+    "seed",
+    "steps",
+    "trials",
+    "estimators",
+    "fixed",
+    "search",
+    "objective",
+    "sampler",
+    "pruner",
+    "probe",
+    "resources",
+    "checkpoint_every",
+    "max_retries",
+    "workers",
+    "pack",
+    "storage",
+)
+REQUIRED_KEYS = ("name", "task", "steps", "trials", "estimators")
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "estimators")
+
+
+class SpecError(ValueError):
+    """An invalid sweep specification; ``key`` is the key path at fault (if one is)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One searched setting; ``estimators`` are those it exists for (resolved)."""
+
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: int | None = None  # int parameters only
+    choices: tuple[Any, ...] = ()
+    estimators: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.type == "categorical":
+            out["choices"] = list(self.choices)
+        else:
+            out.update(low=self.low, high=self.high, log=self.log)
+            if self.type == "int":
+                out["step"] = self.step
+        out["estimators"] = list(self.estimators)
+        return out
+
+    def describe(self) -> str:
+        if self.type == "categorical":
+            return "categorical {" + ", ".join(_fmt(c) for c in self.choices) + "}"
+        text = f"{self.type} [{_fmt(self.low)}, {_fmt(self.high)}]"
+        if self.type == "int" and self.step != 1:
+            text += f" step {self.step}"
+        return text + (" log" if self.log else "")
+
+    def candidates(self) -> list[tuple[str, Any]]:
+        """Representative values (with their key) to validate against the learner."""
+        if self.type == "categorical":
+            return [(f"choices[{i}]", c) for i, c in enumerate(self.choices)]
+        return [("low", self.low), ("high", self.high)]
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "final_loss"  # the mean loss over the last 10% of steps
+    direction: str = "minimize"
+
+
+@dataclass(frozen=True)
+class Probe:
+    every: int = 0  # 0: off
+    window: int = 100
+    samples: int = 16
+    horizon: int = 100
+
+    def settings(self) -> dict[str, int]:
+        """The learner's ``probe_*`` settings (none when the probe is off)."""
+        if not self.every:
+            return {}
+        return {key: getattr(self, name) for name, key in PROBE_SETTINGS.items()}
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0  # per trial
+    gpus: float = 0.0  # per trial; fractional values share a GPU
+
+
+@dataclass(frozen=True)
+class Storage:
+    state_dir: str | None = None  # None: $RNNSWEEP_STATE_DIR or ./.rnnsweep
+    optuna: str | None = None  # None: SQLite in the state directory
+    mlflow: str | None = None  # None: SQLite in the state directory
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep, defaults filled; ``to_dict()`` round-trips through ``load_spec_dict``."""
+
+    name: str
+    task: str
+    steps: int
+    trials: int
+    estimators: tuple[str, ...]
+    task_settings: dict[str, Any] = field(default_factory=dict)
+    cell: str = "tanh"
+    hidden: int = 32
+    dtype: str = "float32"
+    seed: int = 0
+    fixed: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, SearchParam] = field(default_factory=dict)
+    objective: Objective = Objective()
+    sampler: str = "tpe"
+    pruner: str = "median"
+    probe: Probe = Probe()
+    resources: Resources = Resources()
+    checkpoint_every: int = 1000
+    max_retries: int = 2
+    workers: int = 1
+    pack: int = 1
+    storage: Storage = Storage()
+    source: str = field(default="<dict>", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain (YAML-able) dict of every field, defaults included."""
+        return {
+            "name": self.name,
+            "task": self.task,
+            "task_settings": dict(self.task_settings),
+            "cell": self.cell,
+            "hidden": self.hidden,
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "steps": self.steps,
+            "trials": self.trials,
+            "estimators": list(self.estimators),
+            "fixed": dict(self.fixed),
+            "search": {key: param.to_dict() for key, param in self.search.items()},
+            "objective": dataclasses.asdict(self.objective),
+            "sampler": self.sampler,
+            "pruner": self.pruner,
+            "probe": dataclasses.asdict(self.probe),
+            "resources": dataclasses.asdict(self.resources),
+            "checkpoint_every": self.checkpoint_every,
+            "max_retries": self.max_retries,
+            "workers": self.workers,
+            "pack": self.pack,
+            "storage": dataclasses.asdict(self.storage),
+        }
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-3`` as a float (YAML 1.2) and refuses duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_spec(path: str) -> SweepSpec:
+    """Read and validate a sweep file; every problem raises ``SpecError`` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: sweep file does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"{path}: cannot read the sweep file: {error}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        kind = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise SpecError(f"{path}: a sweep file must be a YAML mapping, got {kind}")
+    return load_spec_dict(data, source=path)
+
+
+def load_spec_dict(d: Mapping[str, Any], source: str = "<dict>") -> SweepSpec:
+    """Validate a sweep given as a dict (as read from YAML) and fill in the defaults."""
+    try:
+        return _build(d, source)
+    except SpecError as error:
+        if source == "<dict>":
+            raise
+        raise SpecError(f"{source}: {error}", error.key) from None
+
+
+# -- trials ----------------------------------------------------------------------------------
+
+
+def suggest(spec: SweepSpec, trial: optuna.trial.Trial) -> tuple[str, dict[str, Any]]:
+    """Sample one configuration: ``(estimator, settings)``, settings = fixed + suggested.
+
+    The estimator is the categorical parameter ``estimator``; a searched key is suggested
+    only when it exists for that estimator (and, for optimizer-specific keys, for the
+    optimizer the trial uses), under its own name.
+    """
+    estimator = trial.suggest_categorical("estimator", list(spec.estimators))
+    task_keys = task_defaults(spec.task)
+    if estimator in KALMAN_RULES:
+        optimizer = "kalman"
+    else:
+        optimizer = spec.fixed.get("optimizer", "adam")
+    suggested: dict[str, Any] = {}
+    ordered = sorted(spec.search.items(), key=lambda item: item[0] != "optimizer")
+    for key, param in ordered:
+        if estimator not in param.estimators:
+            continue
+        if not _applies(key, estimator, optimizer, task_keys):
+            continue
+        if param.type == "float":
+            value = trial.suggest_float(key, param.low, param.high, log=param.log)
+        elif param.type == "int":
+            value = trial.suggest_int(key, param.low, param.high, step=param.step, log=param.log)
+        else:
+            value = trial.suggest_categorical(key, list(param.choices))
+        suggested[key] = value
+        if key == "optimizer":
+            optimizer = value
+    fixed = {k: v for k, v in spec.fixed.items() if _applies(k, estimator, optimizer, task_keys)}
+    return estimator, {**fixed, **suggested}
+
+
+def learner_spec(
+    spec: SweepSpec, estimator: str, settings: Mapping[str, Any], seed: int, device: str = "cpu"
+) -> LearnerSpec:
+    """The ``LearnerSpec`` of one trial (task settings and probe added), validated."""
+    if estimator not in spec.estimators:
+        raise SpecError(
+            f"estimator {estimator!r} is not in sweep {spec.name!r} ({', '.join(spec.estimators)})"
+        )
+    result = LearnerSpec(
+        task=spec.task,
+        estimator=estimator,
+        cell=spec.cell,
+        hidden=spec.hidden,
+        seed=seed,
+        dtype=spec.dtype,
+        device=device,
+        settings={**spec.task_settings, **spec.probe.settings(), **settings},
+    )
+    try:
+        split_settings(result)
+    except ValueError as error:
+        raise SpecError(f"estimator {estimator}: {error}") from None
+    return result
+
+
+def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler named by ``spec.sampler``, seeded."""
+    import warnings
+
+    import optuna
+
+    _check_sampler_packages(spec.sampler)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if spec.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # group: conditional (per-estimator) spaces; constant_liar: parallel pending trials.
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True
+        )
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner named by ``spec.pruner``; resources are learner steps."""
+    import optuna
+
+    if spec.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, spec.steps // 27), max_resource=spec.steps, reduction_factor=3
+        )
+    # Online losses are noisy early on: no pruning in the first quarter of a run.
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=spec.steps // 4)
+
+
+def search_space_text(spec: SweepSpec) -> str:
+    """The search space per estimator, with the fixed settings each one gets."""
+    task_keys = task_defaults(spec.task)
+    lines = [f"estimator: categorical {{{', '.join(spec.estimators)}}}"]
+    for estimator in spec.estimators:
+        optimizers = _optimizers(estimator, spec.fixed, spec.search)
+        lines.append(f"{estimator} (optimizer {' | '.join(optimizers)}):")
+        params = [(k, p) for k, p in spec.search.items() if estimator in p.estimators]
+        width = max([len(k) for k, _ in params] + [8])
+        for key, param in params:
+            only = [o for o in optimizers if _applies(key, estimator, o, task_keys)]
+            note = (
+                f"  (only with optimizer {' | '.join(only)})" if len(only) < len(optimizers) else ""
+            )
+            lines.append(f"  {key:<{width}}  {param.describe()}{note}")
+        if not params:
+            lines.append("  (nothing searched)")
+        fixed = {
+            k: v for k, v in spec.fixed.items() if _applies_any(k, estimator, optimizers, task_keys)
+        }
+        if fixed:
+            lines.append("  fixed: " + ", ".join(f"{k}={_fmt(v)}" for k, v in fixed.items()))
+    return "\n".join(lines)
+
+
+def dry_run_text(spec: SweepSpec, samples: int = 3) -> str:
+    """What ``launch`` would do: resolved spec, search space, sampled trials, resources.
+
+    Sampling uses an in-memory Optuna study with a RandomSampler: nothing is written.
+    """
+    import optuna
+
+    from orchestrator.state_dir import resolve as resolve_state_dir
+
+    resolved = yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None)
+    out = [f"sweep {spec.name!r} ({spec.source})", "", "resolved spec:"]
+    out += ["  " + line for line in resolved.rstrip().splitlines()]
+    out += ["", "search space:"]
+    out += ["  " + line for line in search_space_text(spec).splitlines()]
+    out += ["", f"{samples} sampled configurations (random sampler, seed {spec.seed}):"]
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(
+            sampler=optuna.samplers.RandomSampler(seed=spec.seed),
+            direction=spec.objective.direction,
+        )
+        for index in range(samples):
+            trial = study.ask()
+            estimator, settings = suggest(spec, trial)
+            learner_spec(spec, estimator, settings, spec.seed + index)
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in settings.items()) or "defaults"
+            out.append(f"  {index + 1}. {estimator}: {shown}")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    r = spec.resources
+    state_dir = resolve_state_dir(spec.storage.state_dir)
+    out += [
+        "",
+        "resources:",
+        f"  per trial: {_fmt(r.cpus)} CPU, {_fmt(r.gpus)} GPU",
+        f"  workers: {spec.workers} concurrent trials -> Ray is asked for "
+        f"{_fmt(r.cpus * spec.workers)} CPU, {_fmt(r.gpus * spec.workers)} GPU in total",
+        f"  trials: {spec.trials} x {spec.steps} steps; checkpoint every "
+        f"{spec.checkpoint_every} steps; up to {spec.max_retries} retries per trial",
+        "",
+        "storage:",
+        f"  state directory: {state_dir}",
+        f"  optuna: {spec.storage.optuna or 'SQLite in the state directory'}",
+        f"  mlflow: {spec.storage.mlflow or 'SQLite in the state directory'}",
+    ]
+    return "\n".join(out)
+
+
+# -- applicability ---------------------------------------------------------------------------
+
+
+def _applies(key: str, estimator: str, optimizer: str, task_keys: Mapping[str, Any]) -> bool:
+    """Whether a learner of ``estimator`` with ``optimizer`` uses setting ``key``."""
+    if key in task_keys:
+        return True
+    if key not in LEARNER_DEFAULTS:
+        return key in _estimator_defaults(estimator)
+    if key == "optimizer":
+        return estimator not in KALMAN_RULES
+    if key in KALMAN_KEYS:
+        return optimizer == "kalman"
+    if key in ADAM_KEYS:
+        return optimizer == "adam"
+    if key in GRADIENT_KEYS:
+        return optimizer != "kalman"
+    return True
+
+
+def _applies_any(
+    key: str, estimator: str, optimizers: tuple[str, ...], task_keys: Mapping[str, Any]
+) -> bool:
+    return any(_applies(key, estimator, o, task_keys) for o in optimizers)
+
+
+def _optimizers(
+    estimator: str, fixed: Mapping[str, Any], search: Mapping[str, SearchParam]
+) -> tuple[str, ...]:
+    """The optimizers a trial of ``estimator`` may use."""
+    if estimator in KALMAN_RULES:
+        return ("kalman",)
+    if "optimizer" in fixed:
+        return (fixed["optimizer"],)
+    param = search.get("optimizer")
+    if param is not None and (not param.estimators or estimator in param.estimators):
+        return tuple(param.choices)
+    return ("adam",)
+
+
+def _owner_text(key: str, task_keys: Mapping[str, Any]) -> str:
+    if key in task_keys:
+        return "a task setting"
+    if key == "optimizer":
+        return "the Kalman rules always learn with the Kalman filter"
+    if key in KALMAN_KEYS:
+        return f"a Kalman-filter setting: for {', '.join(KALMAN_RULES)} or optimizer: kalman"
+    if key in ADAM_KEYS:
+        return "an Adam setting: for optimizer: adam"
+    if key in GRADIENT_KEYS:
+        return "a gradient-step setting, unused by the Kalman filter"
+    owners = [n for n in _online_estimators() if key in _estimator_defaults(n)]
+    return "a hyperparameter of " + ", ".join(owners)
+
+
+def _online_estimators() -> list[str]:
+    return [n for n in estimator_names() if n != "bptt"] + list(KALMAN_RULES)
+
+
+def _estimator_defaults(name: str) -> Mapping[str, Any]:
+    return get_estimator(KALMAN_RULES.get(name, name)).defaults
+
+
+def _known_settings(task_keys: Mapping[str, Any]) -> list[str]:
+    keys = set(LEARNER_DEFAULTS) - set(PROBE_SETTINGS.values())
+    for name in estimator_names():
+        keys |= set(get_estimator(name).defaults)
+    return sorted(keys | set(task_keys))
+
+
+def _setting_default(key: str, estimators: tuple[str, ...], task_keys: Mapping[str, Any]) -> Any:
+    if key in task_keys:
+        return task_keys[key]
+    if key in LEARNER_DEFAULTS:
+        return LEARNER_DEFAULTS[key]
+    for name in estimators:
+        if key in _estimator_defaults(name):
+            return _estimator_defaults(name)[key]
+    return None
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _fail(path: str, message: str) -> NoReturn:
+    raise SpecError(f"{path}: {message}", path)
+
+
+def _hint(word: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"{value!r} (a string)"
+    if isinstance(value, list | dict):
+        return f"a {type(value).__name__}"
+    return repr(value)
+
+
+def _mapping(
+    value: Any,
+    path: str,
+    allowed: tuple[str, ...] | None,
+    required: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Check that ``value`` is a mapping with string keys among ``allowed``."""
+    where = "at top level" if path == "" else f"in {path}"
+    if not isinstance(value, Mapping):
+        _fail(path or "top level", f"must be a mapping, got {_describe(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            _fail(path or "top level", f"keys must be strings, got {key!r}")
+        if allowed is not None and key not in allowed:
+            full = f"{path}.{key}" if path else key
+            raise SpecError(f"unknown key {key!r} {where}{_hint(key, allowed)}", full)
+    for key in required:
+        if key not in value:
+            full = f"{path}.{key}" if path else key
+            raise SpecError(f"missing required key {key!r} {where}", full)
+    return dict(value)
+
+
+def _int(value: Any, path: str, low: int | None = None) -> int:
+    ok = not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    )
+    if not ok or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        _fail(path, f"must be an integer{bound}, got {_describe(value)}")
+    return int(value)
+
+
+def _float(value: Any, path: str, low: float | None = None, low_open: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if not ok:
+        bound = f" {'>' if low_open else '>='} {_fmt(low)}" if low is not None else ""
+        _fail(path, f"must be a finite number{bound}, got {_describe(value)}")
+    return float(value)
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(path, f"must be true or false, got {_describe(value)}")
+    return value
+
+
+def _str(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        _fail(path, f"must be a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _choice(value: Any, path: str, choices: tuple[str, ...] | list[str], what: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        hint = _hint(value, choices) if isinstance(value, str) else ""
+        _fail(path, f"unknown {what} {value!r}{hint}; choose from {', '.join(choices)}")
+    return value
+
+
+def _check_sampler_packages(sampler: str, path: str = "sampler") -> None:
+    missing = [p for p in SAMPLER_PACKAGES.get(sampler, ()) if not _importable(p)]
+    if missing:
+        _fail(
+            path,
+            f"{sampler} needs the Python package(s) {', '.join(missing)}, which are not "
+            f"installed here (pip install {' '.join(missing)}), or choose tpe or random",
+        )
+
+
+def _importable(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def _estimators(value: Any, cell: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        _fail("estimators", f"must be a non-empty list of names, got {_describe(value)}")
+    known = _online_estimators()
+    names: list[str] = []
+    for index, name in enumerate(value):
+        path = f"estimators[{index}]"
+        if name == "bptt":
+            _fail(path, "'bptt' is offline (a reference), not an online learner; use tbptt")
+        if not isinstance(name, str) or name not in known:
+            hint = _hint(name, known) if isinstance(name, str) else ""
+            _fail(path, f"unknown estimator {name!r}{hint}; known: {', '.join(known)}")
+        if name in names:
+            _fail(path, f"duplicate estimator {name!r}")
+        cells = get_estimator(KALMAN_RULES.get(name, name)).cells
+        if cells is not None and cell not in cells:
+            _fail(path, f"{name} supports the {', '.join(cells)} cell only, not {cell}")
+        names.append(name)
+    return tuple(names)
+
+
+def _setting_key(
+    key: str, path: str, task_settings: Mapping[str, Any], task_keys: Mapping[str, Any]
+) -> None:
+    """A fixed or searched key must be a known setting, outside probe and task_settings."""
+    probe_keys = {v: k for k, v in PROBE_SETTINGS.items()}
+    if key in probe_keys:
+        _fail(path, f"set the probe in the probe section (probe.{probe_keys[key]})")
+    known = _known_settings(task_keys)
+    if key not in known:
+        _fail(path, f"unknown setting{_hint(key, known)}; known: {', '.join(known)}")
+    if key in task_settings:
+        _fail(path, f"also set in task_settings (task_settings.{key}); set it in one place")
+
+
+def _scalar(value: Any, path: str) -> Any:
+    if value is not None and not isinstance(value, bool | int | float | str):
+        _fail(path, f"must be a single value (number, string, true/false), got {_describe(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail(path, f"must be finite, got {value!r}")
+    return value
+
+
+def _search_param(key: str, value: Any, sweep_estimators: tuple[str, ...]) -> SearchParam:
+    """Parse ``search.<key>``; ``estimators`` stays empty unless listed (resolved later)."""
+    path = f"search.{key}"
+    raw = _mapping(value, path, PARAM_KEYS, required=("type",))
+    kind = _choice(raw["type"], f"{path}.type", PARAM_TYPES, "parameter type")
+    if kind == "categorical":
+        for name in ("low", "high", "log", "step"):
+            if name in raw:
+                _fail(f"{path}.{name}", "only for type float or int")
+    else:
+        if "choices" in raw:
+            _fail(f"{path}.choices", "only for type categorical")
+        for name in ("low", "high"):
+            if name not in raw:
+                raise SpecError(f"missing required key {name!r} in {path}", f"{path}.{name}")
+        if kind == "float" and "step" in raw:
+            _fail(f"{path}.step", "only for type int")
+    estimators: tuple[str, ...] = ()
+    if "estimators" in raw:
+        listed = raw["estimators"]
+        if not isinstance(listed, list) or not listed:
+            _fail(f"{path}.estimators", f"must be a non-empty list, got {_describe(listed)}")
+        for index, name in enumerate(listed):
+            if name not in sweep_estimators:
+                _fail(
+                    f"{path}.estimators[{index}]",
+                    f"{name!r} is not one of the sweep's estimators "
+                    f"({', '.join(sweep_estimators)})",
+                )
+            if name in listed[:index]:
+                _fail(f"{path}.estimators[{index}]", f"duplicate estimator {name!r}")
+        estimators = tuple(listed)
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            _fail(f"{path}.choices", f"must be a non-empty list, got {_describe(choices)}")
+        for index, choice in enumerate(choices):
+            _scalar(choice, f"{path}.choices[{index}]")
+            if choice in choices[:index]:
+                _fail(f"{path}.choices[{index}]", f"duplicate choice {choice!r}")
+        return SearchParam("categorical", choices=tuple(choices), estimators=estimators)
+    log = _bool(raw.get("log", False), f"{path}.log")
+    low: float | int
+    high: float | int
+    step: int | None = None
+    if kind == "float":
+        low = _float(raw["low"], f"{path}.low")
+        high = _float(raw["high"], f"{path}.high")
+    else:
+        low = _int(raw["low"], f"{path}.low")
+        high = _int(raw["high"], f"{path}.high")
+        step = _int(raw.get("step", 1), f"{path}.step", low=1)
+    if low >= high:
+        _fail(f"{path}.low", f"must be < high (got {_fmt(low)} >= {_fmt(high)})")
+    if log and low <= 0:
+        _fail(f"{path}.low", f"must be > 0 with log: true (got {_fmt(low)})")
+    if step is not None:
+        if log and step != 1:
+            _fail(f"{path}.step", f"must be 1 with log: true (got {step})")
+        if (high - low) % step:
+            _fail(
+                f"{path}.high", f"high - low must be a multiple of step {step} (got {high - low})"
+            )
+    return SearchParam(kind, low, high, log, step, (), estimators)
+
+
+def _resolve_estimators(
+    key: str,
+    param: SearchParam,
+    estimators: tuple[str, ...],
+    optimizers: Mapping[str, tuple[str, ...]],
+    fixed_for: Mapping[str, tuple[str, ...]],
+    task_keys: Mapping[str, Any],
+) -> SearchParam:
+    """Check (or fill in) the estimators a searched key exists for."""
+    path = f"search.{key}"
+    if param.estimators:
+        for index, name in enumerate(param.estimators):
+            if not _applies_any(key, name, optimizers[name], task_keys):
+                _fail(
+                    f"{path}.estimators[{index}]",
+                    f"{key} does not apply to {name} ({_owner_text(key, task_keys)})",
+                )
+        users = param.estimators
+    else:
+        users = tuple(e for e in estimators if _applies_any(key, e, optimizers[e], task_keys))
+        if not users:
+            _fail(
+                path,
+                f"applies to none of the estimators {', '.join(estimators)} "
+                f"({_owner_text(key, task_keys)})",
+            )
+    both = [e for e in users if e in fixed_for.get(key, ())]
+    if both:
+        _fail(
+            path,
+            f"also fixed for {', '.join(both)} (fixed.{key}); a setting is either fixed or "
+            "searched (limit either one with estimators:)",
+        )
+    default = _setting_default(key, users, task_keys)
+    if param.type != "categorical" and isinstance(default, bool | str):
+        _fail(f"{path}.type", f"{key} takes values like {default!r}: use type: categorical")
+    if param.type == "float" and isinstance(default, int) and not isinstance(default, bool):
+        _fail(f"{path}.type", f"{key} is an integer setting: use type: int")
+    return dataclasses.replace(param, estimators=users)
+
+
+def _check_values(
+    base: Mapping[str, Any],
+    shared: Mapping[str, Any],
+    estimators: tuple[str, ...],
+    fixed: Mapping[str, Any],
+    fixed_for: Mapping[str, tuple[str, ...]],
+    search: Mapping[str, SearchParam],
+) -> None:
+    """Validate the fixed values and every search bound or choice with ``split_settings``.
+
+    ``base`` holds the LearnerSpec fields, ``shared`` the task and probe settings.
+    """
+
+    def check(estimator: str, settings: dict[str, Any], path: str) -> None:
+        try:
+            split_settings(LearnerSpec(estimator=estimator, settings=settings, **base))
+        except ValueError as error:
+            _fail(path, f"{error} (estimator {estimator})")
+
+    for estimator in estimators:
+        check(estimator, dict(shared), "probe")
+        mine = {k: v for k, v in fixed.items() if estimator in fixed_for[k]}
+        for key, value in mine.items():
+            check(estimator, {**shared, key: value}, f"fixed.{key}")
+        settings = {**shared, **mine}
+        check(estimator, settings, "fixed")
+        for key, param in search.items():
+            if estimator in param.estimators:
+                for label, value in param.candidates():
+                    check(estimator, {**settings, key: value}, f"search.{key}.{label}")
+
+
+def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
+    top = _mapping(d, "", TOP_KEYS, REQUIRED_KEYS)
+    name = _str(top["name"], "name")
+    if not NAME_PATTERN.match(name):
+        _fail("name", f"must match [A-Za-z0-9_.-]+ (letters, digits, _ . -), got {name!r}")
+    task = _choice(top["task"], "task", task_names(), "task")
+    task_keys = task_defaults(task)
+    task_settings = _mapping(top.get("task_settings") or {}, "task_settings", tuple(task_keys))
+    try:
+        task_obj = make_task(task, **task_settings)
+    except ValueError as error:
+        _fail("task_settings", str(error))
+    cell = _choice(top.get("cell", "tanh"), "cell", CELLS, "cell")
+    hidden = _int(top.get("hidden", 32), "hidden", low=1)
+    if task_obj.cell is not None and hidden not in (task_obj.hidden, 32):
+        _fail("hidden", f"task {task} fixes the system: hidden = {task_obj.hidden}, got {hidden}")
+    dtype = _choice(top.get("dtype", "float32"), "dtype", tuple(DTYPES), "dtype")
+    seed = _int(top.get("seed", 0), "seed", low=0)
+    steps = _int(top["steps"], "steps", low=1)
+    trials = _int(top["trials"], "trials", low=1)
+    effective_cell = task_obj.cell().name if task_obj.cell is not None else cell
+    estimators = _estimators(top["estimators"], effective_cell)
+
+    probe_raw = _mapping(top.get("probe") or {}, "probe", tuple(PROBE_SETTINGS))
+    probe = Probe(
+        every=_int(probe_raw.get("every", 0), "probe.every", low=0),
+        window=_int(probe_raw.get("window", 100), "probe.window", low=1),
+        samples=_int(probe_raw.get("samples", 16), "probe.samples", low=1),
+        horizon=_int(probe_raw.get("horizon", 100), "probe.horizon", low=1),
+    )
+    if probe.every and probe.window > probe.every:
+        _fail("probe.window", f"must be <= probe.every (got {probe.window} > {probe.every})")
+
+    fixed = _mapping(top.get("fixed") or {}, "fixed", None)
+    for key, value in fixed.items():
+        _setting_key(key, f"fixed.{key}", task_settings, task_keys)
+        _scalar(value, f"fixed.{key}")
+    if "optimizer" in fixed:
+        _choice(fixed["optimizer"], "fixed.optimizer", CHOICES["optimizer"], "optimizer")
+
+    search_raw = _mapping(top.get("search") or {}, "search", None)
+    search: dict[str, SearchParam] = {}
+    for key, value in search_raw.items():
+        _setting_key(key, f"search.{key}", task_settings, task_keys)
+        search[key] = _search_param(key, value, estimators)
+    if "optimizer" in search:
+        if search["optimizer"].type != "categorical":
+            _fail("search.optimizer.type", "the optimizer is searched as type: categorical")
+        for index, choice in enumerate(search["optimizer"].choices):
+            path = f"search.optimizer.choices[{index}]"
+            _choice(choice, path, CHOICES["optimizer"], "optimizer")
+
+    optimizers = {e: _optimizers(e, fixed, search) for e in estimators}
+    fixed_for: dict[str, tuple[str, ...]] = {}
+    for key in fixed:
+        users = tuple(e for e in estimators if _applies_any(key, e, optimizers[e], task_keys))
+        if not users:
+            _fail(
+                f"fixed.{key}",
+                f"applies to none of the estimators {', '.join(estimators)} "
+                f"({_owner_text(key, task_keys)})",
+            )
+        fixed_for[key] = users
+    for key, param in search.items():
+        search[key] = _resolve_estimators(key, param, estimators, optimizers, fixed_for, task_keys)
+    base = {"task": task, "cell": cell, "hidden": hidden, "seed": seed, "dtype": dtype}
+    shared = {**task_settings, **probe.settings()}
+    _check_values(base, shared, estimators, fixed, fixed_for, search)
+
+    objective_raw = _mapping(top.get("objective") or {}, "objective", ("metric", "direction"))
+    metric = _choice(
+        objective_raw.get("metric", "final_loss"), "objective.metric", OBJECTIVE_METRICS, "metric"
+    )
+    if metric == "final_bpc" and not task_obj.bits_per_char:
+        _fail("objective.metric", f"final_bpc needs a character task; {task} is measured in nats")
+    direction = _choice(
+        objective_raw.get("direction", "minimize"), "objective.direction", DIRECTIONS, "direction"
+    )
+    sampler = _choice(top.get("sampler", "tpe"), "sampler", SAMPLERS, "sampler")
+    _check_sampler_packages(sampler)
+    pruner = _choice(top.get("pruner", "median"), "pruner", PRUNERS, "pruner")
+
+    resources_raw = _mapping(top.get("resources") or {}, "resources", ("cpus", "gpus"))
+    cpus = _float(resources_raw.get("cpus", 1.0), "resources.cpus", low=0.0, low_open=True)
+    gpus = _float(resources_raw.get("gpus", 0.0), "resources.gpus", low=0.0)
+    for label, amount in (("cpus", cpus), ("gpus", gpus)):
+        if amount > 1 and not amount.is_integer():
+            _fail(f"resources.{label}", f"above 1 must be a whole number (Ray), got {amount:g}")
+
+    checkpoint_every = _int(
+        top.get("checkpoint_every", max(1000, steps // 10)), "checkpoint_every", low=1
+    )
+    max_retries = _int(top.get("max_retries", 2), "max_retries", low=0)
+    workers = _int(top.get("workers", 1), "workers", low=1)
+    pack = _int(top.get("pack", 1), "pack", low=1)
+
+    storage_keys = ("state_dir", "optuna", "mlflow")
+    storage_raw = _mapping(top.get("storage") or {}, "storage", storage_keys)
+    storage = {
+        key: None if storage_raw.get(key) is None else _str(storage_raw[key], f"storage.{key}")
+        for key in storage_keys
+    }
+    if storage["optuna"] is not None and not re.match(r"^[a-z][a-z0-9+]*://", storage["optuna"]):
+        _fail(
+            "storage.optuna",
+            "must be a database URL such as postgresql://user:password@host:5432/db or "
+            f"sqlite:////path/optuna.db, got {storage['optuna']!r}",
+        )
+
+    return SweepSpec(
+        name=name,
+        task=task,
+        steps=steps,
+        trials=trials,
+        estimators=estimators,
+        task_settings=task_settings,
+        cell=cell,
+        hidden=hidden,
+        dtype=dtype,
+        seed=seed,
+        fixed=fixed,
+        search=search,
+        objective=Objective(metric, direction),
+        sampler=sampler,
+        pruner=pruner,
+        probe=probe,
+        resources=Resources(cpus, gpus),
+        checkpoint_every=checkpoint_every,
+        max_retries=max_retries,
+        workers=workers,
+        pack=pack,
+        storage=Storage(**storage),
+        source=source,
+    )

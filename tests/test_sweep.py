@@ -1,0 +1,325 @@
+"""Sweeps end to end on a real local Ray instance, real SQLite/PostgreSQL and MLflow stores:
+completion, actor faults, divergence, a driver killed with SIGKILL then resumed, bad specs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import yaml
+
+from algorithms.learner import Learner
+from orchestrator import spec as spec_
+from orchestrator import sweep_store
+from orchestrator.cli import main
+from orchestrator.driver import Driver
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS, LOG_EVERY = 1200, 100
+
+
+def _spec_dict(name="t", trials=3, **overrides):
+    spec = {
+        "name": name,
+        "task": "add",
+        "hidden": 8,
+        "dtype": "float64",
+        "steps": STEPS,
+        "trials": trials,
+        "estimators": ["uoro", "tbptt"],
+        "fixed": {"log_every": LOG_EVERY},
+        "search": {
+            "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "truncation": {"type": "int", "low": 2, "high": 8, "estimators": ["tbptt"]},
+        },
+        "pruner": "none",
+        "sampler": "random",
+        "checkpoint_every": 300,
+        "max_retries": 1,
+        "workers": 2,
+    }
+    spec.update(overrides)
+    return spec
+
+
+def _mlflow(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _plain_value(spec, trial) -> float:
+    """The trial's objective computed in this process, without Ray, Optuna or MLflow."""
+    learner_spec = spec_.learner_spec(
+        spec,
+        trial.user_attrs["estimator"],
+        trial.user_attrs["settings"],
+        trial.user_attrs["seed"],
+    )
+    return Learner(learner_spec).run(spec.steps)["final_loss"]
+
+
+def _check_sweep(spec, state_dir):
+    """Every trial once in Optuna, one MLflow child run each with every step exactly once."""
+    _, record = sweep_store.read_record(state_dir, spec.name)
+    study = sweep_store.load_study(record)
+    trials = study.get_trials()
+    assert len(trials) == spec.trials
+    client = _mlflow(record["tracking_uri"])
+    children = client.search_runs(
+        [record["mlflow_experiment_id"]],
+        f"tags.mlflow.parentRunId = '{record['mlflow_parent_run_id']}'",
+    )
+    assert len(children) == spec.trials
+    by_number = {int(r.data.tags["optuna_trial_number"]): r for r in children}
+    for trial in trials:
+        run = by_number[trial.number]
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        if trial.state.name == "COMPLETE":
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+            assert sorted(steps) == list(range(LOG_EVERY, spec.steps + 1, LOG_EVERY)), steps
+    return study, trials
+
+
+def test_sweep_completes_with_mlflow_children(ray_session, storage_url, tmp_path):
+    spec = spec_.load_spec_dict(_spec_dict(storage={"optuna": storage_url}))
+    summary = Driver(spec, str(tmp_path), workers=2).run()
+    study, trials = _check_sweep(spec, str(tmp_path))
+    assert summary["states"] == {"COMPLETE": 3}
+    for trial in trials:
+        assert trial.value == _plain_value(spec, trial)  # bit-for-bit, through Ray
+    _, record = sweep_store.read_record(str(tmp_path), spec.name)
+    parent = _mlflow(record["tracking_uri"]).get_run(record["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["rnnsweep.sweep"] == "t"
+
+
+class KillingDriver(Driver):
+    """Kills the actor of trial 0 after its first checkpoint, ``kills`` times."""
+
+    kills = 1
+
+    def _handle(self, run, result):
+        super()._handle(run, result)
+        if (
+            run.number == 0
+            and result["checkpoint"] is not None
+            and self.kills > 0
+            and (result["state"] == "running")
+        ):
+            import ray
+
+            self.kills -= 1
+            ray.kill(run.actor)
+
+
+def test_killed_actor_restarts_from_checkpoint(ray_session, tmp_path):
+    spec = spec_.load_spec_dict(_spec_dict(trials=2))
+    driver = KillingDriver(spec, str(tmp_path), workers=2)
+    driver.run()
+    assert driver.kills == 0
+    study, trials = _check_sweep(spec, str(tmp_path))
+    first = study.trials[0]
+    assert first.state.name == "COMPLETE" and first.user_attrs["retries"] == 1
+    assert first.value == _plain_value(spec, first)
+
+
+def test_actor_dying_past_max_retries_fails_the_trial_and_the_sweep_goes_on(ray_session, tmp_path):
+    spec = spec_.load_spec_dict(_spec_dict(trials=3, max_retries=1))
+    driver = KillingDriver(spec, str(tmp_path), workers=2)
+    driver.kills = 5
+    summary = driver.run()
+    study, trials = _check_sweep(spec, str(tmp_path))
+    first = study.trials[0]
+    assert first.state.name == "FAIL"
+    assert "actor died 2 times (max_retries 1)" in first.user_attrs["fail_reason"]
+    assert summary["states"]["COMPLETE"] == 2
+
+
+def test_diverging_trial_fails_with_its_reason_without_retry(ray_session, tmp_path):
+    spec = spec_.load_spec_dict(
+        _spec_dict(
+            task="influence-balancing",
+            estimators=["tbptt"],
+            trials=1,
+            steps=3000,
+            hidden=23,
+            dtype="float64",
+            fixed={"log_every": 100, "truncation": 1, "optimizer": "sgd", "lr": 0.1, "clip": 0.0},
+            search={},
+        )
+    )
+    summary = Driver(spec, str(tmp_path), workers=1).run()
+    trial = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1]).trials[0]
+    assert summary["states"] == {"FAIL": 1}
+    assert trial.user_attrs["fail_reason"].startswith("diverged: non-finite")
+    assert "retries" not in trial.user_attrs
+
+
+def _ray_processes(temp_root: str) -> list[int]:
+    """Pids of processes started for the Ray instance whose RAY_TMPDIR is ``temp_root``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().decode(errors="replace")
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().decode(errors="replace")
+        except OSError:
+            continue
+        if temp_root in cmdline or f"RAY_TMPDIR={temp_root}\0" in environ:
+            found.append(int(entry))
+    return found
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _launch_subprocess(spec_path, state_dir, temp_root):
+    env = {**os.environ, "RAY_TMPDIR": temp_root, "PYTHONPATH": ROOT}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "launch",
+            str(spec_path),
+            "--state-dir",
+            str(state_dir),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_driver_killed_mid_sweep_then_resumed(ray_session, storage_url, tmp_path):
+    spec_dict = _spec_dict(
+        trials=4,
+        steps=3000,
+        storage={"optuna": storage_url},
+        fixed={"log_every": LOG_EVERY, "optimizer": "sgd"},
+    )
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_dict))
+    state_dir = tmp_path / "state"
+    temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    proc = _launch_subprocess(spec_path, state_dir, temp_root)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if proc.poll() is not None:
+                pytest.fail(f"driver ended before it was killed:\n{proc.stdout.read()}")
+            if not os.path.exists(sweep_store.record_path(str(state_dir), "t")):
+                continue
+            study = sweep_store.load_study(sweep_store.read_record(str(state_dir), "t")[1])
+            states = [t.state.name for t in study.get_trials()]
+            checkpointed = [
+                t
+                for t in study.get_trials()
+                if t.state.name == "RUNNING" and t.user_attrs.get("checkpoint_step", 0) > 0
+            ]
+            if "COMPLETE" in states and checkpointed:
+                break
+        else:
+            pytest.fail("the sweep never reached a complete and a checkpointed running trial")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    spec = spec_.load_spec_dict(spec_dict)
+    try:
+        assert main(["resume", "t", "--state-dir", str(state_dir)]) == 0
+        study, trials = _check_sweep(spec, str(state_dir))
+    finally:
+        _kill(_ray_processes(temp_root))
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    for trial in trials:
+        assert trial.value == _plain_value(spec, trial)
+
+
+def test_normal_exit_leaves_no_ray_process(tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(_spec_dict(trials=2, workers=1)))
+    temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    proc = _launch_subprocess(spec_path, tmp_path / "state", temp_root)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    time.sleep(1.0)
+    assert _ray_processes(temp_root) == []
+
+
+def test_bad_spec_exits_2_and_creates_nothing(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_spec_dict(trails=3)))
+    state = tmp_path / "state"
+    assert main(["launch", str(bad), "--state-dir", str(state)]) == 2
+    assert "trails" in capsys.readouterr().err
+    assert not state.exists()
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(_spec_dict()))
+    assert main(["launch", str(good), "--dry-run", "--state-dir", str(state)]) == 0
+    assert "truncation" in capsys.readouterr().out
+    assert not state.exists()
+
+
+def test_status_best_and_run_back(ray_session, tmp_path, capsys):
+    spec = spec_.load_spec_dict(_spec_dict(trials=2))
+    Driver(spec, str(tmp_path), workers=2).run()
+    capsys.readouterr()
+    assert main(["status", "t", "--state-dir", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["name"] == "t" and len(status["trials"]) == 2
+    for row in status["trials"]:
+        assert row["state"] == "COMPLETE" and row["steps_done"] == STEPS
+        assert row["estimator"] in ("uoro", "tbptt") and row["mlflow_run_id"]
+        assert set(row) == {
+            "number",
+            "state",
+            "estimator",
+            "params",
+            "value",
+            "steps_done",
+            "mlflow_run_id",
+        }
+    best_file = tmp_path / "best.yaml"
+    assert main(["best", "t", "--state-dir", str(tmp_path), "-o", str(best_file)]) == 0
+    best = yaml.safe_load(best_file.read_text())["best"][0]
+    out = tmp_path / "again.json"
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(best_file),
+                "--estimator",
+                best["estimator"],
+                "--no-mlflow",
+                "--summary-json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out.read_text())["final_loss"] == best["value"]
+    assert main(["status", "nope", "--state-dir", str(tmp_path)]) == 2
+    assert "no sweep named 'nope'" in capsys.readouterr().err
