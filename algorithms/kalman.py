@@ -265,7 +265,8 @@ def observation(
 
     ``mse`` (``y [B, o]``): ``H = H_out``, ``R = r I``, ``e = y - o``. ``ce`` (``y [B]`` class
     indices, or a target distribution ``[B, o]``): ``p = softmax(o)``, ``F = diag(p) - p p^T``,
-    ``H = F H_out``, ``R = F + r I``, ``e = onehot(y) - p`` (or ``y - p``); needs ``r > 0``. ``obs_noise`` r defaults to ``OBS_NOISE[loss_kind]``.
+    ``H = F H_out``, ``R = F + r I``, ``e = onehot(y) - p`` (or ``y - p``); needs ``r > 0``.
+    ``obs_noise`` r defaults to ``OBS_NOISE[loss_kind]``.
     """
     if loss_kind not in OBS_NOISE:
         raise ValueError(f"unknown loss kind {loss_kind!r}; known: {', '.join(OBS_NOISE)}")

@@ -163,6 +163,9 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
         else:
             task_keys[key] = value
     resolve_hyper(estimator, est_keys)
+    for key, value in make_task(spec.task, **task_keys).learner_defaults.items():
+        if key not in spec.settings:
+            learner[key] = value
     opt = learner["optimizer"] or ("kalman" if spec.estimator in KALMAN_RULES else "adam")
     learner["optimizer"] = opt
     for key, choices in CHOICES.items():

@@ -120,7 +120,7 @@ class KillingDriver(Driver):
 
 def test_killed_actor_restarts_from_checkpoint(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=2))
-    driver = KillingDriver(spec, str(tmp_path), workers=2)
+    driver = KillingDriver(spec, str(tmp_path), workers=2, chunk_seconds=0.02)
     driver.run()
     assert driver.kills == 0
     study, trials = _check_sweep(spec, str(tmp_path))
@@ -131,7 +131,7 @@ def test_killed_actor_restarts_from_checkpoint(ray_session, tmp_path):
 
 def test_actor_dying_past_max_retries_fails_the_trial_and_the_sweep_goes_on(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=3, max_retries=1))
-    driver = KillingDriver(spec, str(tmp_path), workers=2)
+    driver = KillingDriver(spec, str(tmp_path), workers=2, chunk_seconds=0.02)
     driver.kills = 5
     summary = driver.run()
     study, trials = _check_sweep(spec, str(tmp_path))
