@@ -446,19 +446,20 @@ def dry_run_text(spec: SweepSpec, samples: int = 3) -> str:
         optuna.logging.set_verbosity(verbosity)
     r = spec.resources
     state_dir = resolve_state_dir(spec.storage.state_dir)
+    sqlite = "SQLite in the state directory"
     out += [
         "",
         "resources:",
-        f"  per trial: {_fmt(r.cpus)} CPU, {_fmt(r.gpus)} GPU",
+        f"  per trial: {r.cpus:g} CPU, {r.gpus:g} GPU",
         f"  workers: {spec.workers} concurrent trials -> Ray is asked for "
-        f"{_fmt(r.cpus * spec.workers)} CPU, {_fmt(r.gpus * spec.workers)} GPU in total",
+        f"{r.cpus * spec.workers:g} CPU, {r.gpus * spec.workers:g} GPU in total",
         f"  trials: {spec.trials} x {spec.steps} steps; checkpoint every "
         f"{spec.checkpoint_every} steps; up to {spec.max_retries} retries per trial",
         "",
         "storage:",
         f"  state directory: {state_dir}",
-        f"  optuna: {spec.storage.optuna or 'SQLite in the state directory'}",
-        f"  mlflow: {spec.storage.mlflow or 'SQLite in the state directory'}",
+        f"  optuna: {spec.storage.optuna or sqlite}",
+        f"  mlflow: {spec.storage.mlflow or sqlite + ' (or $MLFLOW_TRACKING_URI)'}",
     ]
     return "\n".join(out)
 
@@ -558,7 +559,8 @@ def _hint(word: str, options: list[str] | tuple[str, ...]) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        text = f"{value:.4g}"
+        return text if any(c in text for c in ".ein") else text + ".0"
     return str(value)
 
 
@@ -585,7 +587,8 @@ def _mapping(
             _fail(path or "top level", f"keys must be strings, got {key!r}")
         if allowed is not None and key not in allowed:
             full = f"{path}.{key}" if path else key
-            raise SpecError(f"unknown key {key!r} {where}{_hint(key, allowed)}", full)
+            hint = _hint(key, allowed) or f" (known: {', '.join(allowed) or 'none'})"
+            raise SpecError(f"unknown key {key!r} {where}{hint}", full)
     for key in required:
         if key not in value:
             full = f"{path}.{key}" if path else key
