@@ -30,11 +30,13 @@ import torch
 from torch import Tensor
 
 from algorithms.cell import Cell
-from algorithms.estimator import Estimator, StepResult, one_of, positive, register
+from algorithms.estimator import Estimator, StepResult, register
 from algorithms.forward_mode import param_rows, state_jvp
 from algorithms.params import Params
 from algorithms.trajectory import matvec, unit_blocks
 from algorithms.uoro import (
+    RANK_ONE_CHECKS,
+    RANK_ONE_DEFAULTS,
     RankOneState,
     init_rank_one,
     rank_one_gradient,
@@ -99,8 +101,8 @@ NOBACKTRACK = register(
         name="nobacktrack",
         init=init,
         step=step,
-        defaults={"eps": 1e-7, "path": "auto"},
-        checks={"eps": positive, "path": one_of("auto", "closed-form", "generic")},
+        defaults=RANK_ONE_DEFAULTS,
+        checks=RANK_ONE_CHECKS,
         exact=False,
         unbiased=True,
         summary="NoBackTrack: rank-one influence, one rho per unit term; O(P)",

@@ -93,6 +93,10 @@ def rho(norms: Tensor, eps: float) -> Tensor:
     return norms[:, 0::2].add(eps).div_(norms[:, 1::2].add(eps)).sqrt_()
 
 
+RANK_ONE_DEFAULTS = {"eps": 1e-7, "path": "auto"}
+RANK_ONE_CHECKS = {"eps": positive, "path": one_of("auto", "closed-form", "generic")}
+
+
 def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
     if state.closed_form:
         return _step_tanh(params, state, x, y)
@@ -155,8 +159,8 @@ UORO = register(
         name="uoro",
         init=init,
         step=step,
-        defaults={"eps": 1e-7, "path": "auto"},
-        checks={"eps": positive, "path": one_of("auto", "closed-form", "generic")},
+        defaults=RANK_ONE_DEFAULTS,
+        checks=RANK_ONE_CHECKS,
         exact=False,
         unbiased=True,
         summary="UORO: rank-one influence v w^T, one global rho pair; O(P)",
