@@ -288,10 +288,13 @@ class Driver:
         if reason:
             run.trial.set_user_attr("fail_reason" if state == "FAIL" else "reason", reason)
             run.tracker.set_tags({"reason": reason})
-        study = run.trial.study
-        study.tell(run.number, value if state == "COMPLETE" else None, state=states[state])
+        # MLflow first: its queue is drained before Optuna records the end, so a driver killed
+        # in between leaves a RUNNING trial (redone from its last checkpoint by ``resume``),
+        # never a finished trial with metrics missing.
         run.tracker.set_tags({"optuna_state": state})
         run.tracker.close({"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}[state])
+        study = run.trial.study
+        study.tell(run.number, value if state == "COMPLETE" else None, state=states[state])
         run.row.state, run.row.note = state, reason[:60]
         if state == "COMPLETE" and value is not None:
             best = self.table.best
