@@ -454,7 +454,7 @@ def dry_run_text(spec: SweepSpec, samples: int = 3) -> str:
         f"  workers: {spec.workers} concurrent trials -> Ray is asked for "
         f"{r.cpus * spec.workers:g} CPU, {r.gpus * spec.workers:g} GPU in total",
         f"  trials: {spec.trials} x {spec.steps} steps; checkpoint every "
-        f"{spec.checkpoint_every} steps; up to {spec.max_retries} retries per trial",
+        f"{spec.checkpoint_every} steps; retries per failed trial: {spec.max_retries}",
         "",
         "storage:",
         f"  state directory: {state_dir}",

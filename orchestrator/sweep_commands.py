@@ -3,6 +3,7 @@ sweep's stores."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -22,8 +23,7 @@ def launch_command(args) -> int:
         spec = spec_.load_spec_dict({**spec.to_dict(), "name": args.name}, source=args.spec)
     workers = args.workers or spec.workers
     if args.dry_run:
-        print(spec_.dry_run_text(spec))
-        print(f"workers: {workers}")
+        print(spec_.dry_run_text(dataclasses.replace(spec, workers=workers)))
         return 0
     state_dir = resolve_state_dir(args.state_dir or spec.storage.state_dir)
     if os.path.exists(sweep_store.record_path(state_dir, spec.name)):

@@ -45,14 +45,23 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def experiment_id(mlflow_client, name: str) -> str:
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a local SQLite store live beside it (``<dir>/artifacts/<experiment>``),
+    not in ``./mlruns`` of whatever directory a command ran in; servers choose their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    directory = os.path.dirname(uri.removeprefix("sqlite:///"))
+    return "file://" + os.path.join(os.path.abspath(directory), "artifacts", experiment)
+
+
+def experiment_id(mlflow_client, name: str, artifact_location: str | None = None) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             mlflow_client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name)
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # noqa: BLE001 - created concurrently by another process
         return mlflow_client.get_experiment_by_name(name).experiment_id
 
@@ -89,7 +98,9 @@ class Tracker:
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = self.client.create_run(
-                experiment_id(self.client, experiment), tags=all_tags, run_name=run_name
+                experiment_id(self.client, experiment, artifact_location(uri, experiment)),
+                tags=all_tags,
+                run_name=run_name,
             )
             self.run_id = run.info.run_id
             self.experiment_id = run.info.experiment_id

@@ -53,7 +53,9 @@ def test_unknown_task_lists_known_ones() -> None:
 
 
 def test_unknown_setting_names_key_and_known_keys() -> None:
-    with pytest.raises(ValueError, match=re.escape("add: unknown setting 'tt1' (known: t1, t2, labels)")):
+    with pytest.raises(
+        ValueError, match=re.escape("add: unknown setting 'tt1' (known: t1, t2, labels)")
+    ):
         make_task("add", tt1=3)
 
 
