@@ -212,7 +212,7 @@ def _launch_subprocess(spec_path, state_dir, temp_root):
 def test_driver_killed_mid_sweep_then_resumed(ray_session, storage_url, tmp_path):
     spec_dict = _spec_dict(
         trials=4,
-        steps=3000,
+        steps=12000,
         storage={"optuna": storage_url},
         fixed={"log_every": LOG_EVERY, "optimizer": "sgd"},
     )
