@@ -324,6 +324,9 @@ class Driver:
         if result["state"] == "running" and not pruned:
             run.future = run.actor.advance.remote(self.chunk_seconds)
         if result["checkpoint"] is not None:
+            # The metrics up to the checkpoint must be in MLflow before it can be resumed
+            # from, or a crash would leave a gap; the learner is already on its next chunk.
+            run.tracker.flush()
             sweep_store.write_atomic(
                 sweep_store.checkpoint_path(self.state_dir, self.name, run.number),
                 result["checkpoint"],
