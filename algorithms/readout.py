@@ -24,7 +24,9 @@ def backward(readout: Tensor, delta: Tensor, hb: Tensor) -> tuple[Tensor, Tensor
     n = hb.shape[1] - 1
     if readout.dim() == 2:
         dh = torch.mm(delta, readout[:, :n])
-        grad = torch.mm(delta.t(), hb).div_(hb.shape[0])
+        grad = torch.mm(delta.t(), hb)
+        if hb.shape[0] > 1:
+            grad.div_(hb.shape[0])
     else:
         dh = torch.bmm(delta.unsqueeze(1), readout[:, :, :n]).squeeze(1)
         grad = torch.bmm(delta.unsqueeze(2), hb.unsqueeze(1))
@@ -39,5 +41,6 @@ def reduce_streams(per_stream: Tensor, scale: Tensor, shared: bool) -> Tensor:
     batch = per_stream.shape[0]
     if shared:
         flat = per_stream.reshape(batch, -1)
-        return torch.mv(flat.t(), scale).div_(batch).view(per_stream.shape[1:])
+        mean = torch.mv(flat.t(), scale)
+        return (mean.div_(batch) if batch > 1 else mean).view(per_stream.shape[1:])
     return per_stream * scale.view((batch,) + (1,) * (per_stream.dim() - 1))

@@ -72,12 +72,13 @@ def init_rank_one(
         w = w.view(batch, cell.hidden, cell.hidden + 1 + cell.inputs)
     signs = SignStream(seeds, cell.state_size, dtype)
     norms = torch.empty(batch, 4, dtype=dtype, device=device)
+    norms[:, 3] = cell.state_size**0.5  # ||nu||, constant
     return RankOneState(traj, v, w, signs, hyper["eps"], closed, norms)
 
 
 def rank_one_gradient(params: Params, state: RankOneState, ds: Tensor, g_readout: Tensor) -> Params:
     """``(dl/ds . v) w`` and the exact readout gradient."""
-    scale = torch.bmm(ds.unsqueeze(1), state.v.unsqueeze(2)).view(-1)
+    scale = torch.linalg.vecdot(ds, state.v)
     g_theta = readout_.reduce_streams(state.w, scale, shared=not params.per_stream)
     return Params(g_theta.reshape(params.theta.shape), g_readout)
 
@@ -118,7 +119,6 @@ def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> Ste
     torch.mul(
         torch.linalg.vector_norm(d, dim=1), torch.linalg.vector_norm(z, dim=1), out=norms[:, 2]
     )
-    norms[:, 3] = n**0.5
     r = rho(norms, state.eps)
     r0, r1 = r[:, 0:1], r[:, 1:2]
     torch.addcmul(jv.mul_(r0), nu, r1, out=v)
@@ -137,7 +137,6 @@ def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> 
     torch.linalg.vector_norm(w, dim=1, out=norms[:, 0])
     torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
     torch.linalg.vector_norm(nu_f, dim=1, out=norms[:, 2])
-    norms[:, 3] = cell.state_size**0.5
     r = rho(norms, state.eps)
     r0, r1 = r[:, 0:1], r[:, 1:2]
     torch.addcmul(jv.mul_(r0), nu, r1, out=v)
