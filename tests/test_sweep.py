@@ -97,7 +97,7 @@ def test_sweep_completes_with_mlflow_children(ray_session, storage_url, tmp_path
     study, trials = _check_sweep(spec, str(tmp_path))
     assert summary["states"] == {"COMPLETE": 3}
     for trial in trials:
-        assert trial.value == _plain_value(spec, trial)  # bit-for-bit, through Ray
+        assert trial.value == _plain_value(spec, trial)  # through Ray, Optuna and MLflow
     _, record = sweep_store.read_record(str(tmp_path), spec.name)
     parent = _mlflow(record["tracking_uri"]).get_run(record["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["rnnsweep.sweep"] == "t"
