@@ -309,6 +309,10 @@ class Driver:
     def _handle(self, run: Running, result: dict[str, Any]) -> None:
         trial = run.trial
         pruned = False
+        if result["state"] == "running":
+            # The next chunk first, so that the actor computes while this result is recorded
+            # (a pruned trial then wastes at most one chunk, which is discarded).
+            run.future = run.actor.advance.remote(self.chunk_seconds)
         for report in result["reports"]:
             step = report["step"]
             if step > run.last_logged:
@@ -321,8 +325,6 @@ class Driver:
                 run.reported.add(step)
                 if trial.should_prune():
                     pruned = True
-        if result["state"] == "running" and not pruned:
-            run.future = run.actor.advance.remote(self.chunk_seconds)
         if result["checkpoint"] is not None:
             # The metrics up to the checkpoint must be in MLflow before it can be resumed
             # from, or a crash would leave a gap; the learner is already on its next chunk.
