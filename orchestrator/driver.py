@@ -65,6 +65,7 @@ class Driver:
             storage.optuna or sweep_store.default_optuna_url(self.state_dir)
         )
         self.tracking_uri = storage.mlflow or sweep_store.default_tracking_uri(self.state_dir)
+        os.makedirs(self.state_dir, exist_ok=True)
         self.started_ray = False
         self.running: dict[int, Running] = {}
         self.idle: list[Any] = []
@@ -270,7 +271,7 @@ class Driver:
                 "FAIL",
                 None,
                 f"actor died {run.retries} times (max_retries "
-                f"{self.spec.max_retries}): {type(error).__name__}",
+                f"{self.spec.max_retries}): {type(error).__name__}: {_last_line(error)}",
             )
             return
         run.row.state, run.row.note = "RESTARTING", f"retry {run.retries}"
@@ -372,8 +373,13 @@ class Driver:
         def open_stores() -> None:
             try:
                 opened["stores"] = self._open(resume)
-            except BaseException as error:  # noqa: BLE001 - re-raised below
+            except (ValueError, KeyError) as error:
                 opened["error"] = error
+            except Exception as error:  # noqa: BLE001 - an unreachable or broken store
+                opened["error"] = ValueError(
+                    f"cannot open the sweep's stores (Optuna {self.optuna_url}, MLflow "
+                    f"{self.tracking_uri}): {type(error).__name__}: {error}"
+                )
 
         opener = threading.Thread(target=open_stores, name="open-stores")
         opener.start()
@@ -464,6 +470,12 @@ class Driver:
             else:  # on a shared instance, give the actors' resources back
                 for actor in self.actors:
                     ray.kill(actor)
+
+
+def _last_line(error: Exception) -> str:
+    """The most telling line of a Ray error (its root cause comes last)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def settings_for_display(settings: dict[str, Any]) -> dict[str, Any]:
