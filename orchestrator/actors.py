@@ -32,6 +32,12 @@ class LearnerHost:
         import torch
 
         torch.set_num_threads(max(1, threads))
+        # Ray starts workers at nice 15, below its own daemons; a learner is the work itself,
+        # so it takes the ordinary priority back where the system allows it.
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        except (PermissionError, OSError):
+            pass
         self.learner = None
         self.trial: int | None = None
         self.steps = 0
