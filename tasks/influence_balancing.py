@@ -15,8 +15,8 @@ first ``positive`` units) and negatively in the long run (through the others, wh
 short compared to the chain sees only the positive short-term influence and drives ``theta``
 the wrong way (it diverges); unbiased estimators (RTRL, UORO, NoBackTrack) converge.
 ``theta0`` (default 0.5) is the initial ``theta``, returned by the cell's ``init_params``.
-Documented learner settings (``Task.learner_defaults``): Adam, ``lr = 3e-3``,
-``lr_decay = 0.1``.
+Documented learner settings (``Task.learner_defaults``): Adam, ``lr = 1e-2``,
+``lr_decay = 0.3`` (rate ``lr / (1 + 0.3 sqrt(t))``).
 """
 
 from __future__ import annotations
@@ -113,5 +113,5 @@ def influence_balancing_task(n: int = 23, positive: int = 10, theta0: float = 0.
         # Adam's bounded steps: theta reaches the optimum within a few thousand steps and
         # the spikes of rank-one estimates cannot throw it far (SGD at a rate small enough
         # for them stalls); the decay lets exact gradients settle.
-        learner_defaults={"optimizer": "adam", "lr": 3e-3, "lr_decay": 0.1},
+        learner_defaults={"optimizer": "adam", "lr": 1e-2, "lr_decay": 0.3},
     )
