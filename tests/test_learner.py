@@ -95,8 +95,15 @@ def test_divergence_is_a_result_not_an_exception():
         "influence-balancing",
         "tbptt",
         seed=0,
-        dtype="float64",
-        settings={"truncation": 1, "optimizer": "sgd", "lr": 0.1, "clip": 0.0, "log_every": 100},
+        dtype="float32",
+        settings={
+            "truncation": 1,
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "lr_decay": 0.0,
+            "clip": 0.0,
+            "log_every": 100,
+        },
     )
     summary = Learner(spec).run(20000)
     assert summary["diverged"] is True

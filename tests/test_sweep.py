@@ -154,7 +154,14 @@ def test_diverging_trial_fails_with_its_reason_without_retry(ray_session, tmp_pa
             steps=3000,
             hidden=23,
             dtype="float32",  # overflows within a thousand steps
-            fixed={"log_every": 100, "truncation": 1, "optimizer": "sgd", "lr": 0.1, "clip": 0.0},
+            fixed={
+                "log_every": 100,
+                "truncation": 1,
+                "optimizer": "sgd",
+                "lr": 0.1,
+                "lr_decay": 0.0,
+                "clip": 0.0,
+            },
             search={},
         )
     )
