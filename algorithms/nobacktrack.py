@@ -33,7 +33,6 @@ from algorithms.cell import Cell
 from algorithms.estimator import Estimator, StepResult, register
 from algorithms.forward_mode import param_rows, state_jvp
 from algorithms.params import Params
-from algorithms.trajectory import matvec, unit_blocks
 from algorithms.uoro import (
     RANK_ONE_CHECKS,
     RANK_ONE_DEFAULTS,
@@ -42,6 +41,7 @@ from algorithms.uoro import (
     rank_one_gradient,
     rank_one_influence,
     rho,
+    tanh_forward,
 )
 
 
@@ -59,16 +59,7 @@ def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResul
 
 def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
     traj, v, w, norms, eps = state.traj, state.v, state.w, state.norms, state.eps
-    cell = traj.cell
-    n, leak = cell.hidden, cell.leak
-    blocks = unit_blocks(cell, params.theta)
-    nu = state.signs.next()
-    z, d = traj.advance(blocks, x)
-    jv = matvec(blocks[..., :n], v).mul_(d)
-    if leak != 1.0:
-        jv.add_(v, alpha=1.0 - leak)
-    torch.linalg.vector_norm(w, dim=(1, 2), out=norms[:, 0])
-    torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
+    z, d, nu, jv = tanh_forward(params, state, x)
     r0 = rho(norms, eps)[:, 0:1]
     rho_k = torch.mul(d, torch.linalg.vector_norm(z, dim=1, keepdim=True))
     rho_k.add_(eps).div_(1.0 + eps).sqrt_()

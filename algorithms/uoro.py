@@ -104,18 +104,27 @@ def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResul
     return _step_generic(params, state, x, y)
 
 
-def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
-    traj, v, w, norms = state.traj, state.v, state.w, state.norms
+def tanh_forward(
+    params: Params, state: RankOneState, x: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The tanh step shared by UORO and NoBackTrack: ``(z, d, nu, J v)``, with ``||w||`` and
+    ``||J v||`` written to ``norms[:, 0]`` and ``norms[:, 1]``."""
+    traj, v, norms = state.traj, state.v, state.norms
     cell = traj.cell
-    n, leak = cell.hidden, cell.leak
     blocks = unit_blocks(cell, params.theta)
     nu = state.signs.next()
     z, d = traj.advance(blocks, x)
-    jv = matvec(blocks[..., :n], v).mul_(d)
-    if leak != 1.0:
-        jv.add_(v, alpha=1.0 - leak)
-    torch.linalg.vector_norm(w, dim=(1, 2), out=norms[:, 0])
+    jv = matvec(blocks[..., : cell.hidden], v).mul_(d)
+    if cell.leak != 1.0:
+        jv.add_(v, alpha=1.0 - cell.leak)
+    torch.linalg.vector_norm(state.w, dim=(1, 2), out=norms[:, 0])
     torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
+    return z, d, nu, jv
+
+
+def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    traj, v, w, norms = state.traj, state.v, state.w, state.norms
+    z, d, nu, jv = tanh_forward(params, state, x)
     torch.mul(
         torch.linalg.vector_norm(d, dim=1), torch.linalg.vector_norm(z, dim=1), out=norms[:, 2]
     )
