@@ -167,6 +167,15 @@ def one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
+def path_check(value: Any) -> str | None:
+    """The ``path`` hyperparameter: ``auto`` (closed form where one exists), ``closed-form``
+    or ``generic`` (``torch.func``)."""
+    return one_of(*PATHS)(value)
+
+
+PATHS = ("auto", "closed-form", "generic")
+
+
 def use_closed_form(cell: Cell, path: str, name: str) -> bool:
     """Resolve the ``path`` hyperparameter: closed forms exist for the tanh cell only."""
     if path == "closed-form" and cell.name != "tanh":

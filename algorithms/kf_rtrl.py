@@ -99,9 +99,7 @@ def step(params: Params, state: KfRtrlState, x: Tensor, y: Tensor) -> StepResult
     return StepResult(loss, out, kronecker_gradient(params, state, dh, g_readout))
 
 
-def kronecker_gradient(
-    params: Params, state: KfRtrlState, dh: Tensor, g_readout: Tensor
-) -> Params:
+def kronecker_gradient(params: Params, state: KfRtrlState, dh: Tensor, g_readout: Tensor) -> Params:
     """``g[j, l] = ((dl/dh)^T A)_j u_l``, per stream or the mean over streams; readout exact."""
     batch = dh.shape[0]
     left = torch.bmm(dh.unsqueeze(1), state.a).squeeze(1)  # [B, n]

@@ -66,8 +66,14 @@ PROBE_METRICS = ("bias", "variance", "cosine", "staleness")
 # small; truncated BPTT updates once per truncation and takes a larger one.
 LR: dict[str, dict[str, float]] = {
     "sgd": {"default": 1e-3},
-    "adam": {"default": 1e-4, "rtrl": 1e-3, "tbptt": 1e-3, "snap1": 1e-3, "rflo": 1e-3,
-             "kf-rtrl": 3e-4},
+    "adam": {
+        "default": 1e-4,
+        "rtrl": 1e-3,
+        "tbptt": 1e-3,
+        "snap1": 1e-3,
+        "rflo": 1e-3,
+        "kf-rtrl": 3e-4,
+    },
     "kalman": {"default": 1.0},  # unused: the filter sets its own step
 }
 CHOICES = {

@@ -27,7 +27,13 @@ import torch
 from torch import Tensor
 
 from algorithms.cell import Cell
-from algorithms.estimator import Estimator, StepResult, one_of, register, use_closed_form
+from algorithms.estimator import (
+    Estimator,
+    StepResult,
+    path_check,
+    register,
+    use_closed_form,
+)
 from algorithms.forward_mode import jacobians
 from algorithms.params import Params
 from algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
@@ -121,7 +127,7 @@ RTRL = register(
         init=init,
         step=step,
         defaults={"path": "auto"},
-        checks={"path": one_of("auto", "closed-form", "generic")},
+        checks={"path": path_check},
         exact=True,
         unbiased=True,
         summary="RTRL: exact influence G' = J G + dF/dtheta; O(S^2 P)",

@@ -30,7 +30,13 @@ import torch
 from torch import Tensor
 
 from algorithms.cell import Cell
-from algorithms.estimator import Estimator, StepResult, one_of, register, use_closed_form
+from algorithms.estimator import (
+    Estimator,
+    StepResult,
+    path_check,
+    register,
+    use_closed_form,
+)
 from algorithms.forward_mode import jacobians
 from algorithms.params import Params
 from algorithms.rtrl import influence_gradient
@@ -141,7 +147,7 @@ SNAP1 = register(
         init=init,
         step=step,
         defaults={"path": "auto"},
-        checks={"path": one_of("auto", "closed-form", "generic")},
+        checks={"path": path_check},
         exact=False,
         unbiased=False,
         summary="SnAp-1: influence kept on the pattern of dF/dtheta; O(P) for tanh",

@@ -40,7 +40,13 @@ from torch.func import vjp, vmap
 
 from algorithms import readout as readout_
 from algorithms.cell import Cell
-from algorithms.estimator import Estimator, StepResult, one_of, register, use_closed_form
+from algorithms.estimator import (
+    Estimator,
+    StepResult,
+    path_check,
+    register,
+    use_closed_form,
+)
 from algorithms.loss import loss_and_delta
 from algorithms.params import Params
 from algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
@@ -260,7 +266,7 @@ TBPTT = register(
         checks={
             "truncation": _truncation_problem,
             "stride": _stride_problem,
-            "path": one_of("auto", "closed-form", "generic"),
+            "path": path_check,
         },
         exact=False,
         unbiased=False,

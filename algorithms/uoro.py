@@ -29,7 +29,7 @@ from algorithms.cell import Cell
 from algorithms.estimator import (
     Estimator,
     StepResult,
-    one_of,
+    path_check,
     positive,
     register,
     use_closed_form,
@@ -95,7 +95,7 @@ def rho(norms: Tensor, eps: float) -> Tensor:
 
 
 RANK_ONE_DEFAULTS = {"eps": 1e-7, "path": "auto"}
-RANK_ONE_CHECKS = {"eps": positive, "path": one_of("auto", "closed-form", "generic")}
+RANK_ONE_CHECKS = {"eps": positive, "path": path_check}
 
 
 def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
