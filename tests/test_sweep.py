@@ -185,9 +185,24 @@ def _ray_processes(temp_root: str) -> list[int]:
                 environ = handle.read().decode(errors="replace")
         except OSError:
             continue
-        if temp_root in cmdline or f"RAY_TMPDIR={temp_root}\0" in environ:
+        if (
+            temp_root in cmdline
+            or f"RAY_TMPDIR={temp_root}\0" in environ
+            or _has_open_file(entry, temp_root)
+        ):
             found.append(int(entry))
     return found
+
+
+def _has_open_file(pid: str, root: str) -> bool:
+    """Ray's agents rename themselves and drop the environment, but keep their logs open."""
+    try:
+        return any(
+            os.readlink(f"/proc/{pid}/fd/{fd}").startswith(root)
+            for fd in os.listdir(f"/proc/{pid}/fd")
+        )
+    except OSError:
+        return False
 
 
 def _kill(pids: list[int]) -> None:
