@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from typing import Any
@@ -27,6 +28,7 @@ from orchestrator.progress import ProgressLine
 from orchestrator.state_dir import resolve as resolve_state_dir
 
 EXPERIMENT = "rnnsweep-runs"
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -40,6 +42,8 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, dict | list):
             raise ValueError(f"--set {key}: expected a single value, got {text!r}")
         settings[key.strip()] = value

@@ -150,3 +150,25 @@ def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     bad.write_text("garbage")
     assert main(["run", "--resume", str(bad), "--no-mlflow"]) == 2
     assert "corrupt or not a checkpoint" in capsys.readouterr().err
+
+
+def test_set_values_are_yaml_scalars_with_exponents_as_numbers():
+    from orchestrator.run_command import parse_sets
+
+    assert parse_sets(
+        [
+            "process_noise=1e-4",
+            "lr=0.01",
+            "truncation=8",
+            "optimizer=sgd",
+            "clip=2E1",
+            "labels=soft",
+        ]
+    ) == {
+        "process_noise": 1e-4,
+        "lr": 0.01,
+        "truncation": 8,
+        "optimizer": "sgd",
+        "clip": 20.0,
+        "labels": "soft",
+    }
