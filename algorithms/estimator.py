@@ -57,6 +57,7 @@ class Estimator:
 
 
 ESTIMATORS: dict[str, Estimator] = {}
+StepFn = Callable[[Params, Any, Tensor, Tensor], StepResult]
 
 
 def register(estimator: Estimator) -> Estimator:
@@ -174,6 +175,15 @@ def path_check(value: Any) -> str | None:
 
 
 PATHS = ("auto", "closed-form", "generic")
+
+
+def by_path(closed_form: StepFn, generic: StepFn) -> StepFn:
+    """A ``step`` that takes the closed form when the state was built for one."""
+
+    def step(params: Params, state: Any, x: Tensor, y: Tensor) -> StepResult:
+        return (closed_form if state.closed_form else generic)(params, state, x, y)
+
+    return step
 
 
 def use_closed_form(cell: Cell, path: str, name: str) -> bool:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from algorithms.cell import Cell
-from algorithms.estimator import Estimator, StepResult, register
+from algorithms.estimator import Estimator, StepResult, by_path, register
 from algorithms.forward_mode import param_rows, state_jvp
 from algorithms.params import Params
 from algorithms.uoro import (
@@ -49,12 +49,6 @@ def init(
     cell: Cell, params: Params, loss_kind: str, batch: int, seeds: Tensor, hyper: dict[str, Any]
 ) -> RankOneState:
     return init_rank_one(cell, params, loss_kind, batch, seeds, hyper, "nobacktrack")
-
-
-def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
-    if state.closed_form:
-        return _step_tanh(params, state, x, y)
-    return _step_generic(params, state, x, y)
 
 
 def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
@@ -85,6 +79,9 @@ def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> 
     traj.t += 1
     loss, out, ds, g_readout = traj.score(params, y)
     return StepResult(loss, out, rank_one_gradient(params, state, ds, g_readout))
+
+
+step = by_path(_step_tanh, _step_generic)
 
 
 NOBACKTRACK = register(

@@ -30,6 +30,7 @@ from algorithms.cell import Cell
 from algorithms.estimator import (
     Estimator,
     StepResult,
+    by_path,
     path_check,
     register,
     use_closed_form,
@@ -78,12 +79,6 @@ def init(
     return RtrlState(traj, g, False, eye)
 
 
-def step(params: Params, state: RtrlState, x: Tensor, y: Tensor) -> StepResult:
-    if state.closed_form:
-        return _step_tanh(params, state, x, y)
-    return _step_generic(params, state, x, y)
-
-
 def _step_tanh(params: Params, state: RtrlState, x: Tensor, y: Tensor) -> StepResult:
     traj, g, wg = state.traj, state.g, state.wg
     cell = traj.cell
@@ -104,15 +99,25 @@ def _step_tanh(params: Params, state: RtrlState, x: Tensor, y: Tensor) -> StepRe
     return StepResult(loss, out, Params(g_theta, g_readout))
 
 
-def _step_generic(params: Params, state: RtrlState, x: Tensor, y: Tensor) -> StepResult:
+def dense_step(
+    params: Params, state: Any, x: Tensor, y: Tensor, mask: Tensor | None = None
+) -> StepResult:
+    """Generic dense influence step, ``G' = (J G + dF/dtheta) * M``: exact RTRL with no mask,
+    SnAp with the mask of its kept entries. ``state`` has ``traj`` and ``g [B, S, P]``."""
     traj, g = state.traj, state.g
     s_next, jac, f_theta = jacobians(traj.cell, params.theta, traj.s, x)
-    g.copy_(f_theta.baddbmm_(jac, g))
+    if mask is None:
+        g.copy_(f_theta.baddbmm_(jac, g))
+    else:
+        torch.mul(f_theta.baddbmm_(jac, g), mask, out=g)
     traj.s = s_next
     traj.t += 1
     loss, out, ds, g_readout = traj.score(params, y)
     g_theta = influence_gradient(g, ds, shared=not params.per_stream)
     return StepResult(loss, out, Params(g_theta, g_readout))
+
+
+step = by_path(_step_tanh, dense_step)
 
 
 def influence(state: RtrlState) -> tuple[Tensor, Tensor]:

@@ -33,13 +33,14 @@ from algorithms.cell import Cell
 from algorithms.estimator import (
     Estimator,
     StepResult,
+    by_path,
     path_check,
     register,
     use_closed_form,
 )
 from algorithms.forward_mode import jacobians
 from algorithms.params import Params
-from algorithms.rtrl import influence_gradient
+from algorithms.rtrl import dense_step
 from algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
 
 
@@ -90,12 +91,6 @@ def init(
     return Snap1State(traj, g, False, eye, structural_mask(cell, params.theta.detach()))
 
 
-def step(params: Params, state: Snap1State, x: Tensor, y: Tensor) -> StepResult:
-    if state.closed_form:
-        return _step_tanh(params, state, x, y)
-    return _step_generic(params, state, x, y)
-
-
 def _step_tanh(params: Params, state: Snap1State, x: Tensor, y: Tensor) -> StepResult:
     traj, g1 = state.traj, state.g
     cell = traj.cell
@@ -116,14 +111,10 @@ def _step_tanh(params: Params, state: Snap1State, x: Tensor, y: Tensor) -> StepR
 
 
 def _step_generic(params: Params, state: Snap1State, x: Tensor, y: Tensor) -> StepResult:
-    traj, g = state.traj, state.g
-    s_next, jac, f_theta = jacobians(traj.cell, params.theta, traj.s, x)
-    torch.mul(f_theta.baddbmm_(jac, g), state.mask, out=g)
-    traj.s = s_next
-    traj.t += 1
-    loss, out, ds, g_readout = traj.score(params, y)
-    g_theta = influence_gradient(g, ds, shared=not params.per_stream)
-    return StepResult(loss, out, Params(g_theta, g_readout))
+    return dense_step(params, state, x, y, state.mask)
+
+
+step = by_path(_step_tanh, _step_generic)
 
 
 def influence(state: Snap1State) -> tuple[Tensor, Tensor]:

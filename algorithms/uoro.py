@@ -29,6 +29,7 @@ from algorithms.cell import Cell
 from algorithms.estimator import (
     Estimator,
     StepResult,
+    by_path,
     path_check,
     positive,
     register,
@@ -98,12 +99,6 @@ RANK_ONE_DEFAULTS = {"eps": 1e-7, "path": "auto"}
 RANK_ONE_CHECKS = {"eps": positive, "path": path_check}
 
 
-def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
-    if state.closed_form:
-        return _step_tanh(params, state, x, y)
-    return _step_generic(params, state, x, y)
-
-
 def tanh_forward(
     params: Params, state: RankOneState, x: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -154,6 +149,9 @@ def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> 
     traj.t += 1
     loss, out, ds, g_readout = traj.score(params, y)
     return StepResult(loss, out, rank_one_gradient(params, state, ds, g_readout))
+
+
+step = by_path(_step_tanh, _step_generic)
 
 
 def init(
