@@ -117,7 +117,9 @@ class KalmanState:
             target.copy_(cov)
 
 
-def _check_noise(name: str, value: float) -> None:
+def _check_noise(name: str, value: float | Tensor) -> None:
+    if isinstance(value, Tensor):  # per-filter noises of a packed population, checked there
+        return
     if not value >= 0.0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
@@ -186,17 +188,25 @@ def covariance(state: KalmanState) -> Tensor:
     return dense
 
 
+def _per_filter(value: float | Tensor, dims: int) -> float | Tensor:
+    """A float, or a ``[B]`` tensor of per-filter values shaped to broadcast over ``dims`` dims."""
+    if isinstance(value, Tensor):
+        return value.view((-1,) + (1,) * (dims - 1))
+    return value
+
+
 def update(
     state: KalmanState,
     theta: Tensor,
     H: Tensor,
     innovation: Tensor,
     obs_cov: Tensor,
-    process_noise: float = PROCESS_NOISE,
+    process_noise: float | Tensor = PROCESS_NOISE,
 ) -> Tensor:
     """One EKF step: returns ``theta' [B, Q]``; ``state``'s covariance is updated in place.
 
-    ``theta [B, Q]``, ``H [B, o, Q]``, ``innovation e [B, o]``, ``obs_cov R [B, o, o]``.
+    ``theta [B, Q]``, ``H [B, o, Q]``, ``innovation e [B, o]``, ``obs_cov R [B, o, o]``;
+    ``process_noise`` a float, or one per filter ``[B]``.
     """
     batch, q_size = state.batch, state.q_size
     if theta.shape != (batch, q_size):
@@ -241,10 +251,10 @@ def update(
         cov = state.cov
         cov.baddbmm_(m.mT, m, alpha=-1.0)
         cov.copy_(torch.add(cov, cov.mT).mul_(0.5))
-        cov.diagonal(dim1=1, dim2=2).add_(process_noise)
+        cov.diagonal(dim1=1, dim2=2).add_(_per_filter(process_noise, 2))
         return theta + step
     if state.structure == "diagonal":
-        state.cov.sub_(m.square().sum(1)).clamp_(min=0.0).add_(process_noise)
+        state.cov.sub_(m.square().sum(1)).clamp_(min=0.0).add_(_per_filter(process_noise, 2))
         return theta + step
     new_theta = theta.clone()
     offset = 0
@@ -253,20 +263,24 @@ def update(
         m_g = m[:, :, offset : offset + width].reshape(batch, obs, -1, g.size)
         new_theta.index_add_(1, g.index, step[:, offset : offset + width])
         g.cov.sub_(torch.einsum("bock,bocl->bckl", m_g, m_g))
-        g.cov.diagonal(dim1=2, dim2=3).add_(process_noise)
+        g.cov.diagonal(dim1=2, dim2=3).add_(_per_filter(process_noise, 3))
         offset += width
     return new_theta
 
 
 def observation(
-    loss_kind: str, out: Tensor, y: Tensor, H_out: Tensor, obs_noise: float | None = None
+    loss_kind: str,
+    out: Tensor,
+    y: Tensor,
+    H_out: Tensor,
+    obs_noise: float | Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(H [B, o, Q], R [B, o, o], e [B, o])`` for outputs ``out [B, o]``, ``H_out = do/dtheta``.
 
     ``mse`` (``y [B, o]``): ``H = H_out``, ``R = r I``, ``e = y - o``. ``ce`` (``y [B]`` class
     indices, or a target distribution ``[B, o]``): ``p = softmax(o)``, ``F = diag(p) - p p^T``,
     ``H = F H_out``, ``R = F + r I``, ``e = onehot(y) - p`` (or ``y - p``); needs ``r > 0``.
-    ``obs_noise`` r defaults to ``OBS_NOISE[loss_kind]``.
+    ``obs_noise`` r defaults to ``OBS_NOISE[loss_kind]``; a tensor ``[B]`` gives one per stream.
     """
     if loss_kind not in OBS_NOISE:
         raise ValueError(f"unknown loss kind {loss_kind!r}; known: {', '.join(OBS_NOISE)}")
@@ -274,9 +288,10 @@ def observation(
     _check_noise("obs_noise", r)
     batch, outputs = out.shape
     eye = torch.eye(outputs, dtype=out.dtype, device=out.device)
+    r = _per_filter(r, 3)
     if loss_kind == "mse":
         return H_out, (eye * r).expand(batch, -1, -1).clone(), y - out
-    if r == 0.0:
+    if not isinstance(r, Tensor) and r == 0.0:
         raise ValueError("obs_noise must be > 0 for ce: the Fisher diag(p) - p p^T is singular")
     p = torch.softmax(out, dim=-1)
     fisher = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)

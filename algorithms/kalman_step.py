@@ -107,8 +107,8 @@ def filtered_step(
     x: Tensor,
     y: Tensor,
     *,
-    process_noise: float = PROCESS_NOISE,
-    obs_noise: float | None = None,
+    process_noise: float | Tensor = PROCESS_NOISE,
+    obs_noise: float | Tensor | None = None,
 ) -> tuple[StepResult, Params]:
     """The estimator's step, then one filter update: ``(step result, new parameters)``.
 

@@ -431,24 +431,7 @@ class Learner:
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
-        c = self.counters
-        done_tail = max(0, min(c["tail_steps"], c["t"] - (c["planned"] - c["tail_steps"])))
-        final = float(self.sums[1]) / (done_tail * self.batch) if done_tail else float("nan")
-        summary = {
-            "final_loss": final,
-            "steps": c["t"],
-            "planned_steps": c["planned"],
-            "steps_per_sec": c["t"] * self.batch / c["elapsed"] if c["elapsed"] else 0.0,
-            "diverged": c["diverged"],
-            "reason": c["reason"],
-            "unit": self.task.unit,
-            "references": dict(self.task.references),
-        }
-        if self.task.bits_per_char:
-            summary["final_bpc"] = final / math.log(2)
-        for key in ("bias", "variance", "cosine", "staleness"):
-            summary[key] = self.last_probe.get(key)
-        return summary
+        return summarize(self.task, self.counters, float(self.sums[1]), self.batch, self.last_probe)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -496,6 +479,30 @@ class Learner:
             g.copy_(saved)
         self.last_probe = dict(snap["last_probe"])
         self._checked = False
+
+
+def summarize(
+    task: Any, counters: dict[str, Any], tail_sum: float, batch: int, last_probe: dict[str, Any]
+) -> dict[str, Any]:
+    """A run's summary from its counters and the summed loss of its tail (last 10% of steps)."""
+    c = counters
+    done_tail = max(0, min(c["tail_steps"], c["t"] - (c["planned"] - c["tail_steps"])))
+    final = tail_sum / (done_tail * batch) if done_tail else float("nan")
+    summary = {
+        "final_loss": final,
+        "steps": c["t"],
+        "planned_steps": c["planned"],
+        "steps_per_sec": c["t"] * batch / c["elapsed"] if c["elapsed"] else 0.0,
+        "diverged": c["diverged"],
+        "reason": c["reason"],
+        "unit": task.unit,
+        "references": dict(task.references),
+    }
+    if task.bits_per_char:
+        summary["final_bpc"] = final / math.log(2)
+    for key in ("bias", "variance", "cosine", "staleness"):
+        summary[key] = last_probe.get(key)
+    return summary
 
 
 def save_checkpoint(learner: Learner, path: str, extra: dict[str, Any] | None = None) -> None:

@@ -8,6 +8,10 @@ stay valid) and on the returned state. Learning rate at update ``t``: ``lr / (1 
 - ``sgd``: ``theta <- theta - lr_t g``.
 - ``adam``: ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``,
   ``theta <- theta - lr_t (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
+
+A packed population passes its members' learning rates as a tensor ``[pack]`` (float64, on the
+parameters' device), and betas and eps as floats or ``[pack]`` tensors: parameters
+``[pack, ...]`` then take row-wise steps, with no host synchronisation.
 """
 
 from __future__ import annotations
@@ -57,13 +61,17 @@ def update(
     state: OptimizerState,
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
-    lr: float,
+    lr: float | Tensor,
     *,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
+    beta1: float | Tensor = 0.9,
+    beta2: float | Tensor = 0.999,
+    eps: float | Tensor = 1e-8,
 ) -> OptimizerState:
-    """One update of ``params`` in place with (already clipped) ``grads``."""
+    """One update of ``params`` in place with (already clipped) ``grads``.
+
+    Tensor hyperparameters ``[pack]`` apply row-wise to ``params [pack, ...]``."""
+    if isinstance(lr, Tensor):
+        return _update_rows(state, params, grads, lr, beta1, beta2, eps)
     state.t += 1
     if state.kind == "sgd":
         for p, g in zip(params, grads, strict=True):
@@ -76,4 +84,43 @@ def update(
         v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         denom = (v / correction2).sqrt_().add_(eps)
         p.addcdiv_(m, denom, value=-lr / correction1)
+    return state
+
+
+def _rows(value: float | Tensor, like: Tensor) -> float | Tensor:
+    """A ``[pack]`` hyperparameter shaped to broadcast over ``like [pack, ...]``."""
+    if not isinstance(value, Tensor):
+        return value
+    return value.view((-1,) + (1,) * (like.dim() - 1))
+
+
+def _update_rows(
+    state: OptimizerState,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    lr: Tensor,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
+    eps: float | Tensor,
+) -> OptimizerState:
+    state.t += 1
+    dtype = params[0].dtype
+    if state.kind == "sgd":
+        rate = lr.to(dtype)
+        for p, g in zip(params, grads, strict=True):
+            p.sub_(g * _rows(rate, p))
+        return state
+    t = state.t
+    # Hyperparameters all members share stay floats: fewer operations, the lone arithmetic.
+    step = (lr / (1.0 - beta1**t)).to(dtype)
+    correction2 = 1.0 - beta2**t
+    inv_c2 = correction2.reciprocal() if isinstance(correction2, Tensor) else 1.0 / correction2
+    beta1, beta2, inv_c2, eps = (
+        v.to(dtype) if isinstance(v, Tensor) else v for v in (beta1, beta2, inv_c2, eps)
+    )
+    for p, g, m, v in zip(params, grads, state.m, state.v, strict=True):
+        m.lerp_(g, _rows(1.0 - beta1, p))
+        v.lerp_(g.square(), _rows(1.0 - beta2, p))
+        denom = (v * _rows(inv_c2, p)).sqrt_().add_(_rows(eps, p))
+        p.addcdiv_(m * _rows(step, p), denom, value=-1.0)
     return state

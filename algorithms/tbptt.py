@@ -159,11 +159,11 @@ def _score(
         else:
             state.g_readout.addmm_(delta.t(), hb)
     else:
-        direct.copy_(torch.bmm(delta.unsqueeze(1), readout[:, :, :n]).squeeze(1))
+        direct.copy_(torch.linalg.vecdot(readout[:, :, :n].mT, delta.unsqueeze(1)))
         if first:
-            state.g_readout = torch.bmm(delta.unsqueeze(2), hb.unsqueeze(1))
+            state.g_readout = delta.unsqueeze(2) * hb.unsqueeze(1)
         else:
-            state.g_readout.baddbmm_(delta.unsqueeze(2), hb.unsqueeze(1))
+            state.g_readout.addcmul_(delta.unsqueeze(2), hb.unsqueeze(1))
     return loss, out
 
 

@@ -1,0 +1,620 @@
+"""A packed population: many online learners of one kind, stepped as one batched learner.
+
+Members share what fixes the computation's shape (``pack_key``): task and its settings, cell,
+hidden size, dtype, device, estimator and its hyperparameters, optimizer kind, ``update_every``,
+``batch`` (b, streams per member), ``log_every`` and the filter's covariance structure. Each
+member has its own seed (initial parameters, task stream, estimator noise) and its own
+continuous settings (``PER_MEMBER``: learning rate and schedule, clipping, Adam's betas and
+eps, the Kalman filter's ``process_noise``/``obs_noise``/``p0``, ``init_scale``, the probe).
+
+Layout, for ``pack`` members of b streams each (B = pack b):
+
+    theta [pack, P], readout [pack, o, n + 1]    member i's parameters are row i
+    estimator state over B streams               member i's streams are rows i b .. i b + b - 1
+    optimizer m, v [pack, ...]; filter [pack]    per-member hyperparameters as [pack] tensors
+
+The estimator sees per-stream parameters (``theta`` repeated b times when b > 1); member i's
+gradient is the mean of its b streams' gradients, clipped to its own global norm, and applied
+at its own rate ``lr_i / (1 + alpha_i sqrt(t))``. With the Kalman filter each member has its own
+filter (b = 1). A member thus computes what ``Learner(member_spec)`` computes alone, up to
+floating-point reassociation (tests hold it to 1e-12 in float64), and a member's snapshot is a
+lone learner's snapshot: it can leave a pack, continue alone, or join another pack at its step.
+
+The step loop never synchronises with the device: per-member window loss, tail loss and gradient
+norm accumulate in ``sums [pack, 3]``; every ``log_every`` steps one transfer brings them back
+for the members' reports and the divergence check. A diverged or stopped (pruned) member is
+frozen: its snapshot is kept as it was, its rows are zeroed and its rate masked to 0, so the
+others go on undisturbed; ``compact()`` rebuilds the pack without the frozen members.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from algorithms import checkpoint, kalman, kalman_step, optimizer, pack_state
+from algorithms.estimator import check_step, get_estimator, resolve_hyper, start
+from algorithms.learner import (
+    CHECKPOINT_VERSION,
+    PROBE_METRICS,
+    Learner,
+    LearnerSpec,
+    split_settings,
+    summarize,
+)
+from algorithms.params import Params
+from algorithms.signs import stream_seeds
+from tasks import make_task
+from tasks.packed_stream import PackedStream
+
+PER_MEMBER = (
+    "lr",
+    "lr_decay",
+    "clip",
+    "init_scale",
+    "beta1",
+    "beta2",
+    "adam_eps",
+    "process_noise",
+    "obs_noise",
+    "p0",
+    "probe_every",
+    "probe_window",
+    "probe_samples",
+    "probe_horizon",
+)
+SHARED_COUNTERS = ("t", "updates", "pending", "planned", "tail_steps")
+Report = Callable[[int, dict[str, Any]], None]
+
+
+def pack_key(spec: LearnerSpec) -> dict[str, Any]:
+    """What members of one pack must share: the spec with per-member settings resolved away."""
+    learner, est_keys, task_keys, name, _ = split_settings(spec)
+    return {
+        "task": spec.task,
+        "task_settings": make_task(spec.task, **task_keys).settings,
+        "estimator": spec.estimator,
+        "estimator_settings": resolve_hyper(get_estimator(name), est_keys),
+        "cell": spec.cell,
+        "hidden": spec.hidden,
+        "dtype": spec.dtype,
+        "device": spec.device,
+        **{k: v for k, v in learner.items() if k not in PER_MEMBER},
+    }
+
+
+def check_packable(specs: Sequence[LearnerSpec]) -> None:
+    """``ValueError`` naming the first member and setting that cannot share member 0's pack."""
+    if not specs:
+        raise ValueError("a population needs at least one member")
+    first = pack_key(specs[0])
+    for i, spec in enumerate(specs[1:], 1):
+        key = pack_key(spec)
+        for name, value in first.items():
+            if key[name] != value:
+                raise ValueError(
+                    f"member {i} cannot join member 0's pack: {name} is {key[name]!r}, not "
+                    f"{value!r} (members may differ only in seed and {', '.join(PER_MEMBER)})"
+                )
+    if first["optimizer"] == "kalman" and first["batch"] != 1:
+        raise ValueError("members learning with the Kalman filter are packed with batch 1 only")
+
+
+class Population:
+    """``pack`` learners stepped together; build from specs, and snapshots to continue them."""
+
+    def __init__(
+        self,
+        specs: Sequence[LearnerSpec],
+        snapshots: Sequence[dict[str, Any] | None] | None = None,
+    ) -> None:
+        check_packable(specs)
+        snapshots = list(snapshots) if snapshots is not None else [None] * len(specs)
+        if len(snapshots) != len(specs):
+            raise ValueError(f"{len(snapshots)} snapshots for {len(specs)} members")
+        # Each member starts as the lone learner it stands for (built on the CPU, where all
+        # streams generate), so that packing changes nothing about what it computes.
+        members = []
+        for spec, snap in zip(specs, snapshots, strict=True):
+            member = Learner(replace(spec, device="cpu"))
+            if snap is not None:
+                member.restore(snap)
+            members.append(member)
+        self.specs = list(specs)
+        self._assemble(members)
+
+    # -- construction -----------------------------------------------------------------------
+
+    def _assemble(self, members: list[Learner]) -> None:
+        lead = members[0]
+        self.pack, self.width = len(members), lead.batch
+        self.streams = self.pack * self.width
+        self.device = torch.device(self.specs[0].device)
+        self.dtype = lead.dtype
+        self.task, self.cell, self.loss_kind = lead.task, lead.cell, lead.loss_kind
+        self.config = {k: v for k, v in lead.config.items() if k not in PER_MEMBER}
+        self.member_config = [m.config for m in members]
+        snaps = [m.snapshot() for m in members]
+        for key in SHARED_COUNTERS:
+            values = {s["counters"][key] for s in snaps}
+            if len(values) > 1:
+                raise ValueError(
+                    f"members disagree on {key!r} ({sorted(values)}): members of a pack must "
+                    "stand at the same step of runs of the same length"
+                )
+        dev, dt = self.device, self.dtype
+        # theta and the readout are views of one [pack, Q] buffer, so that the optimizer,
+        # clipping and norms each take one pass over all parameters.
+        self.flat = torch.stack([m.params.flat() for m in members]).to(dev)
+        self.params = self._views(self.flat)
+        self.fixed_readout = self.task.readout is not None
+        # the optimizer's region of ``flat``: everything, or theta alone under a fixed readout
+        self.trained = self.params.theta if self.fixed_readout else self.flat
+        est_name = lead.estimator.name
+        _, est_keys, _, _, _ = split_settings(self.specs[0])
+        seeds = torch.cat([stream_seeds(s.seed, self.width) for s in self.specs]).to(dev)
+        self.est_params = self._stream_params()
+        self.estimator, self.est_state = start(
+            est_name,
+            self.cell,
+            self.est_params,
+            self.loss_kind,
+            self.streams,
+            seeds=seeds,
+            **est_keys,
+        )
+        one = Params(members[0].params.theta.to(dev), members[0].params.readout.to(dev))
+        _, member_state = start(
+            est_name,
+            self.cell,
+            one,
+            self.loss_kind,
+            self.width,
+            seeds=stream_seeds(0, self.width, dev),
+            **est_keys,
+        )
+        self._templates = {"estimator": self._template_pair(self.est_state, member_state)}
+        self._load("estimator", self.est_state, [s["estimator"] for s in snaps])
+
+        self.optimizer = self.config["optimizer"]
+        self.filter, self.opt_state = None, None
+        if self.optimizer == "kalman":
+            cov = self.config["covariance"]
+            self.filter = kalman_step.init_filter(self.cell, self.params, self.pack, cov, 1.0)
+            lone = kalman_step.init_filter(self.cell, one, self.width, cov, 1.0)
+            self._templates["filter"] = self._template_pair(self.filter, lone)
+            self._load("filter", self.filter, [s["filter"] for s in snaps])
+        else:
+            self.flat_opt = optimizer.init(self.optimizer, [self.trained])
+            # the same moments seen as lone learners see theirs, (theta, readout) or (theta,)
+            trained = 1 if self.fixed_readout else 2
+            self.opt_state = optimizer.OptimizerState(
+                self.optimizer,
+                0,
+                list(self._views(self.flat_opt.m[0]))[:trained] if self.flat_opt.m else [],
+                list(self._views(self.flat_opt.v[0]))[:trained] if self.flat_opt.v else [],
+            )
+            lone = optimizer.init(self.optimizer, list(one)[:trained])
+            self._templates["opt_state"] = self._template_pair(self.opt_state, lone)
+            self._load("opt_state", self.opt_state, [s["opt_state"] for s in snaps])
+            self.flat_opt.t = self.opt_state.t
+
+        cpu_streams = []
+        for spec, snap in zip(self.specs, snaps, strict=True):
+            stream = self.task.new_stream(self.width, spec.seed, dt, "cpu")
+            stream.load_state_dict(snap["stream"])
+            cpu_streams.append(stream)
+        self.stream = PackedStream(cpu_streams, dev)
+        self.probes = [self._probe(m, snap) for m, snap in zip(members, snaps, strict=True)]
+
+        counters = snaps[0]["counters"]
+        self.counters = {key: counters[key] for key in SHARED_COUNTERS}
+        self.elapsed = [s["counters"]["elapsed"] for s in snaps]
+        self.diverged = [s["counters"]["diverged"] for s in snaps]
+        self.reasons = [s["counters"]["reason"] for s in snaps]
+        self.sums = torch.stack([s["sums"] for s in snaps]).to(dev)
+        self.acc_flat = torch.stack(
+            [Params(*s["grad_acc"]).flat() for s in snaps]
+        ).to(dev)
+        self.grad_acc = list(self._views(self.acc_flat))
+        self.last_probe = [dict(s["last_probe"]) for s in snaps]
+        self.frozen: dict[int, dict[str, Any]] = {}
+        self.hyper = self._member_hyper()
+        self._checked = False
+        frozen = [i for i, d in enumerate(self.diverged) if d]
+        if frozen:
+            self._freeze(frozen, [self.reasons[i] for i in frozen], dict(enumerate(snaps)))
+
+    def _views(self, flat: Tensor) -> Params:
+        """``flat [pack, Q]`` (or its theta region) as ``Params`` views."""
+        p = self.cell.num_params
+        theta = flat[:, :p]
+        if flat.shape[1] == p:
+            return Params(theta, flat[:, :0])
+        return Params(theta, flat[:, p:].view(self.pack, -1, self.cell.hidden + 1))
+
+    def _template_pair(self, packed: Any, member: Any) -> tuple[Any, Any]:
+        return checkpoint.snapshot(packed), checkpoint.snapshot(member)
+
+    def _load(self, name: str, obj: Any, trees: list[Any]) -> None:
+        packed, member = self._templates[name]
+        checkpoint.restore(obj, pack_state.stack(trees, packed, member), name)
+
+    def _stream_params(self) -> Params:
+        """Per-stream parameters for the estimator (the members' rows, each b times)."""
+        if self.width == 1:
+            return self.params
+        return Params(
+            self.params.theta.repeat_interleave(self.width, 0),
+            self.params.readout.repeat_interleave(self.width, 0),
+        )
+
+    def _sync_stream_params(self) -> None:
+        if self.width > 1:
+            for p, e in zip(self.params, self.est_params, strict=True):
+                e.view(self.pack, self.width, *p.shape[1:]).copy_(p.unsqueeze(1))
+
+    def _member_hyper(self) -> dict[str, Any]:
+        """Per-member hyperparameters: a float where all members agree (the lone learner's
+        arithmetic, and fewer operations), else a ``[pack]`` tensor on the device."""
+        rows = self.member_config
+        default_r = kalman.OBS_NOISE[self.loss_kind]
+        values = {
+            key: [r[key] for r in rows]
+            for key in ("lr", "lr_decay", "clip", "beta1", "beta2", "adam_eps", "process_noise")
+        }
+        values["obs_noise"] = [r["obs_noise"] if r["obs_noise"] >= 0 else default_r for r in rows]
+        hyper: dict[str, Any] = {}
+        for key, column in values.items():
+            # the filter's noises act in the parameters' dtype, the rest in float64
+            dtype = self.dtype if key in ("process_noise", "obs_noise") else torch.float64
+            uniform = all(v == column[0] for v in column)
+            hyper[key] = (
+                float(column[0])
+                if uniform and key != "lr"
+                else torch.tensor(column, dtype=dtype, device=self.device)
+            )
+        hyper["live"] = torch.ones(self.pack, dtype=torch.float64, device=self.device)
+        hyper["live_lr"] = hyper["lr"].clone()  # lr, 0 for frozen members
+        self._clipping = any(r["clip"] > 0 for r in rows)
+        return hyper
+
+    def _probe(self, member: Learner, snap: dict[str, Any]) -> Any:
+        if member.probe is None:
+            return None
+        from algorithms import probe
+
+        cfg = member.config
+        config = probe.ProbeConfig(
+            cfg["probe_every"], cfg["probe_window"], cfg["probe_samples"], cfg["probe_horizon"]
+        )
+        p = member.probe
+        state = probe.init(
+            config,
+            self.cell,
+            p.estimator_name,
+            p.hyper,
+            self.loss_kind,
+            p.seed,
+            self.dtype,
+            self.device,
+        )
+        state.load_state_dict(snap["probe"])
+        return state
+
+    # -- stepping ---------------------------------------------------------------------------
+
+    @property
+    def active(self) -> list[bool]:
+        return [i not in self.frozen for i in range(self.pack)]
+
+    def _rates(self) -> Tensor:
+        h, updates = self.hyper, self.counters["updates"]
+        return h["live_lr"] / (1.0 + h["lr_decay"] * updates**0.5)
+
+    def _apply(self, grad: Params) -> None:
+        cfg, c, h = self.config, self.counters, self.hyper
+        g_theta, g_readout = grad
+        if self.width > 1:
+            g_theta = g_theta.view(self.pack, self.width, -1).mean(1)
+            g_readout = g_readout.view(self.pack, self.width, *g_readout.shape[1:]).mean(1)
+        g = torch.cat([g_theta, g_readout.flatten(1)], dim=1)
+        if cfg["update_every"] > 1:
+            self.acc_flat.add_(g)
+            c["pending"] += 1
+            if c["pending"] < cfg["update_every"]:
+                return
+            g = self.acc_flat.div_(cfg["update_every"])
+        if self.fixed_readout:
+            g = g[:, : self.cell.num_params]
+        norm = torch.linalg.vector_norm(g, dim=1)  # [pack]
+        if self._clipping:
+            clip = h["clip"]
+            scale = torch.clamp(clip / (norm + 1e-12), max=1.0)
+            if isinstance(clip, Tensor):
+                scale = torch.where(clip > 0, scale, 1.0)
+            g = g * scale.to(g.dtype).unsqueeze(1)
+        self.sums[:, 2] += norm
+        optimizer.update(
+            self.flat_opt,
+            [self.trained],
+            [g],
+            self._rates(),
+            beta1=h["beta1"],
+            beta2=h["beta2"],
+            eps=h["adam_eps"],
+        )
+        self.opt_state.t = self.flat_opt.t
+        c["updates"] += 1
+        if cfg["update_every"] > 1:
+            self.acc_flat.zero_()
+            c["pending"] = 0
+        self._sync_stream_params()
+
+    def step(self) -> Tensor:
+        """One time step of every member; returns the per-stream loss ``[pack b]``."""
+        c = self.counters
+        x, y = self.stream.next()
+        if not self._checked:
+            check_step(self.cell, self.est_params, self.loss_kind, self.streams, x, y)
+            self._checked = True
+        if any(p is not None and p.wants(c["t"]) for p in self.probes):
+            self._observe_probes(x, y)
+        if self.filter is not None:
+            h = self.hyper
+            result, new = kalman_step.filtered_step(
+                self.estimator,
+                self.params,
+                self.est_state,
+                self.filter,
+                x,
+                y,
+                process_noise=h["process_noise"],
+                obs_noise=h["obs_noise"],
+            )
+            keep = list(self.params)[:1] if self.fixed_readout else list(self.params)
+            for p, value in zip(keep, new, strict=False):
+                if self.frozen:
+                    value = torch.where(optimizer._rows(h["live"] > 0, p), value, p)
+                p.copy_(value)
+            c["updates"] += 1
+        else:
+            result = self.estimator.step(self.est_params, self.est_state, x, y)
+            if result.grad is not None:
+                self._apply(result.grad)
+        loss = result.loss
+        self.stream.observe(loss)
+        total = loss.view(self.pack, self.width).sum(1)
+        self.sums[:, 0] += total
+        if c["t"] >= c["planned"] - c["tail_steps"]:
+            self.sums[:, 1] += total
+        c["t"] += 1
+        return loss
+
+    def _observe_probes(self, x: Tensor, y: Tensor) -> None:
+        t, b = self.counters["t"], self.width
+        states = self.est_state.traj.state
+        for i, p in enumerate(self.probes):
+            if p is None or i in self.frozen or not p.wants(t):
+                continue
+            mine = Params(self.params.theta[i], self.params.readout[i])
+            report = p.observe(mine, states[i * b].clone(), x[i * b], y[i * b], t)
+            if report:
+                self.last_probe[i] = {k: report[k] for k in PROBE_METRICS}
+                self.last_probe[i]["probe_step"] = report["step"]
+
+    def _reports(self, steps: int, seconds: float) -> dict[int, dict[str, Any]]:
+        """Each live member's report for the last ``steps`` steps (one host transfer)."""
+        c, b = self.counters, self.width
+        finite = torch.isfinite(self.flat).all(1)
+        window = self.sums[:, 0] / (steps * b)
+        grad = self.sums[:, 2] / max(1, steps)
+        host = torch.stack([window, grad, finite.to(torch.float64)], dim=1).tolist()
+        self.sums[:, 0] = 0.0
+        self.sums[:, 2] = 0.0
+        live = self.pack - len(self.frozen)
+        reports, diverged = {}, []
+        for i, (loss, grad_norm, ok) in enumerate(host):
+            if i in self.frozen:
+                continue
+            self.elapsed[i] += seconds
+            cfg = self.member_config[i]
+            report = {
+                "step": c["t"],
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "steps_per_sec": steps * b / max(seconds, 1e-9),
+                "pack_steps_per_sec": steps * b * live / max(seconds, 1e-9),
+                "lr": optimizer.learning_rate(cfg["lr"], cfg["lr_decay"], c["updates"]),
+            }
+            if self.task.bits_per_char:
+                report["bpc"] = loss / math.log(2)
+            curriculum = self.stream.curriculum(i)
+            if self.task.name == "copy" or curriculum:
+                report.update({f"curriculum_{k}": v for k, v in curriculum.items()})
+            report.update(self.last_probe[i])
+            reports[i] = report
+            if not math.isfinite(loss):
+                diverged.append((i, f"non-finite loss at step {c['t']}"))
+            elif not ok:
+                diverged.append((i, f"non-finite parameters at step {c['t']}"))
+        if diverged:
+            for i, _ in diverged:
+                self.diverged[i] = True
+            self.stop([i for i, _ in diverged], [reason for _, reason in diverged])
+        return reports
+
+    def run(
+        self,
+        steps: int,
+        on_report: Report | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Step until ``steps`` steps in total (a restored pack continues); members' summaries.
+
+        ``on_report(member, report)`` is called for each live member every ``log_every`` steps.
+        """
+        c = self.counters
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if c["planned"] and c["planned"] != steps:
+            raise ValueError(f"this run was planned for {c['planned']} steps, not {steps}")
+        c["planned"] = steps
+        c["tail_steps"] = max(1, steps // 10)
+        log_every = self.config["log_every"]
+        while c["t"] < steps and len(self.frozen) < self.pack:
+            begin, t0 = c["t"], time.perf_counter()
+            chunk = min(log_every - c["t"] % log_every, steps - c["t"])
+            try:
+                for _ in range(chunk):
+                    self.step()
+            except (RuntimeError, torch.linalg.LinAlgError) as error:
+                # One member's failure (e.g. a failed Cholesky) cannot be told from another's
+                # here: the whole pack reports it, as a lone learner would.
+                reason = f"numerical failure at step {c['t']}: {error}"
+                live = [i for i in range(self.pack) if i not in self.frozen]
+                for i in live:
+                    self.diverged[i] = True
+                self.stop(live, [reason] * len(live))
+                break
+            seconds = time.perf_counter() - t0
+            reports = self._reports(c["t"] - begin, seconds)
+            if on_report is not None:
+                for i, report in reports.items():
+                    on_report(i, report)
+            if should_stop is not None and should_stop():
+                break
+        return self.summaries()
+
+    # -- members ----------------------------------------------------------------------------
+
+    def stop(self, members: Sequence[int], reasons: Sequence[str] | str = "stopped") -> None:
+        """Freeze ``members`` (e.g. pruned): they stop updating and reporting; others go on."""
+        members = [i for i in members if i not in self.frozen]
+        if not members:
+            return
+        if isinstance(reasons, str):
+            reasons = [reasons] * len(members)
+        snaps = dict(zip(members, self.snapshots(members), strict=True))
+        self._freeze(members, list(reasons), snaps)
+
+    def _freeze(self, members: list[int], reasons: list[str], snaps: dict[int, dict]) -> None:
+        for k, i in enumerate(members):
+            snap = snaps[i]
+            snap["counters"]["diverged"] = self.diverged[i]
+            snap["counters"]["reason"] = reasons[k]
+            self.frozen[i] = snap
+            self.reasons[i] = reasons[k]
+        # Zeroed rows compute finite nothing; a zero rate keeps them there.
+        for p in (self.flat, self.acc_flat):
+            p[members] = 0.0
+        self.sums[members] = 0.0
+        self.hyper["live"][members] = 0.0
+        self.hyper["live_lr"][members] = 0.0
+        self._sync_stream_params()
+        for name, obj in (
+            ("estimator", self.est_state),
+            ("opt_state", self.opt_state),
+            ("filter", self.filter),
+        ):
+            if obj is None:
+                continue
+            packed, member = self._templates[name]
+            tree = pack_state.zero_rows(checkpoint.snapshot(obj), packed, member, members)
+            checkpoint.restore(obj, tree, name)
+
+    def snapshots(self, members: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Members' snapshots, each a lone ``Learner``'s (``Learner.restore`` reads it)."""
+        members = list(range(self.pack)) if members is None else list(members)
+        trees = {}
+        for name, obj in (
+            ("estimator", self.est_state),
+            ("opt_state", self.opt_state),
+            ("filter", self.filter),
+        ):
+            trees[name] = checkpoint.snapshot(obj) if obj is not None else None
+        out = []
+        for i in members:
+            if i in self.frozen:
+                out.append(self.frozen[i])
+                continue
+            parts = {}
+            for name, tree in trees.items():
+                if tree is None:
+                    parts[name] = None
+                else:
+                    packed, member = self._templates[name]
+                    parts[name] = _to_cpu(pack_state.take(tree, packed, member, i))
+            probe = self.probes[i]
+            out.append(
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "spec": asdict(self.specs[i]),
+                    "params": [p[i].detach().cpu().clone() for p in self.params],
+                    "opt_state": parts["opt_state"],
+                    "filter": parts["filter"],
+                    "estimator": parts["estimator"],
+                    "stream": self.stream.member_state(i),
+                    "probe": probe.state_dict() if probe is not None else None,
+                    "counters": {
+                        **self.counters,
+                        "diverged": self.diverged[i],
+                        "reason": self.reasons[i],
+                        "elapsed": self.elapsed[i],
+                    },
+                    "sums": self.sums[i].cpu().clone(),
+                    "grad_acc": [g[i].cpu().clone() for g in self.grad_acc],
+                    "last_probe": dict(self.last_probe[i]),
+                }
+            )
+        return out
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Each member's ``Learner.summary()`` (frozen members as they were when frozen)."""
+        tails = self.sums[:, 1].tolist()
+        out = []
+        for i in range(self.pack):
+            if i in self.frozen:
+                snap = self.frozen[i]
+                counters, tail, probe = snap["counters"], float(snap["sums"][1]), snap["last_probe"]
+            else:
+                counters = {
+                    **self.counters,
+                    "elapsed": self.elapsed[i],
+                    "diverged": self.diverged[i],
+                    "reason": self.reasons[i],
+                }
+                tail, probe = tails[i], self.last_probe[i]
+            out.append(summarize(self.task, counters, tail, self.width, probe))
+        return out
+
+    def compact(self) -> list[int]:
+        """Rebuild the pack from its live members; returns their former indices."""
+        live = [i for i in range(self.pack) if i not in self.frozen]
+        if not live or len(live) == self.pack:
+            return list(range(self.pack))
+        snaps = self.snapshots(live)
+        self.specs = [self.specs[i] for i in live]
+        members = []
+        for spec, snap in zip(self.specs, snaps, strict=True):
+            member = Learner(replace(spec, device="cpu"))
+            member.restore(snap)
+            members.append(member)
+        self._assemble(members)
+        return live
+
+
+def _to_cpu(tree: Any) -> Any:
+    if isinstance(tree, Tensor):
+        return tree.cpu()
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_to_cpu(v) for v in tree]
+    return tree
