@@ -10,7 +10,8 @@ one). Leaves with equal shapes are shared by all members (e.g. RFLO's feedback m
 be equal when members are stacked. Scalars are shared counters (equal across members, e.g. the
 step) unless the templates differ, as for a filter's count of filters: each side then keeps its
 own template's value. Constants (``{"__const__": True}``, an expanded identity) are rebuilt by
-whoever restores the tree.
+whoever restores the tree. A state must allocate its tensors at its start: a leaf that is
+``None`` in the fresh templates and a tensor later is refused (its layout is unknown).
 """
 
 from __future__ import annotations
@@ -59,12 +60,18 @@ def _axis(packed: Tensor, member: Tensor, path: str) -> int | None:
     return differ[0]
 
 
+def _check_allocated(path: str, value: Any, packed: Any) -> None:
+    if isinstance(value, Tensor) and not isinstance(packed, Tensor):
+        raise ValueError(f"{path}: a tensor the fresh state does not have; cannot pack it")
+
+
 def take(tree: Any, packed_template: Any, member_template: Any, index: int) -> Any:
     """Member ``index``'s tree, cut from a packed ``tree`` (tensors are cloned)."""
 
     def leaf(path: str, value: Any, packed: Any, member: Any) -> Any:
         if _is_const(value) or _is_const(packed) or _is_const(member):
             return member.clone() if isinstance(member, Tensor) else member
+        _check_allocated(path, value, packed)
         if isinstance(value, Tensor):
             axis = _axis(packed, member, path)
             if axis is None:
@@ -84,6 +91,8 @@ def stack(trees: Sequence[Any], packed_template: Any, member_template: Any) -> A
     def leaf(path: str, packed: Any, member: Any, *values: Any) -> Any:
         if _is_const(packed) or any(_is_const(v) for v in values) or _is_const(member):
             return packed
+        for value in values:
+            _check_allocated(path, value, packed)
         if isinstance(packed, Tensor):
             axis = _axis(packed, member, path)
             if axis == -1:
@@ -113,6 +122,7 @@ def zero_rows(tree: Any, packed_template: Any, member_template: Any, indices: Se
     def leaf(path: str, value: Any, packed: Any, member: Any) -> Any:
         if not isinstance(value, Tensor) or _is_const(packed) or _is_const(member):
             return value
+        _check_allocated(path, value, packed)
         axis = _axis(packed, member, path)
         if axis is None or not value.is_floating_point():
             return value

@@ -219,9 +219,7 @@ class Population:
         self.diverged = [s["counters"]["diverged"] for s in snaps]
         self.reasons = [s["counters"]["reason"] for s in snaps]
         self.sums = torch.stack([s["sums"] for s in snaps]).to(dev)
-        self.acc_flat = torch.stack(
-            [Params(*s["grad_acc"]).flat() for s in snaps]
-        ).to(dev)
+        self.acc_flat = torch.stack([Params(*s["grad_acc"]).flat() for s in snaps]).to(dev)
         self.grad_acc = list(self._views(self.acc_flat))
         self.last_probe = [dict(s["last_probe"]) for s in snaps]
         self.frozen: dict[int, dict[str, Any]] = {}
@@ -244,7 +242,8 @@ class Population:
 
     def _load(self, name: str, obj: Any, trees: list[Any]) -> None:
         packed, member = self._templates[name]
-        checkpoint.restore(obj, pack_state.stack(trees, packed, member), name)
+        stacked = _moved(pack_state.stack(trees, packed, member), self.device)
+        checkpoint.restore(obj, stacked, name)
 
     def _stream_params(self) -> Params:
         """Per-stream parameters for the estimator (the members' rows, each b times)."""
@@ -550,7 +549,7 @@ class Population:
                     parts[name] = None
                 else:
                     packed, member = self._templates[name]
-                    parts[name] = _to_cpu(pack_state.take(tree, packed, member, i))
+                    parts[name] = _moved(pack_state.take(tree, packed, member, i), "cpu")
             probe = self.probes[i]
             out.append(
                 {
@@ -610,11 +609,12 @@ class Population:
         return live
 
 
-def _to_cpu(tree: Any) -> Any:
+def _moved(tree: Any, device: torch.device | str) -> Any:
+    """A snapshot tree with its tensors on ``device``."""
     if isinstance(tree, Tensor):
-        return tree.cpu()
+        return tree.to(device)
     if isinstance(tree, dict):
-        return {k: _to_cpu(v) for k, v in tree.items()}
+        return {k: _moved(v, device) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_to_cpu(v) for v in tree]
+        return [_moved(v, device) for v in tree]
     return tree

@@ -68,7 +68,9 @@ class TbpttState:
     pos: int = 0  # slot of the next step
     filled: int = 0  # steps in the window, min(steps seen, T)
     pending: int = 0  # steps whose losses no update has covered yet
-    g_readout: Tensor | None = None  # sum of the pending steps' readout grads (shared: x B)
+    # [B, o, n + 1]: per stream, the sum of the pending steps' readout gradients (one layout
+    # for shared and per-stream parameters, so that a packed member's state is a lone one's)
+    g_readout: Tensor | None = None
 
 
 def window(hyper: dict[str, Any]) -> tuple[int, int]:
@@ -115,7 +117,12 @@ def init(
         inp, aux, direct = ring(size), ring(m), ring(size)
         da = torch.empty(0, dtype=dtype, device=device)
     carried = torch.zeros(batch, n if closed else 0, dtype=dtype, device=device)
-    return TbpttState(traj, closed, truncation, stride, inp, aux, direct, da, carried)
+    g_readout = torch.zeros(
+        batch, params.readout.shape[-2], cell.hidden + 1, dtype=dtype, device=device
+    )
+    return TbpttState(
+        traj, closed, truncation, stride, inp, aux, direct, da, carried, g_readout=g_readout
+    )
 
 
 def step(params: Params, state: TbpttState, x: Tensor, y: Tensor) -> StepResult:
@@ -145,25 +152,20 @@ def _score(
     params: Params, state: TbpttState, y: Tensor, hb: Tensor, direct: Tensor
 ) -> tuple[Tensor, Tensor]:
     """``(loss [B], output [B, o])`` at ``hb = [h_t; 1]``; writes ``dl/dh_t = delta V`` into
-    ``direct [B, n]`` (a ring slot) and adds ``delta hb^T`` to the pending readout gradient
-    (per stream, or summed over streams: ``_update`` divides a shared one by B)."""
+    ``direct [B, n]`` (a ring slot) and adds ``delta hb^T`` to the pending per-stream readout
+    gradient (``_update`` averages it over streams for a shared readout)."""
     readout = params.readout
     n = hb.shape[1] - 1
     out = readout_.output(readout, hb)
     loss, delta = loss_and_delta(state.traj.loss_kind, out, y)
-    first = state.pending == 0
     if readout.dim() == 2:
         torch.mm(delta, readout[:, :n], out=direct)
-        if first:
-            state.g_readout = torch.mm(delta.t(), hb)
-        else:
-            state.g_readout.addmm_(delta.t(), hb)
     else:
         direct.copy_(torch.linalg.vecdot(readout[:, :, :n].mT, delta.unsqueeze(1)))
-        if first:
-            state.g_readout = delta.unsqueeze(2) * hb.unsqueeze(1)
-        else:
-            state.g_readout.addcmul_(delta.unsqueeze(2), hb.unsqueeze(1))
+    if state.pending == 0:
+        torch.mul(delta.unsqueeze(2), hb.unsqueeze(1), out=state.g_readout)
+    else:
+        state.g_readout.addcmul_(delta.unsqueeze(2), hb.unsqueeze(1))
     return loss, out
 
 
@@ -178,11 +180,9 @@ def _update(params: Params, state: TbpttState) -> Params:
         g_theta = _theta_grad_tanh(params, state)
     else:
         g_theta = _theta_grad_generic(params, state)
-    g_readout = state.g_readout
-    if g_readout.dim() == 2:
-        g_readout.div_(state.inp.shape[1])
+    per_stream = state.g_readout
+    g_readout = per_stream.clone() if params.readout.dim() == 3 else per_stream.mean(0)
     grad = Params(g_theta, g_readout)
-    state.g_readout = None
     state.pending = 0
     return grad
 

@@ -1,11 +1,14 @@
-"""The Ray actor that hosts learners: one trial at a time, advanced in short chunks.
+"""The Ray actor that hosts learners: one pack of trials at a time, advanced in short chunks.
 
-The driver calls ``advance`` repeatedly; each call steps the learner for about ``seconds``
-(whole report intervals, so stopping never splits a step) and returns the reports made, a
-checkpoint (the learner's snapshot as bytes, every ``checkpoint_every`` steps, so that the
-driver can keep it even when the checkpoint directory is on another machine) and the trial's
-state. Chunks keep the actor free of threads: pruning is simply not asking for the next chunk,
-and a dead actor shows as an error on the pending call. The device is taken from Ray's GPU
+A pack is one or more trials stepped together as a ``Population`` (``pack: N`` in the spec;
+members share the task, cell, estimator and structure, and differ in seed and continuous
+hyperparameters). The driver calls ``advance`` repeatedly; each call steps the pack for about
+``seconds`` (whole report intervals, so stopping never splits a step) and returns, per trial,
+the reports made, a checkpoint (the member's snapshot, which is a lone learner's, as bytes,
+every ``checkpoint_every`` steps, so that the driver can keep it even when the checkpoint
+directory is on another machine) and the trial's state. ``drop`` stops members the driver
+pruned; when half the pack is gone it is rebuilt without them. Chunks keep the actor free of
+threads: a dead actor shows as an error on the pending call. The device is taken from Ray's GPU
 assignment (``cuda`` when the actor was given a GPU), else the CPU.
 """
 
@@ -17,16 +20,16 @@ import time
 from typing import Any
 
 
-def snapshot_bytes(learner) -> bytes:
+def to_bytes(snapshot: dict[str, Any]) -> bytes:
     import torch
 
     buffer = io.BytesIO()
-    torch.save(learner.snapshot(), buffer)
+    torch.save(snapshot, buffer)
     return buffer.getvalue()
 
 
 class LearnerHost:
-    """Hosts one learner at a time (wrapped with ``ray.remote`` by the driver)."""
+    """Hosts one pack of trials at a time (wrapped with ``ray.remote`` by the driver)."""
 
     def __init__(self, threads: int = 1) -> None:
         import torch
@@ -38,8 +41,9 @@ class LearnerHost:
             os.setpriority(os.PRIO_PROCESS, 0, 0)
         except (PermissionError, OSError):
             pass
-        self.learner = None
-        self.trial: int | None = None
+        self.population = None
+        self.trials: list[int] = []  # trial number of each member, in pack order
+        self.reported: set[int] = set()  # members whose end was already returned
         self.steps = 0
         self.checkpoint_every = 0
         self.next_checkpoint = 0
@@ -54,56 +58,95 @@ class LearnerHost:
 
     def start(
         self,
-        trial: int,
-        spec: dict[str, Any],
+        members: list[tuple[int, dict[str, Any], bytes | None]],
         steps: int,
         checkpoint_every: int,
-        checkpoint: bytes | None = None,
     ) -> dict[str, Any]:
-        """Build (or restore) the trial's learner; returns ``{"step": steps already done}``."""
+        """Build (or restore) the pack ``[(trial, learner spec, checkpoint or None), ...]``;
+        returns ``{"step": steps already done, "device": ...}``."""
         import torch
 
-        from algorithms.learner import Learner, LearnerSpec
+        from algorithms.learner import LearnerSpec
+        from algorithms.population import Population
 
-        spec = {**spec, "device": self.device()}
-        learner = Learner(LearnerSpec(**spec))
-        if checkpoint is not None:
-            snap = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=False)
-            learner.restore(snap)
-        self.learner, self.trial, self.steps = learner, trial, steps
-        self.checkpoint_every = checkpoint_every
-        done = learner.counters["t"]
+        device = self.device()
+        specs, snaps = [], []
+        for _, spec, checkpoint in members:
+            specs.append(LearnerSpec(**{**spec, "device": device}))
+            snaps.append(
+                None
+                if checkpoint is None
+                else torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=False)
+            )
+        self.population = Population(specs, snaps)
+        self.trials = [trial for trial, _, _ in members]
+        self.reported = set()
+        self.steps, self.checkpoint_every = steps, checkpoint_every
+        done = self.population.counters["t"]
         self.next_checkpoint = (done // checkpoint_every + 1) * checkpoint_every
-        return {"step": done, "device": spec["device"]}
+        return {"step": done, "device": device}
 
     def advance(self, seconds: float = 1.0) -> dict[str, Any]:
-        """Step for about ``seconds``; returns reports, maybe a checkpoint, and the state."""
-        learner = self.learner
-        if learner is None:
+        """Step for about ``seconds``; per trial: reports, maybe a checkpoint, its state."""
+        pop = self.population
+        if pop is None:
             raise RuntimeError("advance() before start()")
-        reports: list[dict[str, Any]] = []
-        checkpoint = None
+        trials = list(self.trials)
+        reports: dict[int, list[dict[str, Any]]] = {t: [] for t in trials}
         deadline = time.monotonic() + seconds
 
         def stop() -> bool:
             return time.monotonic() >= deadline
 
-        summary = learner.run(self.steps, on_report=reports.append, should_stop=stop)
-        done = learner.counters["t"]
-        finished = done >= self.steps or summary["diverged"]
-        if done >= self.next_checkpoint or finished:
-            checkpoint = snapshot_bytes(learner)
+        summaries = pop.run(
+            self.steps, on_report=lambda i, r: reports[trials[i]].append(r), should_stop=stop
+        )
+        done = pop.counters["t"]
+        finished = done >= self.steps
+        due = done >= self.next_checkpoint or finished
+        if due:
             self.next_checkpoint = (done // self.checkpoint_every + 1) * self.checkpoint_every
-        state = "diverged" if summary["diverged"] else "done" if finished else "running"
-        return {
-            "trial": self.trial,
-            "reports": reports,
-            "checkpoint": checkpoint,
-            "checkpoint_step": done if checkpoint is not None else None,
-            "state": state,
-            "summary": summary if finished else None,
-        }
+        results: dict[int, dict[str, Any]] = {}
+        ends = [i for i, trial in enumerate(trials) if pop.diverged[i] or finished]
+        wanted = [i for i, t in enumerate(trials) if t not in self.reported and (due or i in ends)]
+        snaps = dict(zip(wanted, pop.snapshots(wanted), strict=True))
+        for i, trial in enumerate(trials):
+            if trial in self.reported:
+                continue
+            diverged = pop.diverged[i]
+            state = "diverged" if diverged else "done" if finished else "running"
+            checkpoint = to_bytes(snaps[i]) if i in snaps else None
+            results[trial] = {
+                "trial": trial,
+                "reports": reports[trial],
+                "checkpoint": checkpoint,
+                "checkpoint_step": snaps[i]["counters"]["t"] if checkpoint else None,
+                "state": state,
+                "summary": summaries[i] if state != "running" else None,
+            }
+            if state != "running":
+                self.reported.add(trial)
+        self._compact()
+        return {"members": results, "step": done}
+
+    def drop(self, trials: list[int]) -> None:
+        """Stop members (e.g. pruned by the driver); the others go on undisturbed."""
+        pop = self.population
+        if pop is None:
+            return
+        members = [i for i, t in enumerate(self.trials) if t in trials]
+        pop.stop(members, "dropped by the driver")
+        self.reported.update(trials)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the pack without its stopped members once they are half of it."""
+        pop = self.population
+        if pop is None or not pop.frozen or len(pop.frozen) == pop.pack:
+            return
+        if len(pop.frozen) * 2 >= pop.pack:
+            self.trials = [self.trials[i] for i in pop.compact()]
 
     def release(self) -> None:
-        self.learner = None
-        self.trial = None
+        self.population = None
+        self.trials = []

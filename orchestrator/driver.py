@@ -34,6 +34,8 @@ from orchestrator.tracking import Tracker
 
 @dataclass
 class Running:
+    """A trial asked of Optuna and not yet told: queued for an actor, or in a pack on one."""
+
     number: int
     trial: Any  # optuna.trial.Trial
     estimator: str
@@ -43,10 +45,25 @@ class Running:
     last_logged: int
     reported: set[int]
     row: TrialRow
-    actor: Any = None
-    future: Any = None
+    pack_key: str = ""  # trials with equal keys (and steps done) can share a pack
+    checkpoint: bytes | None = None  # to start from (queued trials)
+    group: Group | None = None
     retries: int = 0
-    restart_from: int = 0
+    restart_from: int = 0  # steps done at the (re)start
+    checkpoint_step: int = 0  # steps done at the last checkpoint written
+
+    @property
+    def actor(self) -> Any:
+        return self.group.actor if self.group is not None else None
+
+
+@dataclass
+class Group:
+    """One actor's pack: its trials, and its one call in flight."""
+
+    actor: Any
+    members: dict[int, Running]
+    future: Any = None
     start_future: Any = None
 
 
@@ -67,7 +84,9 @@ class Driver:
         self.tracking_uri = storage.mlflow or sweep_store.default_tracking_uri(self.state_dir)
         os.makedirs(self.state_dir, exist_ok=True)
         self.started_ray = False
-        self.running: dict[int, Running] = {}
+        self.running: dict[int, Running] = {}  # asked and not told: queued or on an actor
+        self.queue: list[Running] = []  # waiting for an actor
+        self.groups: list[Group] = []  # packs on actors
         self.idle: list[Any] = []
         self.actors: list[Any] = []
         self.table = ProgressTable(self.spec.trials, self.out)
@@ -207,6 +226,10 @@ class Driver:
         restart_from: int,
         reported: set[int],
     ) -> None:
+        """Open the trial's MLflow child run and queue it for an actor."""
+        from algorithms.learner import LearnerSpec
+        from algorithms.population import pack_key
+
         number = trial.number
         seed = self.spec.seed + number
         learner_spec = asdict(spec_.learner_spec(self.spec, estimator, settings, seed))
@@ -230,22 +253,52 @@ class Driver:
             tracker.resume_step(),
             reported,
             row,
+            checkpoint=checkpoint,
             restart_from=restart_from,
+            checkpoint_step=restart_from,
         )
         self.running[number] = run
-        self._dispatch(run, checkpoint)
-
-    def _dispatch(self, run: Running, checkpoint: bytes | None) -> None:
-        """Start the trial on an actor without waiting: an actor runs its calls in order, so
-        the first ``advance`` follows ``start``; a failed start surfaces on that future."""
-        actor = self.idle.pop() if self.idle else self._new_actor()
-        run.actor = actor
-        run.start_future = actor.start.remote(
-            run.number, run.learner_spec, self.spec.steps, self.spec.checkpoint_every, checkpoint
-        )
-        run.future = actor.advance.remote(self.chunk_seconds)
-        run.row.state = "RUNNING"
+        try:
+            run.pack_key = json.dumps(
+                pack_key(LearnerSpec(**learner_spec)), sort_keys=True, default=str
+            )
+        except ValueError as error:
+            self._finish(run, "FAIL", None, f"error: {error}"[:500])
+            return
+        run.row.state = "QUEUED"
         self.table.update(run.row, changed_state=True)
+        self.queue.append(run)
+
+    def _fill(self) -> None:
+        """Give queued trials to free actors, up to ``pack`` trials that can share one each:
+        same pack key (task, cell, estimator, structure) and the same steps done."""
+        while self.queue and len(self.groups) < self.workers:
+            first = self.queue[0]
+            members = [
+                run
+                for run in self.queue
+                if (run.pack_key, run.restart_from) == (first.pack_key, first.restart_from)
+            ][: self.spec.pack]
+            for run in members:
+                self.queue.remove(run)
+            self._dispatch(members)
+
+    def _dispatch(self, members: list[Running]) -> None:
+        """Start a pack on an actor without waiting: an actor runs its calls in order, so the
+        first ``advance`` follows ``start``; a failed start surfaces on that future."""
+        actor = self.idle.pop() if self.idle else self._new_actor()
+        group = Group(actor, {run.number: run for run in members})
+        self.groups.append(group)
+        group.start_future = actor.start.remote(
+            [(run.number, run.learner_spec, run.checkpoint) for run in members],
+            self.spec.steps,
+            self.spec.checkpoint_every,
+        )
+        group.future = actor.advance.remote(self.chunk_seconds)
+        for run in members:
+            run.group, run.checkpoint = group, None
+            run.row.state = "RUNNING"
+            self.table.update(run.row, changed_state=True)
 
     def _checkpoint_bytes(self, number: int) -> bytes | None:
         path = sweep_store.checkpoint_path(self.state_dir, self.name, number)
@@ -254,29 +307,49 @@ class Driver:
         with open(path, "rb") as handle:
             return handle.read()
 
-    def _actor_died(self, run: Running, error: Exception) -> None:
+    def _release(self, group: Group) -> None:
+        """A pack with no trial left: its actor takes the next one (after its current call)."""
+        if group in self.groups:
+            self.groups.remove(group)
+        if group.actor in self.actors and group.actor not in self.idle:
+            self.idle.append(group.actor)
+
+    def _actor_died(self, group: Group, error: Exception) -> None:
+        """Every trial of the pack goes back to the queue, from its last checkpoint."""
         import ray
 
-        if run.actor in self.actors:
-            self.actors.remove(run.actor)
+        if group in self.groups:
+            self.groups.remove(group)
+        if group.actor in self.actors:
+            self.actors.remove(group.actor)
         try:
-            ray.kill(run.actor)
+            ray.kill(group.actor)
         except Exception:  # noqa: BLE001 - already gone
             pass
-        run.retries += 1
-        run.trial.set_user_attr("retries", run.retries)
-        if run.retries > self.spec.max_retries:
-            self._finish(
-                run,
-                "FAIL",
-                None,
-                f"actor died {run.retries} times (max_retries "
-                f"{self.spec.max_retries}): {type(error).__name__}: {_last_line(error)}",
-            )
-            return
-        run.row.state, run.row.note = "RESTARTING", f"retry {run.retries}"
-        self.table.update(run.row, changed_state=True)
-        self._dispatch(run, self._checkpoint_bytes(run.number))
+        for run in list(group.members.values()):
+            run.group = None
+            run.retries += 1
+            run.trial.set_user_attr("retries", run.retries)
+            if run.retries > self.spec.max_retries:
+                self._finish(
+                    run,
+                    "FAIL",
+                    None,
+                    f"actor died {run.retries} times (max_retries "
+                    f"{self.spec.max_retries}): {type(error).__name__}: {_last_line(error)}",
+                )
+                continue
+            self._requeue(run)
+            run.row.state, run.row.note = "RESTARTING", f"retry {run.retries}"
+            self.table.update(run.row, changed_state=True)
+        group.members.clear()
+
+    def _requeue(self, run: Running) -> None:
+        """Back to the front of the queue, to continue from its last checkpoint."""
+        run.group = None
+        run.checkpoint = self._checkpoint_bytes(run.number)
+        run.restart_from = run.checkpoint_step if run.checkpoint is not None else 0
+        self.queue.insert(0, run)
 
     def _finish(self, run: Running, state: str, value: float | None, reason: str = "") -> None:
         import optuna
@@ -304,16 +377,39 @@ class Driver:
                 self.table.best = value
         self.table.update(run.row, changed_state=True)
         del self.running[run.number]
-        if run.actor is not None and run.actor in self.actors:
-            self.idle.append(run.actor)
+        group = run.group
+        if group is not None:
+            group.members.pop(run.number, None)
+            if not group.members:
+                self._release(group)
 
-    def _handle(self, run: Running, result: dict[str, Any]) -> None:
-        trial = run.trial
-        pruned = False
-        if result["state"] == "running":
+    def _handle_pack(self, group: Group, result: dict[str, Any]) -> None:
+        members = result["members"]
+        if any(r["state"] == "running" for r in members.values()):
             # The next chunk first, so that the actor computes while this result is recorded
             # (a pruned trial then wastes at most one chunk, which is discarded).
-            run.future = run.actor.advance.remote(self.chunk_seconds)
+            group.future = group.actor.advance.remote(self.chunk_seconds)
+        pruned = []
+        for number, member in members.items():
+            run = group.members.get(number)
+            if run is None:  # pruned while this chunk ran
+                continue
+            self._handle(run, member)
+            if member["state"] == "running" and number not in group.members:
+                pruned.append(number)
+        if pruned and group.members and group.future is not None:
+            group.actor.drop.remote(pruned)
+        if group.future is None:  # nothing left running on the actor
+            for run in list(group.members.values()):  # (never expected) not lost: queued again
+                self._requeue(run)
+            group.members.clear()
+        if not group.members:
+            self._release(group)
+
+    def _handle(self, run: Running, result: dict[str, Any]) -> None:
+        """One trial's part of a chunk: metrics, pruning, checkpoint, end."""
+        trial = run.trial
+        pruned = False
         for report in result["reports"]:
             step = report["step"]
             if step > run.last_logged:
@@ -335,6 +431,7 @@ class Driver:
                 result["checkpoint"],
             )
             trial.set_user_attr("checkpoint_step", result["checkpoint_step"])
+            run.checkpoint_step = result["checkpoint_step"]
         if result["state"] == "done":
             summary = result["summary"]
             metric = self.spec.objective.metric
@@ -396,20 +493,15 @@ class Driver:
         study, parent = opened["stores"]
         status = "FAILED"
         try:
-            restarts = []
             if resume:
                 for frozen in study.get_trials(deepcopy=False):
-                    if frozen.state == optuna.trial.TrialState.RUNNING:
-                        restarts.append(frozen)
-            while True:
-                while len(self.running) < self.workers and restarts:
-                    frozen = restarts.pop(0)
-                    trial = optuna.trial.Trial(study, frozen._trial_id)
+                    if frozen.state != optuna.trial.TrialState.RUNNING:
+                        continue
                     attrs = frozen.user_attrs
                     checkpoint = self._checkpoint_bytes(frozen.number)
                     self._begin(
                         study,
-                        trial,
+                        optuna.trial.Trial(study, frozen._trial_id),
                         attrs["estimator"],
                         attrs["settings"],
                         attrs.get("mlflow_run_id"),
@@ -417,40 +509,46 @@ class Driver:
                         attrs.get("checkpoint_step", 0) if checkpoint else 0,
                         set(frozen.intermediate_values),
                     )
-                while (
-                    len(self.running) < self.workers
-                    and not restarts
-                    and len(study.get_trials(deepcopy=False)) < self.spec.trials
-                ):
-                    trial = study.ask()
-                    estimator, settings = spec_.suggest(self.spec, trial)
-                    self._begin(study, trial, estimator, settings, None, None, 0, set())
+            while True:
+                self._fill()
+                while len(self.groups) < self.workers and not self.queue:
+                    asked = len(study.get_trials(deepcopy=False))
+                    if asked >= self.spec.trials:
+                        break
+                    # up to one pack's worth; those that cannot share a pack wait their turn
+                    for _ in range(min(self.spec.pack, self.spec.trials - asked)):
+                        trial = study.ask()
+                        estimator, settings = spec_.suggest(self.spec, trial)
+                        self._begin(study, trial, estimator, settings, None, None, 0, set())
+                    self._fill()
                 if not self.running:
                     break
-                futures = {
-                    run.future: run for run in self.running.values() if run.future is not None
-                }
+                futures = {g.future: g for g in self.groups if g.future is not None}
                 ready, _ = ray.wait(list(futures), num_returns=1, timeout=0.5)
                 for future in ready:
-                    run = futures[future]
-                    run.future = None
+                    group = futures[future]
+                    group.future = None
+                    if group not in self.groups:
+                        continue
                     try:
                         result = ray.get(future)
                     except ray.exceptions.RayActorError as error:
-                        self._actor_died(run, error)
+                        self._actor_died(group, error)
                         continue
                     except ray.exceptions.RayTaskError as task_error:
                         cause = task_error.cause
                         try:  # a failed start is the real cause of a failed first advance
-                            ray.get(run.start_future)
+                            ray.get(group.start_future)
                         except ray.exceptions.RayTaskError as start_error:
                             cause = start_error.cause
                         except ray.exceptions.RayActorError as actor_error:
-                            self._actor_died(run, actor_error)
+                            self._actor_died(group, actor_error)
                             continue
-                        self._finish(run, "FAIL", None, f"error: {cause!r}"[:500])
+                        for run in list(group.members.values()):
+                            self._finish(run, "FAIL", None, f"error: {cause!r}"[:500])
+                        self._release(group)
                         continue
-                    self._handle(run, result)
+                    self._handle_pack(group, result)
                 self.table.draw()
             self.table.draw(force=True)
             summary = sweep_summary(study, self.spec.objective.direction)

@@ -65,7 +65,7 @@ class ProgressTable:
         if not force and now - self._last_draw < 1.0:
             return
         self._last_draw = now
-        done = sum(r.state not in ("RUNNING", "RESTARTING") for r in self.rows.values())
+        done = sum(r.state not in ("RUNNING", "RESTARTING", "QUEUED") for r in self.rows.values())
         header = (
             f"trials {done}/{self.total} finished\n"
             f"{'trial':>5} {'estimator':<18} {'params':<34} {'step/total':>19} "

@@ -1,8 +1,8 @@
 """A packed population's streams side by side: member i's b streams are rows i b .. i b + b - 1.
 
-Each member keeps its own ``Stream`` (its seed, generator, curriculum, checkpointable state),
-exactly as if it ran alone. The members all stand at the same step and refill their ``CHUNK``
-buffers at the same steps (multiples of ``CHUNK`` from step 0), so the packed stream
+Each member keeps its own ``Stream`` on the CPU (its seed, generator, curriculum, checkpointable
+state), exactly as if it ran alone. The members all stand at the same step and refill their
+``CHUNK`` buffers at the same steps (multiples of ``CHUNK`` from step 0), so the packed stream
 concatenates the members' buffers once per chunk and ``next()`` only indexes the result: no
 per-member work on ordinary steps. Member streams' positions are brought up to date lazily,
 before a curriculum observes a loss and before a member's state is read.
@@ -59,8 +59,8 @@ class PackedStream:
             self._gather()
 
     def _gather(self) -> None:
-        self._x = self._to_device(torch.cat([s._x.cpu() for s in self.members], dim=1))
-        self._y = self._to_device(torch.cat([s._y.cpu() for s in self.members], dim=1))
+        self._x = self._to_device(torch.cat([s._x for s in self.members], dim=1))
+        self._y = self._to_device(torch.cat([s._y for s in self.members], dim=1))
 
     def _to_device(self, buffer: Tensor) -> Tensor:
         if self.device.type == "cuda":
