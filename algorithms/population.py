@@ -13,7 +13,9 @@ Layout, for ``pack`` members of b streams each (B = pack b):
     estimator state over B streams               member i's streams are rows i b .. i b + b - 1
     optimizer m, v [pack, ...]; filter [pack]    per-member hyperparameters as [pack] tensors
 
-The estimator sees per-stream parameters (``theta`` repeated b times when b > 1); member i's
+A pack of one member keeps a lone learner's shared layout (the sweeps' default, ``pack: 1``,
+thus costs what a lone learner costs). A larger pack gives the estimator per-stream
+parameters (``theta`` repeated b times when b > 1); member i's
 gradient is the mean of its b streams' gradients, clipped to its own global norm, and applied
 at its own rate ``lr_i / (1 + alpha_i sqrt(t))``. With the Kalman filter each member has its own
 filter (b = 1). A member thus computes what ``Learner(member_spec)`` computes alone, up to
@@ -102,8 +104,11 @@ def check_packable(specs: Sequence[LearnerSpec]) -> None:
                     f"member {i} cannot join member 0's pack: {name} is {key[name]!r}, not "
                     f"{value!r} (members may differ only in seed and {', '.join(PER_MEMBER)})"
                 )
-    if first["optimizer"] == "kalman" and first["batch"] != 1:
-        raise ValueError("members learning with the Kalman filter are packed with batch 1 only")
+    if len(specs) > 1 and first["optimizer"] == "kalman" and first["batch"] != 1:
+        raise ValueError(
+            "members learning with the Kalman filter are packed with batch 1 only "
+            f"(got batch {first['batch']}): use pack 1, or batch 1"
+        )
 
 
 class Population:
@@ -186,7 +191,9 @@ class Population:
         self.filter, self.opt_state = None, None
         if self.optimizer == "kalman":
             cov = self.config["covariance"]
-            self.filter = kalman_step.init_filter(self.cell, self.params, self.pack, cov, 1.0)
+            self.filter = kalman_step.init_filter(
+                self.cell, self.est_params, self.streams, cov, 1.0
+            )
             lone = kalman_step.init_filter(self.cell, one, self.width, cov, 1.0)
             self._templates["filter"] = self._template_pair(self.filter, lone)
             self._load("filter", self.filter, [s["filter"] for s in snaps])
@@ -246,7 +253,11 @@ class Population:
         checkpoint.restore(obj, stacked, name)
 
     def _stream_params(self) -> Params:
-        """Per-stream parameters for the estimator (the members' rows, each b times)."""
+        """The parameters the estimator sees: a pack of one member keeps a lone learner's
+        shared layout (views of row 0, the lone arithmetic and speed); a larger pack gives
+        each stream its member's row (repeated b times when b > 1)."""
+        if self.pack == 1:
+            return Params(self.params.theta[0], self.params.readout[0])
         if self.width == 1:
             return self.params
         return Params(
@@ -255,7 +266,7 @@ class Population:
         )
 
     def _sync_stream_params(self) -> None:
-        if self.width > 1:
+        if self.width > 1 and self.pack > 1:
             for p, e in zip(self.params, self.est_params, strict=True):
                 e.view(self.pack, self.width, *p.shape[1:]).copy_(p.unsqueeze(1))
 
@@ -320,7 +331,9 @@ class Population:
     def _apply(self, grad: Params) -> None:
         cfg, c, h = self.config, self.counters, self.hyper
         g_theta, g_readout = grad
-        if self.width > 1:
+        if self.pack == 1:  # shared layout: already the mean over the member's streams
+            g_theta, g_readout = g_theta.unsqueeze(0), g_readout.unsqueeze(0)
+        elif self.width > 1:
             g_theta = g_theta.view(self.pack, self.width, -1).mean(1)
             g_readout = g_readout.view(self.pack, self.width, *g_readout.shape[1:]).mean(1)
         g = torch.cat([g_theta, g_readout.flatten(1)], dim=1)
@@ -369,7 +382,7 @@ class Population:
             h = self.hyper
             result, new = kalman_step.filtered_step(
                 self.estimator,
-                self.params,
+                self.est_params,
                 self.est_state,
                 self.filter,
                 x,
@@ -377,9 +390,9 @@ class Population:
                 process_noise=h["process_noise"],
                 obs_noise=h["obs_noise"],
             )
-            keep = list(self.params)[:1] if self.fixed_readout else list(self.params)
+            keep = list(self.est_params)[: 1 if self.fixed_readout else 2]
             for p, value in zip(keep, new, strict=False):
-                if self.frozen:
+                if self.frozen and self.pack > 1:
                     value = torch.where(optimizer._rows(h["live"] > 0, p), value, p)
                 p.copy_(value)
             c["updates"] += 1

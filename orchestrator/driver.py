@@ -295,8 +295,11 @@ class Driver:
             self.spec.checkpoint_every,
         )
         group.future = actor.advance.remote(self.chunk_seconds)
+        numbers = [run.number for run in members]
         for run in members:
             run.group, run.checkpoint = group, None
+            if len(members) > 1 or run.trial.user_attrs.get("pack"):
+                run.trial.set_user_attr("pack", numbers)  # the trials it shares an actor with
             run.row.state = "RUNNING"
             self.table.update(run.row, changed_state=True)
 
@@ -326,6 +329,7 @@ class Driver:
             ray.kill(group.actor)
         except Exception:  # noqa: BLE001 - already gone
             pass
+        again = []
         for run in list(group.members.values()):
             run.group = None
             run.retries += 1
@@ -339,17 +343,19 @@ class Driver:
                     f"{self.spec.max_retries}): {type(error).__name__}: {_last_line(error)}",
                 )
                 continue
-            self._requeue(run)
+            again.append(run)
             run.row.state, run.row.note = "RESTARTING", f"retry {run.retries}"
             self.table.update(run.row, changed_state=True)
         group.members.clear()
+        self._requeue(again)
 
-    def _requeue(self, run: Running) -> None:
-        """Back to the front of the queue, to continue from its last checkpoint."""
-        run.group = None
-        run.checkpoint = self._checkpoint_bytes(run.number)
-        run.restart_from = run.checkpoint_step if run.checkpoint is not None else 0
-        self.queue.insert(0, run)
+    def _requeue(self, runs: list[Running]) -> None:
+        """Back to the front of the queue (in order), to continue from their last checkpoint."""
+        for run in runs:
+            run.group = None
+            run.checkpoint = self._checkpoint_bytes(run.number)
+            run.restart_from = run.checkpoint_step if run.checkpoint is not None else 0
+        self.queue[:0] = runs
 
     def _finish(self, run: Running, state: str, value: float | None, reason: str = "") -> None:
         import optuna
@@ -400,8 +406,7 @@ class Driver:
         if pruned and group.members and group.future is not None:
             group.actor.drop.remote(pruned)
         if group.future is None:  # nothing left running on the actor
-            for run in list(group.members.values()):  # (never expected) not lost: queued again
-                self._requeue(run)
+            self._requeue(list(group.members.values()))  # (never expected) not lost: queued
             group.members.clear()
         if not group.members:
             self._release(group)

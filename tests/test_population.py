@@ -150,6 +150,28 @@ def test_pack_checkpoint_restore_equals_uninterrupted(estimator):
         assert _close(alone, first[i] + tail) <= TOL
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        _spec("tbptt", seed=4, batch=2, truncation=5, lr=3e-3),
+        _spec("uoro-kalman", seed=4, batch=2, p0=0.05),
+        _spec("rtrl", seed=4, optimizer="sgd", lr=0.05, update_every=2),
+    ],
+    ids=["tbptt-b2", "kalman-b2", "rtrl-sgd"],
+)
+def test_pack_of_one_is_the_lone_learner(spec):
+    reports, pop = _packed([spec], 400)
+    alone, learner = _alone(spec, 400)
+    assert _close(alone, reports[0]) <= TOL
+    assert _params_gap(learner, pop, 0) <= TOL
+    lone = Learner(spec)
+    lone.restore(pop.snapshots()[0])
+    assert lone.summary() == {
+        **pop.summaries()[0],
+        "steps_per_sec": lone.summary()["steps_per_sec"],
+    }
+
+
 def test_lone_learners_join_a_pack_midway():
     specs = [_spec("uoro", seed=s, lr=lr) for s, lr in ((1, 1e-3), (2, 5e-3))]
     lone_snaps = []
@@ -222,7 +244,7 @@ def test_pack_key_and_incompatible_members_are_named():
     with pytest.raises(ValueError, match="member 1 cannot join.*truncation"):
         check_packable([_spec("tbptt", truncation=4), _spec("tbptt", truncation=5)])
     with pytest.raises(ValueError, match="Kalman filter are packed with batch 1"):
-        check_packable([_spec("uoro-kalman", batch=2)])
+        check_packable([_spec("uoro-kalman", batch=2), _spec("uoro-kalman", batch=2)])
     with pytest.raises(ValueError, match="at least one member"):
         check_packable([])
     with pytest.raises(ValueError, match="unknown setting 'lrr'"):

@@ -122,6 +122,64 @@ class KillingDriver(Driver):
             ray.kill(run.actor)
 
 
+def _packed_spec(**overrides):
+    return _spec_dict(
+        estimators=["uoro"],
+        search={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        pack=3,
+        **overrides,
+    )
+
+
+def test_packed_sweep_equals_plain_runs(ray_session, tmp_path):
+    spec = spec_.load_spec_dict(_packed_spec(trials=5, workers=2))
+    summary = Driver(spec, str(tmp_path), workers=2).run()
+    study, trials = _check_sweep(spec, str(tmp_path))
+    assert summary["states"] == {"COMPLETE": 5}
+    packs = {tuple(t.user_attrs["pack"]) for t in trials}
+    assert (0, 1, 2) in packs and all(len(p) <= 3 for p in packs)
+    for trial in trials:
+        assert trial.value == _plain_value(spec, trial)  # each member, as if run alone
+
+
+class PruningDriver(Driver):
+    """Prunes trial 1 at its first report."""
+
+    def _handle(self, run, result):
+        if run.number == 1:
+            run.trial.should_prune = lambda: True
+        super()._handle(run, result)
+
+
+def test_pruned_member_leaves_the_rest_of_its_pack_undisturbed(ray_session, tmp_path):
+    spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
+    summary = PruningDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.05).run()
+    assert summary["states"] == {"COMPLETE": 2, "PRUNED": 1}
+    study, trials = _check_sweep(spec, str(tmp_path))
+    assert [t.user_attrs["pack"] for t in trials] == [[0, 1, 2]] * 3
+    pruned = trials[1]
+    assert pruned.state.name == "PRUNED" and pruned.user_attrs["steps_done"] < STEPS
+    _, record = sweep_store.read_record(str(tmp_path), "t")
+    history = _mlflow(record["tracking_uri"]).get_metric_history(
+        pruned.user_attrs["mlflow_run_id"], "loss"
+    )
+    assert max(m.step for m in history) == pruned.user_attrs["steps_done"]
+    for trial in (trials[0], trials[2]):
+        assert trial.value == _plain_value(spec, trial)
+
+
+def test_killed_pack_restarts_all_its_members_from_checkpoints(ray_session, tmp_path):
+    spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
+    driver = KillingDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.02)
+    driver.run()
+    assert driver.kills == 0
+    study, trials = _check_sweep(spec, str(tmp_path))
+    for trial in trials:
+        assert trial.state.name == "COMPLETE" and trial.user_attrs["retries"] == 1
+        assert trial.user_attrs["pack"] == [0, 1, 2]
+        assert trial.value == _plain_value(spec, trial)
+
+
 def test_killed_actor_restarts_from_checkpoint(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=2))
     driver = KillingDriver(spec, str(tmp_path), workers=2, chunk_seconds=0.02)
@@ -346,6 +404,7 @@ def test_status_best_and_run_back(ray_session, tmp_path, capsys):
         )
         == 0
     )
-    assert json.loads(out.read_text())["final_loss"] == best["value"]
+    # the sweep's trial ran as a pack of one: the lone learner's numbers up to reassociation
+    assert json.loads(out.read_text())["final_loss"] == pytest.approx(best["value"], rel=1e-9)
     assert main(["status", "nope", "--state-dir", str(tmp_path)]) == 2
     assert "no sweep named 'nope'" in capsys.readouterr().err
