@@ -91,6 +91,12 @@ def pack_key(spec: LearnerSpec) -> dict[str, Any]:
     }
 
 
+def packable(key: dict[str, Any]) -> bool:
+    """Whether learners of this ``pack_key`` can share a pack with others (the Kalman filter's
+    per-member filters need one stream per member)."""
+    return key["optimizer"] != "kalman" or key["batch"] == 1
+
+
 def check_packable(specs: Sequence[LearnerSpec]) -> None:
     """``ValueError`` naming the first member and setting that cannot share member 0's pack."""
     if not specs:
@@ -104,7 +110,7 @@ def check_packable(specs: Sequence[LearnerSpec]) -> None:
                     f"member {i} cannot join member 0's pack: {name} is {key[name]!r}, not "
                     f"{value!r} (members may differ only in seed and {', '.join(PER_MEMBER)})"
                 )
-    if len(specs) > 1 and first["optimizer"] == "kalman" and first["batch"] != 1:
+    if len(specs) > 1 and not packable(first):
         raise ValueError(
             "members learning with the Kalman filter are packed with batch 1 only "
             f"(got batch {first['batch']}): use pack 1, or batch 1"

@@ -46,6 +46,7 @@ class Running:
     reported: set[int]
     row: TrialRow
     pack_key: str = ""  # trials with equal keys (and steps done) can share a pack
+    pack_limit: int = 1  # the most trials its pack may hold
     checkpoint: bytes | None = None  # to start from (queued trials)
     group: Group | None = None
     retries: int = 0
@@ -228,7 +229,7 @@ class Driver:
     ) -> None:
         """Open the trial's MLflow child run and queue it for an actor."""
         from algorithms.learner import LearnerSpec
-        from algorithms.population import pack_key
+        from algorithms.population import pack_key, packable
 
         number = trial.number
         seed = self.spec.seed + number
@@ -259,9 +260,9 @@ class Driver:
         )
         self.running[number] = run
         try:
-            run.pack_key = json.dumps(
-                pack_key(LearnerSpec(**learner_spec)), sort_keys=True, default=str
-            )
+            key = pack_key(LearnerSpec(**learner_spec))
+            run.pack_key = json.dumps(key, sort_keys=True, default=str)
+            run.pack_limit = 1 if not packable(key) else self.spec.pack
         except ValueError as error:
             self._finish(run, "FAIL", None, f"error: {error}"[:500])
             return
@@ -278,7 +279,7 @@ class Driver:
                 run
                 for run in self.queue
                 if (run.pack_key, run.restart_from) == (first.pack_key, first.restart_from)
-            ][: self.spec.pack]
+            ][: first.pack_limit]
             for run in members:
                 self.queue.remove(run)
             self._dispatch(members)

@@ -447,14 +447,16 @@ def dry_run_text(spec: SweepSpec, samples: int = 3) -> str:
     r = spec.resources
     state_dir = resolve_state_dir(spec.storage.state_dir)
     sqlite = "SQLite in the state directory"
+    unit = "trial" if spec.pack == 1 else f"actor (a pack of up to {spec.pack} trials)"
     out += [
         "",
         "resources:",
-        f"  per trial: {r.cpus:g} CPU, {r.gpus:g} GPU",
-        f"  workers: {spec.workers} concurrent trials -> Ray is asked for "
-        f"{r.cpus * spec.workers:g} CPU, {r.gpus * spec.workers:g} GPU in total",
+        f"  per {unit}: {r.cpus:g} CPU, {r.gpus:g} GPU",
+        f"  workers: {spec.workers} concurrent {'trials' if spec.pack == 1 else 'packs'} -> "
+        f"Ray is asked for {r.cpus * spec.workers:g} CPU, {r.gpus * spec.workers:g} GPU in total",
         f"  trials: {spec.trials} x {spec.steps} steps; checkpoint every "
         f"{spec.checkpoint_every} steps; retries per failed trial: {spec.max_retries}",
+        *pack_text(spec),
         "",
         "storage:",
         f"  state directory: {state_dir}",
@@ -462,6 +464,20 @@ def dry_run_text(spec: SweepSpec, samples: int = 3) -> str:
         f"  mlflow: {spec.storage.mlflow or sqlite + ' (or $MLFLOW_TRACKING_URI)'}",
     ]
     return "\n".join(out)
+
+
+def pack_text(spec: SweepSpec) -> list[str]:
+    """Which trials can share a pack: searched keys outside the per-member ones split packs."""
+    if spec.pack == 1:
+        return []
+    from algorithms.population import PER_MEMBER
+
+    splitting = sorted(k for k in spec.search if k not in PER_MEMBER)
+    split = ["estimator"] * (len(spec.estimators) > 1) + splitting
+    return [
+        f"  pack: up to {spec.pack} trials stepped together per actor"
+        + (f"; trials share a pack only when they agree on {', '.join(split)}" if split else "")
+    ]
 
 
 # -- applicability ---------------------------------------------------------------------------
