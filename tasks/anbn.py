@@ -68,25 +68,11 @@ def anbn_task(min_n: int = 1, max_n: int = 32) -> Task:
 
     def make_stream(batch: int, seed: int, dtype: torch.dtype, device: torch.device) -> Stream:
         return AnbnStream(
-            min_n,
-            max_n,
-            task="anbn",
-            settings=settings,
-            inputs=3,
-            batch=batch,
-            seed=seed,
-            dtype=dtype,
-            device=device,
+            min_n, max_n, task="anbn", settings=settings, inputs=3, batch=batch, seed=seed,
+            dtype=dtype, device=device,
         )
 
     return Task(
-        "anbn",
-        3,
-        3,
-        "ce",
-        references(min_n, max_n),
-        True,
-        settings,
-        make_stream,
+        "anbn", 3, 3, "ce", references(min_n, max_n), True, settings, make_stream,
         alphabet=ALPHABET,
     )

@@ -87,25 +87,11 @@ def brackets_task(min_gap: int = 1, max_gap: int = 10) -> Task:
 
     def make_stream(batch: int, seed: int, dtype: torch.dtype, device: torch.device) -> Stream:
         return BracketsStream(
-            min_gap,
-            max_gap,
-            task="brackets",
-            settings=settings,
-            inputs=len(ALPHABET),
-            batch=batch,
-            seed=seed,
-            dtype=dtype,
-            device=device,
+            min_gap, max_gap, task="brackets", settings=settings, inputs=len(ALPHABET),
+            batch=batch, seed=seed, dtype=dtype, device=device,
         )
 
     return Task(
-        "brackets",
-        len(ALPHABET),
-        len(ALPHABET),
-        "ce",
-        references(min_gap, max_gap),
-        True,
-        settings,
-        make_stream,
-        alphabet=ALPHABET,
+        "brackets", len(ALPHABET), len(ALPHABET), "ce", references(min_gap, max_gap), True,
+        settings, make_stream, alphabet=ALPHABET,
     )

@@ -122,25 +122,13 @@ def copy_task(
     length = integer_setting("copy", "length", length, low=1)
     max_length = integer_setting("copy", "max_length", max_length, low=length)
     settings: dict[str, Any] = {
-        "symbols": symbols,
-        "threshold": threshold,
-        "length": length,
-        "max_length": max_length,
+        "symbols": symbols, "threshold": threshold, "length": length, "max_length": max_length,
     }
 
     def make_stream(batch: int, seed: int, dtype: torch.dtype, device: torch.device) -> Stream:
         return CopyStream(
-            symbols,
-            threshold,
-            length,
-            max_length,
-            task="copy",
-            settings=settings,
-            inputs=symbols + 2,
-            batch=batch,
-            seed=seed,
-            dtype=dtype,
-            device=device,
+            symbols, threshold, length, max_length, task="copy", settings=settings,
+            inputs=symbols + 2, batch=batch, seed=seed, dtype=dtype, device=device,
         )
 
     references = {

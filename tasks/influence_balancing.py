@@ -59,15 +59,8 @@ def influence_balancing_cell(n: int = 23, positive: int = 10, theta0: float = 0.
         return 0.5 * (s + F.pad(s[1:], (0, 1))) + drive
 
     return InfluenceBalancingCell(
-        name="influence-balancing",
-        hidden=n,
-        inputs=1,
-        state_size=n,
-        num_params=1,
-        fn=fn,
-        out_slice=slice(0, n),
-        gates=0,
-        theta0=theta0,
+        name="influence-balancing", hidden=n, inputs=1, state_size=n, num_params=1, fn=fn,
+        out_slice=slice(0, n), gates=0, theta0=theta0,
     )
 
 
@@ -107,30 +100,16 @@ def influence_balancing_task(n: int = 23, positive: int = 10, theta0: float = 0.
 
     def make_stream(batch: int, seed: int, dtype: torch.dtype, device: torch.device) -> Stream:
         return InfluenceBalancingStream(
-            task=name,
-            settings=settings,
-            inputs=1,
-            batch=batch,
-            seed=seed,
-            dtype=dtype,
+            task=name, settings=settings, inputs=1, batch=batch, seed=seed, dtype=dtype,
             device=device,
         )
 
     readout = torch.zeros(1, n + 1, dtype=torch.float64)
     readout[0, 0] = 1.0
     return Task(
-        name,
-        1,
-        1,
-        "mse",
-        {"optimum": 0.0},
-        False,
-        settings,
-        make_stream,
+        name, 1, 1, "mse", {"optimum": 0.0}, False, settings, make_stream,
         cell=lambda: influence_balancing_cell(n, positive, theta0),
-        readout=readout,
-        hidden=n,
-        initial_state=torch.ones(n, dtype=torch.float64),
+        readout=readout, hidden=n, initial_state=torch.ones(n, dtype=torch.float64),
         # Adam's bounded steps: theta reaches the optimum within a few thousand steps and
         # the spikes of rank-one estimates cannot throw it far (SGD at a rate small enough
         # for them stalls); the decay lets exact gradients settle.

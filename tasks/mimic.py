@@ -112,26 +112,15 @@ def mimic_task(
     gain = real_setting("mimic", "gain", gain, low=0.0)
     labels = choice_setting("mimic", "labels", labels, LABELS)
     settings: dict[str, Any] = {
-        "teacher_seed": teacher_seed,
-        "inputs": inputs,
-        "teacher_hidden": teacher_hidden,
-        "outputs": outputs,
-        "gain": gain,
-        "labels": labels,
+        "teacher_seed": teacher_seed, "inputs": inputs, "teacher_hidden": teacher_hidden,
+        "outputs": outputs, "gain": gain, "labels": labels,
     }
     teacher = Teacher(teacher_seed, inputs, teacher_hidden, outputs, gain)
 
     def make_stream(batch: int, seed: int, dtype: torch.dtype, device: torch.device) -> Stream:
         return MimicStream(
-            teacher,
-            labels,
-            task="mimic",
-            settings=settings,
-            inputs=inputs,
-            batch=batch,
-            seed=seed,
-            dtype=dtype,
-            device=device,
+            teacher, labels, task="mimic", settings=settings, inputs=inputs, batch=batch,
+            seed=seed, dtype=dtype, device=device,
         )
 
     references = estimate_references(teacher, inputs, outputs, labels)

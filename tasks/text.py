@@ -33,19 +33,8 @@ from tasks.stream import Stream
 from tasks.task import Task
 
 DEFAULT_MODULES = (
-    "argparse",
-    "difflib",
-    "textwrap",
-    "calendar",
-    "fractions",
-    "statistics",
-    "heapq",
-    "functools",
-    "random",
-    "contextlib",
-    "pprint",
-    "string",
-    "csv",
+    "argparse", "difflib", "textwrap", "calendar", "fractions", "statistics", "heapq",
+    "functools", "random", "contextlib", "pprint", "string", "csv",
 )
 OTHER = "<other>"
 
@@ -73,7 +62,8 @@ def read_corpus(path: str) -> str:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as error:
         raise ValueError(
-            f"text: cannot read corpus file {path!r} (setting 'path'): {error.strerror or error}"
+            f"text: cannot read corpus file {path!r} (setting 'path'): "
+            f"{error.strerror or error}"
         ) from error
     if len(text) < 2:
         raise ValueError(f"text: corpus file {path!r} (setting 'path') has fewer than 2 characters")
@@ -132,14 +122,8 @@ def text_task(path: str | os.PathLike[str] | None = None, max_alphabet: int = 12
 
     def make_stream(batch: int, seed: int, dtype: torch.dtype, device: torch.device) -> Stream:
         return TextStream(
-            codes,
-            task="text",
-            settings=settings,
-            inputs=size,
-            batch=batch,
-            seed=seed,
-            dtype=dtype,
-            device=device,
+            codes, task="text", settings=settings, inputs=size, batch=batch, seed=seed,
+            dtype=dtype, device=device,
         )
 
     references = {"memoryless": entropy(freq.tolist())}

@@ -273,14 +273,8 @@ def _exact_influence(state: ExactState) -> tuple[Tensor, Tensor]:
 
 
 EXACT = Estimator(
-    name="exact-test",
-    init=_exact_init,
-    step=_exact_step,
-    defaults={},
-    exact=True,
-    unbiased=True,
-    summary="test-only RTRL",
-    influence=_exact_influence,
+    name="exact-test", init=_exact_init, step=_exact_step, defaults={}, exact=True,
+    unbiased=True, summary="test-only RTRL", influence=_exact_influence,
 )
 
 FAST_EXACT = replace(EXACT, step=_tanh_exact_step)
@@ -538,3 +532,4 @@ def test_float32_runs():
         x = torch.randn(2, 2, generator=gen(1))
         _, new = ks.filtered_step(est, params, st, kf, x, torch.tensor([0, 1]))
         assert new.theta.dtype == torch.float32 and torch.isfinite(new.flat()).all()
+

@@ -99,7 +99,9 @@ def test_mean_over_every_sign_pattern_is_exact(leak: float) -> None:
             lambda th, t=t: unrolled_h(cell, th, xs[: t + 1]), params.theta
         )
         left, right = est.influence(state)
-        torch.testing.assert_close(torch.bmm(left, right).mean(0), g_true, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            torch.bmm(left, right).mean(0), g_true, rtol=1e-10, atol=1e-12
+        )
         if t > 0:  # single patterns are not exact: the cross terms are real
             assert (grads - grads.mean(0)).norm() > 1e-3 * grads.mean(0).norm()
 
@@ -145,7 +147,9 @@ def test_shared_params_give_the_mean_of_per_stream_gradients() -> None:
         assert b.grad.theta.shape == (batch, cell.num_params)
         torch.testing.assert_close(a.loss, b.loss, rtol=1e-14, atol=0)
         torch.testing.assert_close(a.grad.theta, b.grad.theta.mean(0), rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(a.grad.readout, b.grad.readout.mean(0), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(
+            a.grad.readout, b.grad.readout.mean(0), rtol=1e-12, atol=1e-14
+        )
 
 
 def test_streams_do_not_depend_on_their_neighbours() -> None:
