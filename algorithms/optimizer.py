@@ -111,7 +111,10 @@ def _update_rows(
             p.sub_(g * _rows(rate, p))
         return state
     t = state.t
-    # Hyperparameters all members share stay floats: fewer operations, the lone arithmetic.
+    if hasattr(torch, "_fused_adam_") and not any(
+        isinstance(v, Tensor) for v in (beta1, beta2, eps)
+    ):
+        return _fused_rows(state, params, grads, lr.to(dtype), beta1, beta2, eps)
     step = (lr / (1.0 - beta1**t)).to(dtype)
     correction2 = 1.0 - beta2**t
     inv_c2 = correction2.reciprocal() if isinstance(correction2, Tensor) else 1.0 / correction2
@@ -123,4 +126,39 @@ def _update_rows(
         v.lerp_(g.square(), _rows(1.0 - beta2, p))
         denom = (v * _rows(inv_c2, p)).sqrt_().add_(_rows(eps, p))
         p.addcdiv_(m * _rows(step, p), denom, value=-1.0)
+    return state
+
+
+def _fused_rows(
+    state: OptimizerState,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    lr: Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> OptimizerState:
+    """Adam with shared betas and eps and per-row rates: torch's fused Adam kernel (one pass
+    over m, v and g) computes the unit-rate step ``-m_hat / (sqrt(v_hat) + eps)`` into a
+    scratch tensor, which each row then adds at its own rate."""
+    steps = [u.new_zeros(u.shape) for u in params]
+    # a fill, not a copy from the host: no synchronisation on a GPU
+    count = [torch.full((1,), float(state.t), dtype=torch.float32, device=p.device) for p in params]
+    torch._fused_adam_(
+        steps,
+        [g.contiguous() for g in grads],  # the kernel walks dense memory
+        state.m,
+        state.v,
+        [],
+        count,
+        lr=1.0,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=0.0,
+        eps=eps,
+        amsgrad=False,
+        maximize=False,
+    )
+    for p, step in zip(params, steps, strict=True):
+        p.addcmul_(step, _rows(lr, p))
     return state

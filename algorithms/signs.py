@@ -28,10 +28,19 @@ def _shr(x: Tensor, bits: int) -> Tensor:
 
 
 def mix(x: Tensor) -> Tensor:
-    """splitmix64 finaliser on int64 tensors (wrapping arithmetic)."""
-    x = (x ^ _shr(x, 30)) * _i64(_M1)
-    x = (x ^ _shr(x, 27)) * _i64(_M2)
-    return x ^ _shr(x, 31)
+    """splitmix64 finaliser on int64 tensors (wrapping arithmetic); ``x`` is left unchanged."""
+    return mix_(x.clone())
+
+
+def mix_(x: Tensor) -> Tensor:
+    """``mix`` in place (one scratch tensor: the finaliser runs over large counter blocks)."""
+    scratch = torch.empty_like(x)
+    for bits, factor in ((30, _M1), (27, _M2), (31, None)):
+        torch.bitwise_right_shift(x, bits, out=scratch).bitwise_and_((1 << (64 - bits)) - 1)
+        x.bitwise_xor_(scratch)
+        if factor is not None:
+            x.mul_(_i64(factor))
+    return x
 
 
 def signs(seeds: Tensor, start: int, steps: int, width: int, dtype: torch.dtype) -> Tensor:
@@ -41,8 +50,8 @@ def signs(seeds: Tensor, start: int, steps: int, width: int, dtype: torch.dtype)
     i = torch.arange(width, dtype=torch.int64, device=device)
     key = mix(seeds.to(torch.int64) * _i64(_GOLDEN) + 0x632BE59BD9B4E019)
     counter = (t[:, None, None] * width + i[None, None, :]) + key[None, :, None] * 0x2545F491
-    bit = _shr(mix(counter), 63)
-    return (bit * 2 - 1).to(dtype)
+    # the top bit of the mix, as a sign: +1 where it is set (negative as int64), else -1
+    return mix_(counter).lt_(0).to(dtype).mul_(2).sub_(1)
 
 
 def stream_seeds(seed: int, batch: int, device: torch.device | str = "cpu") -> Tensor:
