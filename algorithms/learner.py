@@ -373,28 +373,20 @@ class Learner:
         grad_norm = float(self.sums[2]) / max(1, steps)
         self.sums[0] = 0.0
         self.sums[2] = 0.0
-        report = {
-            "step": c["t"],
-            "loss": window_loss,
-            "grad_norm": grad_norm,
-            "steps_per_sec": steps * self.batch / max(seconds, 1e-9),
-            "lr": optimizer.learning_rate(self.config["lr"], self.config["lr_decay"], c["updates"]),
-        }
-        if self.task.bits_per_char:
-            report["bpc"] = window_loss / math.log(2)
-        if self.task.name == "copy" or self.stream.curriculum:
-            report.update({f"curriculum_{k}": v for k, v in self.stream.curriculum.items()})
-        report.update(self.last_probe)
-        finite = math.isfinite(window_loss) and all(
-            bool(torch.isfinite(p).all()) for p in self.params
+        report = make_report(
+            self.task,
+            c,
+            self.config,
+            window_loss,
+            grad_norm,
+            steps * self.batch / max(seconds, 1e-9),
+            self.stream.curriculum,
+            self.last_probe,
         )
-        if not finite:
-            c["diverged"] = True
-            c["reason"] = (
-                f"non-finite loss at step {c['t']}"
-                if not math.isfinite(window_loss)
-                else f"non-finite parameters at step {c['t']}"
-            )
+        finite = all(bool(torch.isfinite(p).all()) for p in self.params)
+        reason = divergence(window_loss, finite, c["t"])
+        if reason:
+            c["diverged"], c["reason"] = True, reason
         return report
 
     def run(
@@ -405,12 +397,7 @@ class Learner:
     ) -> dict[str, Any]:
         """Step until ``steps`` steps in total are done (a restored learner continues)."""
         c = self.counters
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if c["planned"] and c["planned"] != steps:
-            raise ValueError(f"this run was planned for {c['planned']} steps, not {steps}")
-        c["planned"] = steps
-        c["tail_steps"] = max(1, steps // 10)
+        plan(c, steps)
         log_every = self.config["log_every"]
         while c["t"] < steps and not c["diverged"]:
             begin, t0 = c["t"], time.perf_counter()
@@ -479,6 +466,51 @@ class Learner:
             g.copy_(saved)
         self.last_probe = dict(snap["last_probe"])
         self._checked = False
+
+
+def plan(counters: dict[str, Any], steps: int) -> None:
+    """Fix a run's length (and its tail, the last 10%); a restored run keeps its own."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if counters["planned"] and counters["planned"] != steps:
+        raise ValueError(f"this run was planned for {counters['planned']} steps, not {steps}")
+    counters["planned"] = steps
+    counters["tail_steps"] = max(1, steps // 10)
+
+
+def make_report(
+    task: Any,
+    counters: dict[str, Any],
+    config: dict[str, Any],
+    loss: float,
+    grad_norm: float,
+    rate: float,
+    curriculum: dict[str, float],
+    last_probe: dict[str, Any],
+) -> dict[str, Any]:
+    """One report: window loss (and bpc), gradient norm, stream-steps/s, rate, curriculum, probe."""
+    report = {
+        "step": counters["t"],
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "steps_per_sec": rate,
+        "lr": optimizer.learning_rate(config["lr"], config["lr_decay"], counters["updates"]),
+    }
+    if task.bits_per_char:
+        report["bpc"] = loss / math.log(2)
+    if task.name == "copy" or curriculum:
+        report.update({f"curriculum_{k}": v for k, v in curriculum.items()})
+    report.update(last_probe)
+    return report
+
+
+def divergence(loss: float, finite_params: bool, step: int) -> str:
+    """Why a run diverged at ``step`` (a non-finite loss or parameter), or ``""``."""
+    if not math.isfinite(loss):
+        return f"non-finite loss at step {step}"
+    if not finite_params:
+        return f"non-finite parameters at step {step}"
+    return ""
 
 
 def summarize(

@@ -31,7 +31,6 @@ others go on undisturbed; ``compact()`` rebuilds the pack without the frozen mem
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -47,6 +46,9 @@ from algorithms.learner import (
     PROBE_METRICS,
     Learner,
     LearnerSpec,
+    divergence,
+    make_report,
+    plan,
     split_settings,
     summarize,
 )
@@ -442,26 +444,21 @@ class Population:
             if i in self.frozen:
                 continue
             self.elapsed[i] += seconds
-            cfg = self.member_config[i]
-            report = {
-                "step": c["t"],
-                "loss": loss,
-                "grad_norm": grad_norm,
-                "steps_per_sec": steps * b / max(seconds, 1e-9),
-                "pack_steps_per_sec": steps * b * live / max(seconds, 1e-9),
-                "lr": optimizer.learning_rate(cfg["lr"], cfg["lr_decay"], c["updates"]),
-            }
-            if self.task.bits_per_char:
-                report["bpc"] = loss / math.log(2)
-            curriculum = self.stream.curriculum(i)
-            if self.task.name == "copy" or curriculum:
-                report.update({f"curriculum_{k}": v for k, v in curriculum.items()})
-            report.update(self.last_probe[i])
-            reports[i] = report
-            if not math.isfinite(loss):
-                diverged.append((i, f"non-finite loss at step {c['t']}"))
-            elif not ok:
-                diverged.append((i, f"non-finite parameters at step {c['t']}"))
+            rate = steps * b / max(seconds, 1e-9)
+            reports[i] = make_report(
+                self.task,
+                c,
+                self.member_config[i],
+                loss,
+                grad_norm,
+                rate,
+                self.stream.curriculum(i),
+                self.last_probe[i],
+            )
+            reports[i]["pack_steps_per_sec"] = rate * live
+            reason = divergence(loss, bool(ok), c["t"])
+            if reason:
+                diverged.append((i, reason))
         if diverged:
             for i, _ in diverged:
                 self.diverged[i] = True
@@ -479,12 +476,7 @@ class Population:
         ``on_report(member, report)`` is called for each live member every ``log_every`` steps.
         """
         c = self.counters
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if c["planned"] and c["planned"] != steps:
-            raise ValueError(f"this run was planned for {c['planned']} steps, not {steps}")
-        c["planned"] = steps
-        c["tail_steps"] = max(1, steps // 10)
+        plan(c, steps)
         log_every = self.config["log_every"]
         while c["t"] < steps and len(self.frozen) < self.pack:
             begin, t0 = c["t"], time.perf_counter()
@@ -536,27 +528,21 @@ class Population:
         self.hyper["live"][members] = 0.0
         self.hyper["live_lr"][members] = 0.0
         self._sync_stream_params()
-        for name, obj in (
-            ("estimator", self.est_state),
-            ("opt_state", self.opt_state),
-            ("filter", self.filter),
-        ):
-            if obj is None:
-                continue
+        for name, obj in self._states():
             packed, member = self._templates[name]
             tree = pack_state.zero_rows(checkpoint.snapshot(obj), packed, member, members)
             checkpoint.restore(obj, tree, name)
 
+    def _states(self) -> list[tuple[str, Any]]:
+        """The batched states whose rows are members' (estimator, and optimizer or filter)."""
+        parts = [("estimator", self.est_state), ("opt_state", self.opt_state)]
+        return [(name, obj) for name, obj in parts + [("filter", self.filter)] if obj is not None]
+
     def snapshots(self, members: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Members' snapshots, each a lone ``Learner``'s (``Learner.restore`` reads it)."""
         members = list(range(self.pack)) if members is None else list(members)
-        trees = {}
-        for name, obj in (
-            ("estimator", self.est_state),
-            ("opt_state", self.opt_state),
-            ("filter", self.filter),
-        ):
-            trees[name] = checkpoint.snapshot(obj) if obj is not None else None
+        trees = {"opt_state": None, "filter": None}
+        trees.update((name, checkpoint.snapshot(obj)) for name, obj in self._states())
         out = []
         for i in members:
             if i in self.frozen:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tasks.stream import Stream
+from tasks.stream import Stream, buffered_step
 
 
 class PackedStream:
@@ -83,8 +83,7 @@ class PackedStream:
         t = self._offset
         self._offset += 1
         self.step += 1
-        x = self._eye.index_select(0, self._x[t]) if self._x.dim() == 2 else self._x[t]
-        return x, self._y[t]
+        return buffered_step(self._x, self._y, t, self._eye)
 
     def observe(self, loss: Tensor) -> None:
         """Hand each member with a curriculum its rows of the per-stream loss ``[pack b]``."""

@@ -25,6 +25,12 @@ from torch import Tensor
 CHUNK = 256
 
 
+def buffered_step(x: Tensor, y: Tensor, t: int, eye: Tensor) -> tuple[Tensor, Tensor]:
+    """Step ``t`` of chunk buffers ``x`` (symbols ``[T, B]``, one-hot through ``eye``, or floats
+    ``[T, B, m]``) and ``y``."""
+    return (eye.index_select(0, x[t]) if x.dim() == 2 else x[t]), y[t]
+
+
 class Stream(ABC):
     """B endless, seeded streams of one task; subclasses implement ``_generate``."""
 
@@ -86,8 +92,7 @@ class Stream(ABC):
         t = self._offset
         self._offset += 1
         self.step += 1
-        x = self._eye.index_select(0, self._x[t]) if self._x.dim() == 2 else self._x[t]
-        return x, self._y[t]
+        return buffered_step(self._x, self._y, t, self._eye)
 
     def observe(self, loss: Tensor) -> None:
         """The learner's per-stream loss ``[B]`` for the step just returned (curricula use it)."""
