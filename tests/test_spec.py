@@ -462,9 +462,32 @@ def test_dry_run_describes_the_sweep_and_writes_nothing(path, tmp_path, monkeypa
     sampled = [line for line in text.splitlines() if line[:5] in ("  1. ", "  2. ", "  3. ")]
     assert len(sampled) == 3
     assert all(line.split(":")[0].split(". ")[1] in spec.estimators for line in sampled)
-    assert f"per trial: {spec.resources.cpus:g} CPU, {spec.resources.gpus:g} GPU" in text
+    unit = "trial" if spec.pack == 1 else f"actor (a pack of up to {spec.pack} trials)"
+    assert f"per {unit}: {spec.resources.cpus:g} CPU, {spec.resources.gpus:g} GPU" in text
     total = spec.resources.gpus * spec.workers
-    assert f"{spec.workers} concurrent trials" in text and f"{total:g} GPU in total" in text
+    running = "trials" if spec.pack == 1 else "packs"
+    assert f"{spec.workers} concurrent {running}" in text and f"{total:g} GPU in total" in text
+    if spec.pack > 1:
+        assert f"pack: up to {spec.pack} trials stepped together per actor" in text
     # the resolved spec printed in the dry run is itself a valid sweep file
     block = text.split("resolved spec:\n", 1)[1].split("\n\nsearch space:", 1)[0]
     assert load_spec_dict(yaml.safe_load(block.replace("\n  ", "\n").strip())) == spec
+
+
+def test_dry_run_names_the_searched_keys_that_split_packs():
+    spec = load_spec_dict(
+        {
+            "name": "p",
+            "task": "add",
+            "steps": 1000,
+            "trials": 4,
+            "estimators": ["uoro", "tbptt"],
+            "search": {
+                "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                "truncation": {"type": "int", "low": 2, "high": 8, "estimators": ["tbptt"]},
+            },
+            "pack": 16,
+        }
+    )
+    text = dry_run_text(spec, samples=1)
+    assert "trials share a pack only when they agree on estimator, truncation" in text
