@@ -408,3 +408,26 @@ def test_status_best_and_run_back(ray_session, tmp_path, capsys):
     assert json.loads(out.read_text())["final_loss"] == pytest.approx(best["value"], rel=1e-9)
     assert main(["status", "nope", "--state-dir", str(tmp_path)]) == 2
     assert "no sweep named 'nope'" in capsys.readouterr().err
+
+
+class InterruptingDriver(Driver):
+    """Stops the sweep (as Ctrl-C would) once every trial has a checkpoint past step 0."""
+
+    def _handle(self, run, result):
+        super()._handle(run, result)
+        if self.running and all(r.checkpoint_step > 0 for r in self.running.values()):
+            raise KeyboardInterrupt
+
+
+def test_interrupted_packed_sweep_resumes_in_packs_from_checkpoints(ray_session, tmp_path):
+    spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
+    with pytest.raises(KeyboardInterrupt):
+        InterruptingDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.02).run()
+    study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
+    left = [t for t in study.get_trials() if t.state.name == "RUNNING"]
+    assert len(left) == 3 and all(0 < t.user_attrs["checkpoint_step"] < STEPS for t in left)
+    Driver(spec, str(tmp_path), workers=1).run(resume=True)
+    study, trials = _check_sweep(spec, str(tmp_path))  # every metric step exactly once
+    for trial in trials:
+        assert trial.state.name == "COMPLETE" and trial.user_attrs["pack"] == [0, 1, 2]
+        assert trial.value == _plain_value(spec, trial)
