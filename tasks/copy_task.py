@@ -58,7 +58,8 @@ class CopyStream(Stream):
         t = self._offset - 1
         if 0 <= t < len(self._scored) and self._scored[t]:
             total = loss.detach().sum(dtype=torch.float64)
-            self._loss_sum = total if self._loss_sum is None else self._loss_sum + total
+            # the sum lives where the losses do (a packed member's CPU stream sees a GPU's)
+            self._loss_sum = total if self._loss_sum is None else self._loss_sum.to(total) + total
             self._loss_count += loss.numel()
 
     def _update_curriculum(self) -> None:
