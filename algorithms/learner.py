@@ -405,6 +405,8 @@ class Learner:
             try:
                 for _ in range(chunk):
                     self.step()
+            except torch.OutOfMemoryError:
+                raise  # the device's limit, not the learner's numerics: the caller decides
             except (RuntimeError, torch.linalg.LinAlgError) as error:  # e.g. a failed Cholesky
                 c["diverged"], c["reason"] = True, f"numerical failure at step {c['t']}: {error}"
                 break

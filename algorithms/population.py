@@ -288,6 +288,13 @@ class Population:
             for key in ("lr", "lr_decay", "clip", "beta1", "beta2", "adam_eps", "process_noise")
         }
         values["obs_noise"] = [r["obs_noise"] if r["obs_noise"] >= 0 else default_r for r in rows]
+        if self.optimizer == "kalman" and self.loss_kind == "ce":
+            for i, r in enumerate(values["obs_noise"]):
+                if r == 0.0:  # what a lone learner's filter refuses at its first step
+                    raise ValueError(
+                        f"member {i}: obs_noise must be > 0 for ce: the Fisher diag(p) - p p^T "
+                        "is singular"
+                    )
         hyper: dict[str, Any] = {}
         for key, column in values.items():
             # the filter's noises act in the parameters' dtype, the rest in float64
@@ -484,6 +491,8 @@ class Population:
             try:
                 for _ in range(chunk):
                     self.step()
+            except torch.OutOfMemoryError:
+                raise  # the device's limit, not the learner's numerics: the caller decides
             except (RuntimeError, torch.linalg.LinAlgError) as error:
                 # One member's failure (e.g. a failed Cholesky) cannot be told from another's
                 # here: the whole pack reports it, as a lone learner would.

@@ -69,6 +69,9 @@ class LearnerHost:
         from algorithms.learner import LearnerSpec
         from algorithms.population import Population
 
+        # The previous pack goes first: a failed start must leave no pack to advance (the
+        # driver then sees the start's error), and a GPU must not hold two packs at once.
+        self.release()
         device = self.device()
         specs, snaps = [], []
         for _, spec, checkpoint in members:
@@ -150,3 +153,8 @@ class LearnerHost:
     def release(self) -> None:
         self.population = None
         self.trials = []
+        self.reported = set()
+        if self.device() == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()

@@ -355,7 +355,7 @@ class Driver:
         for run in runs:
             run.group = None
             run.checkpoint = self._checkpoint_bytes(run.number)
-            run.restart_from = run.checkpoint_step if run.checkpoint is not None else 0
+            run.restart_from = checkpoint_step(run.checkpoint)
         self.queue[:0] = runs
 
     def _finish(self, run: Running, state: str, value: float | None, reason: str = "") -> None:
@@ -406,9 +406,9 @@ class Driver:
                 pruned.append(number)
         if pruned and group.members and group.future is not None:
             group.actor.drop.remote(pruned)
-        if group.future is None:  # nothing left running on the actor
-            self._requeue(list(group.members.values()))  # (never expected) not lost: queued
-            group.members.clear()
+        if group.future is None and group.members:  # (never expected) the actor lost them
+            self._actor_died(group, RuntimeError("the actor returned no result for its trials"))
+            return
         if not group.members:
             self._release(group)
 
@@ -512,7 +512,9 @@ class Driver:
                         attrs["settings"],
                         attrs.get("mlflow_run_id"),
                         checkpoint,
-                        attrs.get("checkpoint_step", 0) if checkpoint else 0,
+                        # the file's own step: a driver killed between writing it and
+                        # recording its step in Optuna leaves the attribute behind
+                        checkpoint_step(checkpoint),
                         set(frozen.intermediate_values),
                     )
             while True:
@@ -574,6 +576,18 @@ class Driver:
             else:  # on a shared instance, give the actors' resources back
                 for actor in self.actors:
                     ray.kill(actor)
+
+
+def checkpoint_step(checkpoint: bytes | None) -> int:
+    """Steps done in a checkpoint (0 for none): trials are packed by it."""
+    if checkpoint is None:
+        return 0
+    import io
+
+    import torch
+
+    snap = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=False)
+    return int(snap["counters"]["t"])
 
 
 def _last_line(error: Exception) -> str:

@@ -47,7 +47,8 @@ class CopyStream(Stream):
         self._carry_y = torch.zeros(0, self.batch, dtype=torch.int64)
         self._carry_scored: list[bool] = []
         self._scored: list[bool] = []  # per step of the current chunk
-        self._loss_sum: Tensor | None = None  # on the learner's device
+        # on the learner's device; a float once a packed stream has read it for the refill
+        self._loss_sum: Tensor | float | None = None
         self._loss_count = 0
 
     @property
@@ -62,10 +63,17 @@ class CopyStream(Stream):
             self._loss_sum = total if self._loss_sum is None else self._loss_sum.to(total) + total
             self._loss_count += loss.numel()
 
+    def host_reads(self) -> list[Tensor]:
+        return [self._loss_sum] if isinstance(self._loss_sum, Tensor) else []
+
+    def settle(self, values: list[float]) -> None:
+        if values:
+            self._loss_sum = values[0]
+
     def _update_curriculum(self) -> None:
         if self._loss_count == 0 or self._loss_sum is None:
             return
-        mean = float(self._loss_sum) / self._loss_count  # the one host sync per chunk
+        mean = float(self._loss_sum) / self._loss_count  # the one host read per chunk
         if mean < self.threshold and self.length < self.max_length:
             self.length += 1
         self._loss_sum = None

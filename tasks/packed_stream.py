@@ -9,7 +9,8 @@ before a curriculum observes a loss and before a member's state is read.
 
 Member streams generate on the CPU (as every stream does); the packed buffer goes to the
 device in one copy per chunk, from pinned memory and without blocking when the device is CUDA,
-so the step loop never waits for the host.
+so the step loop never waits for the host. A curriculum that reads its running loss before
+generating a chunk (copy) has all members' losses read in one transfer per chunk.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class PackedStream:
         """One time step of every member's streams: ``(x [pack b, m], y)``."""
         if self._x is None or self._offset == self._x.shape[0]:
             self._sync()
+            self._settle()
             for s in self.members:
                 s._refill()
             self._gather()
@@ -84,6 +86,17 @@ class PackedStream:
         self._offset += 1
         self.step += 1
         return buffered_step(self._x, self._y, t, self._eye)
+
+    def _settle(self) -> None:
+        """Read every member's pending device values (a curriculum's loss) in one transfer."""
+        reads = [s.host_reads() for s in self.members]
+        flat = [value.reshape(()).to(torch.float64) for values in reads for value in values]
+        if not flat:
+            return
+        host = torch.stack(flat).tolist()
+        for s, values in zip(self.members, reads, strict=True):
+            s.settle(host[: len(values)])
+            host = host[len(values) :]
 
     def observe(self, loss: Tensor) -> None:
         """Hand each member with a curriculum its rows of the per-stream loss ``[pack b]``."""

@@ -98,6 +98,16 @@ class Stream(ABC):
         """The learner's per-stream loss ``[B]`` for the step just returned (curricula use it)."""
         return None
 
+    def host_reads(self) -> list[Tensor]:
+        """Device values the next chunk's generation will read on the host (a curriculum's
+        running loss): a packed stream reads all its members' in one transfer and hands
+        them back through ``settle``."""
+        return []
+
+    def settle(self, values: list[float]) -> None:
+        """The host values of ``host_reads()``, in its order."""
+        return None
+
     @property
     def curriculum(self) -> dict[str, float]:
         """The current curriculum stage (empty for tasks without one)."""

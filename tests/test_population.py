@@ -288,3 +288,48 @@ def test_step_loop_never_reads_device_values(monkeypatch):
     with pytest.raises(_HostSync):  # the guard does catch a read
         monkeypatch.setattr(torch.Tensor, "item", refuse)
         torch.zeros(1).item()
+
+
+def test_copy_curricula_are_read_once_per_chunk_for_the_whole_pack(monkeypatch):
+    specs = [
+        _spec("tbptt", seed=s, task="copy", threshold=5.0, truncation=4, log_every=10_000)
+        for s in (1, 2, 3)
+    ]
+    pop = Population(specs)
+    pop.step()
+    reads = []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    for _ in range(512):  # two chunk refills
+        pop.step()
+    monkeypatch.undo()
+    assert reads == ["tolist", "tolist"]  # one transfer per chunk, not one per member
+    assert [s.length for s in pop.stream.members] == [3, 3, 3]  # the curricula moved on
+
+
+def test_a_member_with_zero_obs_noise_on_ce_is_refused_by_name():
+    specs = [_spec("uoro-kalman", seed=1), _spec("uoro-kalman", seed=2, obs_noise=0.0)]
+    with pytest.raises(ValueError, match="member 1: obs_noise must be > 0 for ce"):
+        Population(specs)
+
+
+def test_device_out_of_memory_is_raised_not_called_divergence(monkeypatch):
+    pop = Population([_spec("uoro", seed=s) for s in (1, 2)])
+
+    def full(self):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Population, "step", full)
+    with pytest.raises(torch.OutOfMemoryError):
+        pop.run(100)
+    assert pop.diverged == [False, False]

@@ -431,3 +431,35 @@ def test_interrupted_packed_sweep_resumes_in_packs_from_checkpoints(ray_session,
     for trial in trials:
         assert trial.state.name == "COMPLETE" and trial.user_attrs["pack"] == [0, 1, 2]
         assert trial.value == _plain_value(spec, trial)
+
+
+def test_a_failed_start_leaves_the_actor_without_a_pack(tmp_path):
+    """Reused actors: the previous pack must not be advanced in the failed one's place."""
+    import io
+    from dataclasses import asdict
+
+    import torch
+
+    from algorithms.learner import LearnerSpec
+    from orchestrator.actors import LearnerHost
+    from orchestrator.driver import checkpoint_step
+
+    class Host(LearnerHost):
+        def device(self):
+            return "cpu"
+
+    spec = asdict(LearnerSpec("add", "uoro", hidden=8, seed=1, settings={"log_every": 50}))
+    host = Host(1)
+    host.start([(0, spec, None), (1, {**spec, "seed": 2}, None)], 400, 100)
+    result = host.advance(0.05)
+    assert set(result["members"]) == {0, 1}
+    snapshot = host.population.snapshots([0])[0]
+    buffer = io.BytesIO()
+    torch.save(snapshot, buffer)
+    assert checkpoint_step(buffer.getvalue()) == snapshot["counters"]["t"] > 0
+    assert checkpoint_step(None) == 0
+    fresh = {**spec, "seed": 3}
+    with pytest.raises(ValueError, match="same step"):  # one at its step, one fresh
+        host.start([(5, spec, buffer.getvalue()), (6, fresh, None)], 400, 100)
+    with pytest.raises(RuntimeError, match=r"advance\(\) before start\(\)"):
+        host.advance(0.05)
