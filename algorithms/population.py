@@ -530,7 +530,7 @@ class Population:
             snap["counters"]["reason"] = reasons[k]
             self.frozen[i] = snap
             self.reasons[i] = reasons[k]
-        # Zeroed rows compute finite nothing; a zero rate keeps them there.
+        # Zeroed rows, zero rate; whatever a frozen row computes after stays in its row.
         for p in (self.flat, self.acc_flat):
             p[members] = 0.0
         self.sums[members] = 0.0
