@@ -3,6 +3,8 @@ diverges and stops on its own; the step loop never waits for the device."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -333,3 +335,16 @@ def test_device_out_of_memory_is_raised_not_called_divergence(monkeypatch):
     with pytest.raises(torch.OutOfMemoryError):
         pop.run(100)
     assert pop.diverged == [False, False]
+
+
+def test_population_benchmark_prints_the_documented_json(capsys):
+    from benchmarks import population as bench
+
+    assert bench.main(["--quick", "--json", "--estimators", "uoro"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["estimator"], r["hidden"], r["pack"], r["device"]) for r in rows] == [
+        ("uoro", 32, 1, "cpu"),
+        ("uoro", 32, 8, "cpu"),
+    ]
+    for row in rows:
+        assert row["stream_steps_per_sec"] > 0 and row["speedup"] > 0
