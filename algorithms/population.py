@@ -131,16 +131,8 @@ class Population:
         snapshots = list(snapshots) if snapshots is not None else [None] * len(specs)
         if len(snapshots) != len(specs):
             raise ValueError(f"{len(snapshots)} snapshots for {len(specs)} members")
-        # Each member starts as the lone learner it stands for (built on the CPU, where all
-        # streams generate), so that packing changes nothing about what it computes.
-        members = []
-        for spec, snap in zip(specs, snapshots, strict=True):
-            member = Learner(replace(spec, device="cpu"))
-            if snap is not None:
-                member.restore(snap)
-            members.append(member)
         self.specs = list(specs)
-        self._assemble(members)
+        self._assemble(_lone_learners(self.specs, snapshots))
 
     # -- construction -----------------------------------------------------------------------
 
@@ -227,6 +219,7 @@ class Population:
             cpu_streams.append(stream)
         self.stream = PackedStream(cpu_streams, dev)
         self.probes = [self._probe(m, snap) for m, snap in zip(members, snaps, strict=True)]
+        self._probed = [i for i, p in enumerate(self.probes) if p is not None]
 
         counters = snaps[0]["counters"]
         self.counters = {key: counters[key] for key in SHARED_COUNTERS}
@@ -391,7 +384,7 @@ class Population:
         if not self._checked:
             check_step(self.cell, self.est_params, self.loss_kind, self.streams, x, y)
             self._checked = True
-        if any(p is not None and p.wants(c["t"]) for p in self.probes):
+        if self._probed and any(self.probes[i].wants(c["t"]) for i in self._probed):
             self._observe_probes(x, y)
         if self.filter is not None:
             h = self.hyper
@@ -427,8 +420,9 @@ class Population:
     def _observe_probes(self, x: Tensor, y: Tensor) -> None:
         t, b = self.counters["t"], self.width
         states = self.est_state.traj.state
-        for i, p in enumerate(self.probes):
-            if p is None or i in self.frozen or not p.wants(t):
+        for i in self._probed:
+            p = self.probes[i]
+            if i in self.frozen or not p.wants(t):
                 continue
             mine = Params(self.params.theta[i], self.params.readout[i])
             report = p.observe(mine, states[i * b].clone(), x[i * b], y[i * b], t)
@@ -614,13 +608,24 @@ class Population:
             return list(range(self.pack))
         snaps = self.snapshots(live)
         self.specs = [self.specs[i] for i in live]
-        members = []
-        for spec, snap in zip(self.specs, snaps, strict=True):
-            member = Learner(replace(spec, device="cpu"))
-            member.restore(snap)
-            members.append(member)
-        self._assemble(members)
+        self._assemble(_lone_learners(self.specs, snaps))
         return live
+
+
+def _lone_learners(
+    specs: Sequence[LearnerSpec], snapshots: Sequence[dict[str, Any] | None]
+) -> list[Learner]:
+    """Each member as the lone learner it stands for, restored where a snapshot is given.
+
+    Built on the CPU (where all streams generate), so that packing changes nothing about what
+    a member computes."""
+    members = []
+    for spec, snap in zip(specs, snapshots, strict=True):
+        member = Learner(replace(spec, device="cpu"))
+        if snap is not None:
+            member.restore(snap)
+        members.append(member)
+    return members
 
 
 def _moved(tree: Any, device: torch.device | str) -> Any:

@@ -55,7 +55,10 @@ class PackedStream:
         self._eye = first._eye.to(self.device)
         self._x: Tensor | None = None
         self._y: Tensor | None = None
-        self._observes = [type(s).observe is not Stream.observe for s in streams]
+        # the members whose streams keep a curriculum (most tasks have none)
+        self._curricula = [
+            i for i, s in enumerate(streams) if type(s).observe is not Stream.observe
+        ]
         if first._x is not None:
             self._gather()
 
@@ -100,13 +103,12 @@ class PackedStream:
 
     def observe(self, loss: Tensor) -> None:
         """Hand each member with a curriculum its rows of the per-stream loss ``[pack b]``."""
-        if not any(self._observes):
+        if not self._curricula:
             return
         self._sync()
         width = self.members[0].batch
-        for i, s in enumerate(self.members):
-            if self._observes[i]:
-                s.observe(loss[i * width : (i + 1) * width])
+        for i in self._curricula:
+            self.members[i].observe(loss[i * width : (i + 1) * width])
 
     def curriculum(self, index: int) -> dict[str, float]:
         return self.members[index].curriculum
