@@ -29,7 +29,7 @@ from orchestrator import spec as spec_
 from orchestrator import sweep_store
 from orchestrator.actors import LearnerHost
 from orchestrator.progress_table import ProgressTable, TrialRow
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import Tracker, child_run
 
 
 @dataclass
@@ -51,7 +51,6 @@ class Running:
     group: Group | None = None
     retries: int = 0
     restart_from: int = 0  # steps done at the (re)start
-    checkpoint_step: int = 0  # steps done at the last checkpoint written
 
     @property
     def actor(self) -> Any:
@@ -256,7 +255,6 @@ class Driver:
             row,
             checkpoint=checkpoint,
             restart_from=restart_from,
-            checkpoint_step=restart_from,
         )
         self.running[number] = run
         try:
@@ -299,7 +297,7 @@ class Driver:
         numbers = [run.number for run in members]
         for run in members:
             run.group, run.checkpoint = group, None
-            if len(members) > 1 or run.trial.user_attrs.get("pack"):
+            if self.spec.pack > 1:
                 run.trial.set_user_attr("pack", numbers)  # the trials it shares an actor with
             run.row.state = "RUNNING"
             self.table.update(run.row, changed_state=True)
@@ -437,7 +435,6 @@ class Driver:
                 result["checkpoint"],
             )
             trial.set_user_attr("checkpoint_step", result["checkpoint_step"])
-            run.checkpoint_step = result["checkpoint_step"]
         if result["state"] == "done":
             summary = result["summary"]
             metric = self.spec.objective.metric
@@ -504,13 +501,32 @@ class Driver:
                     if frozen.state != optuna.trial.TrialState.RUNNING:
                         continue
                     attrs = frozen.user_attrs
+                    trial = optuna.trial.Trial(study, frozen._trial_id)
                     checkpoint = self._checkpoint_bytes(frozen.number)
+                    # A driver killed inside ``_begin`` leaves a trial without its settings
+                    # (suggesting again returns the values Optuna already holds) or without
+                    # the id of the MLflow run it had just opened (found by its tag).
+                    if "estimator" in attrs:
+                        estimator, settings = attrs["estimator"], attrs["settings"]
+                    else:
+                        estimator, settings = spec_.suggest(self.spec, trial)
+                        trial.set_user_attr("estimator", estimator)
+                        trial.set_user_attr("settings", settings)
+                        trial.set_user_attr("seed", self.spec.seed + frozen.number)
+                    run_id = attrs.get("mlflow_run_id") or child_run(
+                        self.tracking_uri,
+                        study.user_attrs["mlflow_experiment_id"],
+                        study.user_attrs["mlflow_parent_run_id"],
+                        frozen.number,
+                    )
+                    if run_id is not None and "mlflow_run_id" not in attrs:
+                        trial.set_user_attr("mlflow_run_id", run_id)
                     self._begin(
                         study,
-                        optuna.trial.Trial(study, frozen._trial_id),
-                        attrs["estimator"],
-                        attrs["settings"],
-                        attrs.get("mlflow_run_id"),
+                        trial,
+                        estimator,
+                        settings,
+                        run_id,
                         checkpoint,
                         # the file's own step: a driver killed between writing it and
                         # recording its step in Optuna leaves the attribute behind

@@ -66,6 +66,17 @@ def experiment_id(mlflow_client, name: str, artifact_location: str | None = None
         return mlflow_client.get_experiment_by_name(name).experiment_id
 
 
+def child_run(uri: str, experiment: str, parent_run_id: str, trial_number: int) -> str | None:
+    """The id of the child run a sweep opened for an Optuna trial, if it has one."""
+    runs = client(uri).search_runs(
+        [experiment],
+        f"tags.mlflow.parentRunId = '{parent_run_id}' "
+        f"and tags.optuna_trial_number = '{trial_number}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in params.items():

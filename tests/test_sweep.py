@@ -415,7 +415,11 @@ class InterruptingDriver(Driver):
 
     def _handle(self, run, result):
         super()._handle(run, result)
-        if self.running and all(r.checkpoint_step > 0 for r in self.running.values()):
+
+        def checkpointed(number):
+            return os.path.exists(sweep_store.checkpoint_path(self.state_dir, self.name, number))
+
+        if self.running and all(checkpointed(n) for n in self.running):
             raise KeyboardInterrupt
 
 
@@ -463,3 +467,36 @@ def test_a_failed_start_leaves_the_actor_without_a_pack(tmp_path):
         host.start([(5, spec, buffer.getvalue()), (6, fresh, None)], 400, 100)
     with pytest.raises(RuntimeError, match=r"advance\(\) before start\(\)"):
         host.advance(0.05)
+
+
+class DyingInBegin(Driver):
+    """Interrupted inside ``_begin`` of trial ``number``: after its MLflow run is opened
+    (``after_run``) or before anything is recorded for it."""
+
+    number, after_run = 1, True
+
+    def _child_tracker(self, study, number, *args):
+        tracker = super()._child_tracker(study, number, *args)
+        if number == self.number and self.after_run:
+            raise KeyboardInterrupt
+        return tracker
+
+    def _begin(self, study, trial, *args):
+        if trial.number == self.number and not self.after_run:
+            raise KeyboardInterrupt
+        super()._begin(study, trial, *args)
+
+
+def test_resume_after_a_kill_inside_begin_keeps_one_run_per_trial(ray_session, tmp_path):
+    spec = spec_.load_spec_dict(_spec_dict(trials=3, workers=1, estimators=["uoro"], search={}))
+    with pytest.raises(KeyboardInterrupt):  # trial 1: MLflow run open, its id not recorded
+        DyingInBegin(spec, str(tmp_path), workers=1).run()
+    second = DyingInBegin(spec, str(tmp_path), workers=1)
+    second.number, second.after_run = 2, False  # trial 2: asked, nothing recorded
+    with pytest.raises(KeyboardInterrupt):
+        second.run(resume=True)
+    Driver(spec, str(tmp_path), workers=1).run(resume=True)
+    study, trials = _check_sweep(spec, str(tmp_path))  # one MLflow child per trial
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    for trial in trials:
+        assert trial.value == _plain_value(spec, trial)
