@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms import readout as readout_
-from algorithms.cell import Cell
-from algorithms.estimator import Estimator, StepResult, register
-from algorithms.loss import loss as loss_fn
-from algorithms.params import Params
+from rnnsweep.algorithms import readout as readout_
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator import Estimator, StepResult, register
+from rnnsweep.algorithms.loss import loss as loss_fn
+from rnnsweep.algorithms.params import Params
 
 
 def _unroll_losses(

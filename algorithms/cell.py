@@ -96,7 +96,7 @@ def register_cell(name: str) -> Callable[[Callable[..., Cell]], Callable[..., Ce
 def make_cell(name: str, hidden: int, inputs: int, **options: float) -> Cell:
     """Build a registered cell; unknown names and bad sizes raise ``ValueError``."""
     # Importing the modules fills the registry.
-    from algorithms import gru, lstm, tanh_rnn  # noqa: F401
+    from rnnsweep.algorithms import gru, lstm, tanh_rnn  # noqa: F401
 
     if name not in CELLS:
         raise ValueError(f"unknown cell {name!r}; known cells: {', '.join(sorted(CELLS))}")

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms.cell import Cell
-from algorithms.signs import SignStream
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.signs import SignStream
 
 _SCALARS = (int, float, bool, str, type(None))
 

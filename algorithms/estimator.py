@@ -27,10 +27,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from algorithms.cell import Cell
-from algorithms.loss import LOSS_KINDS
-from algorithms.params import Params, check_params
-from algorithms.signs import stream_seeds
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.loss import LOSS_KINDS
+from rnnsweep.algorithms.params import Params, check_params
+from rnnsweep.algorithms.signs import stream_seeds
 
 
 class StepResult(NamedTuple):
@@ -66,7 +66,7 @@ def register(estimator: Estimator) -> Estimator:
 
 
 def _load_all() -> None:
-    from algorithms import (  # noqa: F401
+    from rnnsweep.algorithms import (  # noqa: F401
         bptt,
         kf_rtrl,
         nobacktrack,
@@ -206,7 +206,7 @@ def check_step(
     Not called by ``step`` itself (it would synchronise with the device every step): callers
     check the first step and then every few hundred.
     """
-    from algorithms.loss import check_targets
+    from rnnsweep.algorithms.loss import check_targets
 
     check_params(cell, params, batch)
     if x.shape != (batch, cell.inputs):

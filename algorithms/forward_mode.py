@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
-from algorithms.cell import Cell
+from rnnsweep.algorithms.cell import Cell
 
 
 def _theta_dim(theta: Tensor) -> int | None:

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from algorithms.bptt import bptt_gradient
-from algorithms.cell import make_cell
-from algorithms.estimator import estimator_names, get_estimator, start
-from algorithms.params import init_params
+from rnnsweep.algorithms.bptt import bptt_gradient
+from rnnsweep.algorithms.cell import make_cell
+from rnnsweep.algorithms.estimator import estimator_names, get_estimator, start
+from rnnsweep.algorithms.params import init_params
 
 OUTPUTS = 3
 INPUTS = 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from algorithms.cell import Cell, column, register_cell
+from rnnsweep.algorithms.cell import Cell, column, register_cell
 
 
 @register_cell("gru")

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms import kalman
-from algorithms.cell import Cell
-from algorithms.estimator import Estimator, StepResult
-from algorithms.kalman import P0, PROCESS_NOISE, KalmanState
-from algorithms.params import Params
+from rnnsweep.algorithms import kalman
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator import Estimator, StepResult
+from rnnsweep.algorithms.kalman import P0, PROCESS_NOISE, KalmanState
+from rnnsweep.algorithms.params import Params
 
 
 def block_sizes(cell: Cell, outputs: int) -> list[int]:

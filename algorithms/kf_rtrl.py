@@ -33,12 +33,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms.cell import Cell
-from algorithms.estimator import Estimator, StepResult, positive, register
-from algorithms.params import Params
-from algorithms.signs import SignStream
-from algorithms.trajectory import TanhTrajectory, unit_blocks
-from algorithms.uoro import rho
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator import Estimator, StepResult, positive, register
+from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.signs import SignStream
+from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
+from rnnsweep.algorithms.uoro import rho
 
 
 @dataclass

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms import checkpoint, kalman, kalman_step, optimizer
-from algorithms.cell import make_cell
-from algorithms.estimator import check_step, get_estimator, resolve_hyper, start
-from algorithms.params import Params, init_params
-from algorithms.signs import stream_seeds
-from tasks import make_task, task_settings
+from rnnsweep.algorithms import checkpoint, kalman, kalman_step, optimizer
+from rnnsweep.algorithms.cell import make_cell
+from rnnsweep.algorithms.estimator import check_step, get_estimator, resolve_hyper, start
+from rnnsweep.algorithms.params import Params, init_params
+from rnnsweep.algorithms.signs import stream_seeds
+from rnnsweep.tasks import make_task, task_settings
 
 KALMAN_RULES = {"nobacktrack-kalman": "nobacktrack", "uoro-kalman": "uoro", "rtrl-kalman": "rtrl"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -256,7 +256,7 @@ class Learner:
             self.opt_state = optimizer.init(opt, trainable)
         self.probe = None
         if learner["probe_every"]:
-            from algorithms import probe
+            from rnnsweep.algorithms import probe
 
             config = probe.ProbeConfig(
                 learner["probe_every"],

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms.cell import Cell
-from algorithms.estimator import Estimator, StepResult, by_path, register
-from algorithms.forward_mode import param_rows, state_jvp
-from algorithms.params import Params
-from algorithms.uoro import (
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator import Estimator, StepResult, by_path, register
+from rnnsweep.algorithms.forward_mode import param_rows, state_jvp
+from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.uoro import (
     RANK_ONE_CHECKS,
     RANK_ONE_DEFAULTS,
     RankOneState,

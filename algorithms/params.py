@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from algorithms.cell import Cell
+from rnnsweep.algorithms.cell import Cell
 
 
 class Params(NamedTuple):

@@ -39,9 +39,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms import checkpoint, kalman, kalman_step, optimizer, pack_state
-from algorithms.estimator import check_step, get_estimator, resolve_hyper, start
-from algorithms.learner import (
+from rnnsweep.algorithms import checkpoint, kalman, kalman_step, optimizer, pack_state
+from rnnsweep.algorithms.estimator import check_step, get_estimator, resolve_hyper, start
+from rnnsweep.algorithms.learner import (
     CHECKPOINT_VERSION,
     PROBE_METRICS,
     Learner,
@@ -52,10 +52,10 @@ from algorithms.learner import (
     split_settings,
     summarize,
 )
-from algorithms.params import Params
-from algorithms.signs import stream_seeds
-from tasks import make_task
-from tasks.packed_stream import PackedStream
+from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.signs import stream_seeds
+from rnnsweep.tasks import make_task
+from rnnsweep.tasks.packed_stream import PackedStream
 
 PER_MEMBER = (
     "lr",
@@ -306,7 +306,7 @@ class Population:
     def _probe(self, member: Learner, snap: dict[str, Any]) -> Any:
         if member.probe is None:
             return None
-        from algorithms import probe
+        from rnnsweep.algorithms import probe
 
         cfg = member.config
         config = probe.ProbeConfig(

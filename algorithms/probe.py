@@ -52,12 +52,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms import readout as readout_
-from algorithms.cell import Cell
-from algorithms.estimator import Estimator, start
-from algorithms.loss import loss as loss_fn
-from algorithms.params import Params
-from algorithms.signs import stream_seeds
+from rnnsweep.algorithms import readout as readout_
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator import Estimator, start
+from rnnsweep.algorithms.loss import loss as loss_fn
+from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.signs import stream_seeds
 
 _MASK = (1 << 64) - 1
 

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms import readout as readout_
-from algorithms.cell import Cell
-from algorithms.estimator import Estimator, StepResult, one_of, register
-from algorithms.loss import loss_and_delta
-from algorithms.params import Params
-from algorithms.trajectory import TanhTrajectory, unit_blocks
+from rnnsweep.algorithms import readout as readout_
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator import Estimator, StepResult, one_of, register
+from rnnsweep.algorithms.loss import loss_and_delta
+from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
 
 
 @dataclass

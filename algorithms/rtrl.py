@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms.cell import Cell
-from algorithms.estimator import (
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator import (
     Estimator,
     StepResult,
     by_path,
@@ -35,9 +35,9 @@ from algorithms.estimator import (
     register,
     use_closed_form,
 )
-from algorithms.forward_mode import jacobians
-from algorithms.params import Params
-from algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
+from rnnsweep.algorithms.forward_mode import jacobians
+from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
 
 
 @dataclass

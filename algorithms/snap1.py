@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms.cell import Cell
-from algorithms.estimator import (
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator import (
     Estimator,
     StepResult,
     by_path,
@@ -38,10 +38,10 @@ from algorithms.estimator import (
     register,
     use_closed_form,
 )
-from algorithms.forward_mode import jacobians
-from algorithms.params import Params
-from algorithms.rtrl import dense_step
-from algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
+from rnnsweep.algorithms.forward_mode import jacobians
+from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.rtrl import dense_step
+from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
 
 
 @dataclass

@@ -38,18 +38,18 @@ import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
-from algorithms import readout as readout_
-from algorithms.cell import Cell
-from algorithms.estimator import (
+from rnnsweep.algorithms import readout as readout_
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator import (
     Estimator,
     StepResult,
     path_check,
     register,
     use_closed_form,
 )
-from algorithms.loss import loss_and_delta
-from algorithms.params import Params
-from algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
+from rnnsweep.algorithms.loss import loss_and_delta
+from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
 
 
 @dataclass

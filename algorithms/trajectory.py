@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from algorithms import readout as readout_
-from algorithms.cell import Cell
-from algorithms.loss import loss_and_delta
-from algorithms.params import Params
+from rnnsweep.algorithms import readout as readout_
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.loss import loss_and_delta
+from rnnsweep.algorithms.params import Params
 
 
 def matvec(matrix: Tensor, v: Tensor) -> Tensor:

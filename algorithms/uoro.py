@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms import readout as readout_
-from algorithms.cell import Cell
-from algorithms.estimator import (
+from rnnsweep.algorithms import readout as readout_
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator import (
     Estimator,
     StepResult,
     by_path,
@@ -35,10 +35,10 @@ from algorithms.estimator import (
     register,
     use_closed_form,
 )
-from algorithms.forward_mode import param_vjp, state_jvp
-from algorithms.params import Params
-from algorithms.signs import SignStream
-from algorithms.trajectory import TanhTrajectory, Trajectory, matvec, unit_blocks
+from rnnsweep.algorithms.forward_mode import param_vjp, state_jvp
+from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.signs import SignStream
+from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, matvec, unit_blocks
 
 
 @dataclass

@@ -8,8 +8,8 @@ learned; 0.4545: optimum).
 ``influence-balancing`` (UORO paper): 20,000 steps; ``tbptt`` with truncation 1 diverges or
 stalls while ``uoro`` and ``rtrl`` drive the loss below 1% of its first reported value.
 
-Run: ``python -m benchmarks.learning [--json] [--quick] [--only add|influence]``; runs go two at
-a time in separate processes.
+Run: ``python -m rnnsweep.benchmarks.learning [--json] [--quick] [--only add|influence]``;
+runs go two at a time in separate processes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ INFLUENCE_RUNS = [("tbptt", {"truncation": 1}), ("uoro", {}), ("rtrl", {})]
 def one_run(task: str, estimator: str, settings: dict[str, Any], seed: int, steps: int) -> dict:
     import torch
 
-    from algorithms.learner import Learner, LearnerSpec
+    from rnnsweep.algorithms.learner import Learner, LearnerSpec
 
     torch.set_num_threads(1)
     curve: list[float] = []

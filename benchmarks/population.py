@@ -13,7 +13,7 @@ Both count stream-steps per second (members x streams x steps / seconds of ``ste
 ``speedup`` is packed over one-by-one, the median over ``--repeats`` interleaved repeats, so a
 noisy neighbour slows both sides alike. On CUDA every timing ends with a device synchronise.
 
-Run: ``python -m benchmarks.population [--json] [--quick] [--device cuda]``; the target
+Run: ``python -m rnnsweep.benchmarks.population [--json] [--quick] [--device cuda]``; the target
 (``uoro``, n=32, pack 64, CPU, one thread: speedup >= 25) is checked at the end.
 """
 
@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 import torch
 
-from algorithms.learner import Learner, LearnerSpec
-from algorithms.population import Population
+from rnnsweep.algorithms.learner import Learner, LearnerSpec
+from rnnsweep.algorithms.population import Population
 
 ESTIMATORS = ("uoro", "nobacktrack", "tbptt")
 HIDDEN = (32, 128)
@@ -117,9 +117,9 @@ def check_target(rows: list[dict]) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog="examples:\n  python -m benchmarks.population\n"
-        "  python -m benchmarks.population --quick --json\n"
-        "  python -m benchmarks.population --device cuda --hidden 32 128",
+        epilog="examples:\n  python -m rnnsweep.benchmarks.population\n"
+        "  python -m rnnsweep.benchmarks.population --quick --json\n"
+        "  python -m rnnsweep.benchmarks.population --device cuda --hidden 32 128",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help='print {"rows": [...]} as JSON')

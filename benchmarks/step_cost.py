@@ -10,7 +10,7 @@ B in {1, 64}, each estimator's step (forward + influence update + gradient) is d
 
 All timings are interleaved (forward, pass, each estimator, repeated) and each ratio is the
 median over repeats, so that a noisy neighbour slows numerator and denominator alike.
-Run: ``python -m benchmarks.step_cost [--json] [--quick]``.
+Run: ``python -m rnnsweep.benchmarks.step_cost [--json] [--quick]``.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from collections.abc import Callable
 
 import torch
 
-from algorithms import readout as readout_
-from algorithms.cell import make_cell
-from algorithms.estimator import start
-from algorithms.params import init_params
-from algorithms.trajectory import TanhTrajectory, unit_blocks
+from rnnsweep.algorithms import readout as readout_
+from rnnsweep.algorithms.cell import make_cell
+from rnnsweep.algorithms.estimator import start
+from rnnsweep.algorithms.params import init_params
+from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
 
 INPUTS, OUTPUTS = 2, 2
 HIDDEN = (32, 64, 128)

@@ -7,7 +7,7 @@ fresh processes timed from start to exit (imports, Ray's start, Optuna and MLflo
 trials, the shutdown). Printed: the seconds of each and the ratios ``launch(1) / plain``
 (target <= 1.15) and ``launch(1) / launch(2)`` (target >= 1.7 on 2 cores).
 
-Run: ``python -m benchmarks.sweep_overhead [--trial-seconds 20] [--json]``.
+Run: ``python -m rnnsweep.benchmarks.sweep_overhead [--trial-seconds 20] [--json]``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import tempfile
 import time
 
 import yaml
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def spec_dict(steps: int) -> dict:
@@ -45,7 +43,7 @@ def calibrate(seconds: float) -> int:
     """Steps that take about ``seconds`` for one learner here."""
     import torch
 
-    from algorithms.learner import Learner, LearnerSpec
+    from rnnsweep.algorithms.learner import Learner, LearnerSpec
 
     torch.set_num_threads(1)
     learner = Learner(LearnerSpec("add", "uoro", "tanh", 32, 0, settings={"log_every": 1000}))
@@ -58,8 +56,8 @@ def calibrate(seconds: float) -> int:
 def plain(steps: int) -> float:
     import torch
 
-    from algorithms.learner import Learner
-    from orchestrator import spec as spec_
+    from rnnsweep.algorithms.learner import Learner
+    from rnnsweep.orchestrator import spec as spec_
 
     torch.set_num_threads(1)
     spec = spec_.load_spec_dict(spec_dict(steps))
@@ -75,14 +73,14 @@ def launch(steps: int, workers: int) -> float:
         path = os.path.join(tmp, "spec.yaml")
         with open(path, "w") as handle:
             yaml.safe_dump(spec_dict(steps), handle)
-        env = {**os.environ, "PYTHONPATH": ROOT}
+        env = dict(os.environ)
         env.pop("RAY_ADDRESS", None)
         start = time.perf_counter()
         done = subprocess.run(
             [
                 sys.executable,
                 "-m",
-                "orchestrator.cli",
+                "rnnsweep.orchestrator.cli",
                 "launch",
                 path,
                 "--workers",

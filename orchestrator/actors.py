@@ -66,8 +66,8 @@ class LearnerHost:
         returns ``{"step": steps already done, "device": ...}``."""
         import torch
 
-        from algorithms.learner import LearnerSpec
-        from algorithms.population import Population
+        from rnnsweep.algorithms.learner import LearnerSpec
+        from rnnsweep.algorithms.population import Population
 
         # The previous pack goes first: a failed start must leave no pack to advance (the
         # driver then sees the start's error), and a GPU must not hold two packs at once.

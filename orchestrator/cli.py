@@ -198,22 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument(
         "--dry-run", action="store_true", help="validate and show the search space; start nothing"
     )
-    launch.set_defaults(handler=_lazy("orchestrator.sweep_commands", "launch_command"))
+    launch.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "launch_command"))
 
     resume = sweep_parser("resume", "continue an interrupted sweep", RESUME_EXAMPLES)
     resume.add_argument("name")
     resume.add_argument("--workers", type=_positive_int)
-    resume.set_defaults(handler=_lazy("orchestrator.sweep_commands", "resume_command"))
+    resume.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "resume_command"))
 
     status = sweep_parser("status", "one row per trial of a sweep", STATUS_EXAMPLES)
     status.add_argument("name")
     status.add_argument("--json", action="store_true")
-    status.set_defaults(handler=_lazy("orchestrator.sweep_commands", "status_command"))
+    status.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "status_command"))
 
     best = sweep_parser("best", "the best trial per estimator, as runs", BEST_EXAMPLES)
     best.add_argument("name")
     best.add_argument("-o", "--output", metavar="FILE")
-    best.set_defaults(handler=_lazy("orchestrator.sweep_commands", "best_command"))
+    best.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "best_command"))
 
     ui = sweep_parser("ui", "browse a sweep's runs in the MLflow UI (127.0.0.1 only)", UI_EXAMPLES)
     ui.add_argument("name", nargs="?", help="the sweep (default: list every experiment)")
@@ -227,12 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for the server to answer (default 90)",
     )
-    ui.set_defaults(handler=_lazy("orchestrator.ui_command", "ui_command"))
+    ui.set_defaults(handler=_lazy("rnnsweep.orchestrator.ui_command", "ui_command"))
 
     report = sweep_parser("report", "figures and a summary of a sweep", REPORT_EXAMPLES)
     report.add_argument("name")
     report.add_argument("--out", metavar="FOLDER", help="default DIR/reports/NAME/")
-    report.set_defaults(handler=_lazy("orchestrator.report", "report_command"))
+    report.set_defaults(handler=_lazy("rnnsweep.orchestrator.report", "report_command"))
     return parser
 
 
@@ -246,7 +246,7 @@ def _lazy(module: str, function: str):
 
 
 def run_entry(args: argparse.Namespace) -> int:
-    from orchestrator.run_command import run_command
+    from rnnsweep.orchestrator.run_command import run_command
 
     if args.steps is None and not args.resume and not args.config:
         args.steps = 100_000
@@ -268,7 +268,7 @@ def resolve_device(name: str) -> str:
 def gradcheck_command(args: argparse.Namespace) -> int:
     import torch
 
-    from algorithms.gradcheck import gradcheck
+    from rnnsweep.algorithms.gradcheck import gradcheck
 
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     device = resolve_device(args.device)

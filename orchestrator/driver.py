@@ -25,11 +25,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-from orchestrator import spec as spec_
-from orchestrator import sweep_store
-from orchestrator.actors import LearnerHost
-from orchestrator.progress_table import ProgressTable, TrialRow
-from orchestrator.tracking import Tracker, child_run
+from rnnsweep.orchestrator import spec as spec_
+from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator.actors import LearnerHost
+from rnnsweep.orchestrator.progress_table import ProgressTable, TrialRow
+from rnnsweep.orchestrator.tracking import Tracker, child_run
 
 
 @dataclass
@@ -227,8 +227,8 @@ class Driver:
         reported: set[int],
     ) -> None:
         """Open the trial's MLflow child run and queue it for an actor."""
-        from algorithms.learner import LearnerSpec
-        from algorithms.population import pack_key, packable
+        from rnnsweep.algorithms.learner import LearnerSpec
+        from rnnsweep.algorithms.population import pack_key, packable
 
         number = trial.number
         seed = self.spec.seed + number

@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any
 
-from orchestrator import sweep_store
+from rnnsweep.orchestrator import sweep_store
 
 LOSS, BIAS_TRUNC, BIAS_NOISE, BEST = (
     "loss_curves.png",
@@ -294,6 +294,6 @@ def _best_figure(
 
 
 def _client(uri: str):
-    from orchestrator.tracking import client
+    from rnnsweep.orchestrator.tracking import client
 
     return client(uri)

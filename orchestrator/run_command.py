@@ -17,15 +17,15 @@ from typing import Any
 
 import yaml
 
-from algorithms.learner import (
+from rnnsweep.algorithms.learner import (
     Learner,
     LearnerSpec,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
-from orchestrator.progress import ProgressLine
-from orchestrator.state_dir import resolve as resolve_state_dir
+from rnnsweep.orchestrator.progress import ProgressLine
+from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 EXPERIMENT = "rnnsweep-runs"
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -140,7 +140,7 @@ def build_learner(args) -> tuple[Learner, dict[str, Any]]:
 
 
 def run_command(args) -> int:
-    from orchestrator.cli import resolve_device
+    from rnnsweep.orchestrator.cli import resolve_device
 
     args.device = resolve_device(args.device)
     learner, extra = build_learner(args)
@@ -152,7 +152,7 @@ def run_command(args) -> int:
     tracker = None
     last_logged = -1
     if not args.no_mlflow:
-        from orchestrator.tracking import Tracker, default_tracking_uri
+        from rnnsweep.orchestrator.tracking import Tracker, default_tracking_uri
 
         state_dir = resolve_state_dir(args.state_dir)
         uri = args.tracking_uri or default_tracking_uri(state_dir)

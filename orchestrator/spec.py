@@ -1,7 +1,7 @@
 """The sweep specification: a YAML file, validated completely before anything starts.
 
 A sweep names a task, a cell, the estimators to compare, settings fixed for every trial and a
-search space. Settings are the flat keys of ``algorithms.learner.split_settings`` (learner,
+search space. Settings are the flat keys of ``rnnsweep.algorithms.learner.split_settings`` (learner,
 estimator and task keys). A key *applies* to an estimator when the learner would use it:
 estimator hyperparameters only for the estimators that have them (``truncation`` for tbptt),
 Kalman-filter keys (``process_noise``, ``obs_noise``, ``p0``, ``covariance``) only with the
@@ -16,7 +16,7 @@ e.g. ``search.truncation.low: must be < high (got 20 >= 5)``.
 Trials: ``suggest(spec, trial)`` samples an estimator (the categorical parameter
 ``estimator``) and then, define-by-run, the parameters that exist for it (``optimizer``
 first when it is searched, so that keys conditional on the optimizer follow it);
-``learner_spec`` turns the result into an ``algorithms.learner.LearnerSpec``. Pruners count
+``learner_spec`` turns the result into an ``rnnsweep.algorithms.learner.LearnerSpec``. Pruners count
 resources in learner steps: the driver reports intermediate losses at ``report["step"]``.
 """
 
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
-from algorithms.estimator import estimator_names, get_estimator
-from algorithms.learner import (
+from rnnsweep.algorithms.estimator import estimator_names, get_estimator
+from rnnsweep.algorithms.learner import (
     CHOICES,
     DTYPES,
     KALMAN_RULES,
@@ -42,8 +42,8 @@ from algorithms.learner import (
     LearnerSpec,
     split_settings,
 )
-from tasks.registry import make_task, task_names
-from tasks.registry import task_settings as task_defaults
+from rnnsweep.tasks.registry import make_task, task_names
+from rnnsweep.tasks.registry import task_settings as task_defaults
 
 if TYPE_CHECKING:
     import optuna
@@ -421,7 +421,7 @@ def dry_run_text(spec: SweepSpec, samples: int = 3) -> str:
     """
     import optuna
 
-    from orchestrator.state_dir import resolve as resolve_state_dir
+    from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
     resolved = yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None)
     out = [f"sweep {spec.name!r} ({spec.source})", "", "resolved spec:"]
@@ -470,7 +470,7 @@ def pack_text(spec: SweepSpec) -> list[str]:
     """Which trials can share a pack: searched keys outside the per-member ones split packs."""
     if spec.pack == 1:
         return []
-    from algorithms.population import PER_MEMBER
+    from rnnsweep.algorithms.population import PER_MEMBER
 
     splitting = sorted(k for k in spec.search if k not in PER_MEMBER)
     split = ["estimator"] * (len(spec.estimators) > 1) + splitting

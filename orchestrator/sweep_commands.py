@@ -11,12 +11,12 @@ from typing import Any
 
 import yaml
 
-from orchestrator import sweep_store
-from orchestrator.state_dir import resolve as resolve_state_dir
+from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 
 def launch_command(args) -> int:
-    from orchestrator import spec as spec_
+    from rnnsweep.orchestrator import spec as spec_
 
     spec = spec_.load_spec(args.spec)
     if args.name:
@@ -35,7 +35,7 @@ def launch_command(args) -> int:
 
 
 def resume_command(args) -> int:
-    from orchestrator import spec as spec_
+    from rnnsweep.orchestrator import spec as spec_
 
     state_dir, record = sweep_store.read_record(args.state_dir, args.name)
     spec = spec_.load_spec_dict(
@@ -46,7 +46,7 @@ def resume_command(args) -> int:
 
 
 def _drive(spec, state_dir: str, workers: int, resume: bool) -> int:
-    from orchestrator.driver import Driver
+    from rnnsweep.orchestrator.driver import Driver
 
     os.makedirs(state_dir, exist_ok=True)
     driver = Driver(spec, state_dir, workers)
@@ -149,7 +149,7 @@ def status_command(args) -> int:
 
 
 def best_command(args) -> int:
-    from orchestrator.driver import sweep_summary
+    from rnnsweep.orchestrator.driver import sweep_summary
 
     state_dir, record = sweep_store.read_record(args.state_dir, args.name)
     spec = record["spec"]

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from orchestrator.state_dir import resolve as resolve_state_dir
+from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 
 def record_path(state_dir: str, name: str) -> str:

@@ -21,8 +21,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from orchestrator import sweep_store
-from orchestrator.state_dir import resolve as resolve_state_dir
+from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -238,7 +238,7 @@ def _check_store(uri: str) -> None:
 
 
 def _experiment_id(uri: str, name: str) -> str:
-    from orchestrator.tracking import client
+    from rnnsweep.orchestrator.tracking import client
 
     experiment = client(uri).get_experiment_by_name(name)
     if experiment is None:

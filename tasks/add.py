@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tasks.entropy import binary_entropy
-from tasks.registry import register_task
-from tasks.settings import choice_setting, integer_setting
-from tasks.stream import Stream
-from tasks.task import Task
+from rnnsweep.tasks.entropy import binary_entropy
+from rnnsweep.tasks.registry import register_task
+from rnnsweep.tasks.settings import choice_setting, integer_setting
+from rnnsweep.tasks.stream import Stream
+from rnnsweep.tasks.task import Task
 
 
 def label_probability(a: float | Tensor, b: float | Tensor) -> float | Tensor:

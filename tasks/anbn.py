@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tasks.entropy import entropy
-from tasks.episodes import EpisodeStream
-from tasks.registry import register_task
-from tasks.settings import integer_setting
-from tasks.stream import Stream
-from tasks.task import Task
+from rnnsweep.tasks.entropy import entropy
+from rnnsweep.tasks.episodes import EpisodeStream
+from rnnsweep.tasks.registry import register_task
+from rnnsweep.tasks.settings import integer_setting
+from rnnsweep.tasks.stream import Stream
+from rnnsweep.tasks.task import Task
 
 ALPHABET = ("a", "b", "\n")
 A, B, NEWLINE = 0, 1, 2

@@ -10,10 +10,11 @@ e.g. ``(abdca)[cc]{dbaadcbab}``. Predicting a closing bracket needs the bracket 
 steps before: the only long-range dependency. Input: the one-hot current symbol ``x [B, 10]``;
 target: the next symbol (ce, 10 classes); reported in bits per character.
 
-References, exact for this generator, stored in nats per step (``tasks.entropy.nats_to_bits``
-converts): with ``L = E[k] + 2``, ``optimum`` = (ln 3 + E[k] ln 4 + ln K) / L (the entropy
-rate, K = max_gap - min_gap + 1), ``no bracket memory`` = optimum + ln 3 / L (everything but
-which bracket is open), ``memoryless`` = entropy of the symbol frequencies. Defaults 1 .. 10:
+References, exact for this generator, stored in nats per step
+(``rnnsweep.tasks.entropy.nats_to_bits`` converts): with ``L = E[k] + 2``,
+``optimum`` = (ln 3 + E[k] ln 4 + ln K) / L (the entropy rate, K = max_gap - min_gap + 1),
+``no bracket memory`` = optimum + ln 3 / L (everything but which bracket is open),
+``memoryless`` = entropy of the symbol frequencies. Defaults 1 .. 10:
 optimum 2.121, no bracket memory 2.332, memoryless 2.993 bpc. (The literature quotes ~1.66 bpc
 best and ~1.94 bpc memoryless for its own variant, whose exact parameters are not reproduced
 here.)
@@ -27,12 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tasks.entropy import entropy
-from tasks.episodes import EpisodeStream
-from tasks.registry import register_task
-from tasks.settings import integer_setting
-from tasks.stream import Stream
-from tasks.task import Task
+from rnnsweep.tasks.entropy import entropy
+from rnnsweep.tasks.episodes import EpisodeStream
+from rnnsweep.tasks.registry import register_task
+from rnnsweep.tasks.settings import integer_setting
+from rnnsweep.tasks.stream import Stream
+from rnnsweep.tasks.task import Task
 
 ALPHABET = ("(", "[", "{", ")", "]", "}", "a", "b", "c", "d")
 PAIRS = 3

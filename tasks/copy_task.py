@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tasks.entropy import bits_to_nats
-from tasks.registry import register_task
-from tasks.settings import integer_setting, real_setting
-from tasks.stream import Stream
-from tasks.task import Task
+from rnnsweep.tasks.entropy import bits_to_nats
+from rnnsweep.tasks.registry import register_task
+from rnnsweep.tasks.settings import integer_setting, real_setting
+from rnnsweep.tasks.stream import Stream
+from rnnsweep.tasks.task import Task
 
 
 class CopyStream(Stream):

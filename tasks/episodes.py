@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tasks.stream import Stream
+from rnnsweep.tasks.stream import Stream
 
 
 def locate(

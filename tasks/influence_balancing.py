@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from algorithms.cell import Cell
-from tasks.registry import register_task
-from tasks.settings import integer_setting, real_setting
-from tasks.stream import Stream
-from tasks.task import Task
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.tasks.registry import register_task
+from rnnsweep.tasks.settings import integer_setting, real_setting
+from rnnsweep.tasks.stream import Stream
+from rnnsweep.tasks.task import Task
 
 
 @dataclass(frozen=True)

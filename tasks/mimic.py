@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tasks.entropy import entropy
-from tasks.registry import register_task
-from tasks.settings import choice_setting, integer_setting, real_setting
-from tasks.stream import Stream
-from tasks.task import Task
+from rnnsweep.tasks.entropy import entropy
+from rnnsweep.tasks.registry import register_task
+from rnnsweep.tasks.settings import choice_setting, integer_setting, real_setting
+from rnnsweep.tasks.stream import Stream
+from rnnsweep.tasks.task import Task
 
 READOUT_SCALE = 3.0
 LABELS = ("sample", "argmax")

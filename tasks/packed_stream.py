@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tasks.stream import Stream, buffered_step
+from rnnsweep.tasks.stream import Stream, buffered_step
 
 
 class PackedStream:

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from tasks.task import Task
+from rnnsweep.tasks.task import Task
 
 TaskFactory = Callable[..., Task]
 TASKS: dict[str, TaskFactory] = {}
@@ -27,7 +27,7 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
 
 def _load_modules() -> None:
     # Importing the modules fills the registry.
-    from tasks import (  # noqa: F401
+    from rnnsweep.tasks import (  # noqa: F401
         add,
         anbn,
         brackets,

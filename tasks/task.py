@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms.cell import Cell
-from tasks.entropy import nats_to_bits
-from tasks.stream import Stream
+from rnnsweep.algorithms.cell import Cell
+from rnnsweep.tasks.entropy import nats_to_bits
+from rnnsweep.tasks.stream import Stream
 
 StreamFactory = Callable[[int, int, torch.dtype, torch.device], Stream]
 

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from algorithms import uoro
-from algorithms.estimator import ESTIMATORS, StepResult, get_estimator
-from algorithms.gradcheck import gradcheck
-from orchestrator.cli import main
+from rnnsweep.algorithms import uoro
+from rnnsweep.algorithms.estimator import ESTIMATORS, StepResult, get_estimator
+from rnnsweep.algorithms.gradcheck import gradcheck
+from rnnsweep.orchestrator.cli import main
 
 
 def test_json_report_tanh_all_claims_hold(capsys):
@@ -84,7 +84,7 @@ def test_bad_arguments_exit_2_naming_the_problem(capsys):
 
 def test_help_has_examples():
     out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "gradcheck", "--help"],
+        [sys.executable, "-m", "rnnsweep.orchestrator.cli", "gradcheck", "--help"],
         capture_output=True,
         text=True,
         check=True,

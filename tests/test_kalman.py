@@ -8,16 +8,22 @@ import pytest
 import torch
 from torch import Tensor
 
-from algorithms import kalman
-from algorithms import kalman_step as ks
-from algorithms.cell import Cell, make_cell
-from algorithms.estimator import Estimator, StepResult, estimator_names, get_estimator, start
-from algorithms.forward_mode import jacobians
-from algorithms.loss import loss as loss_fn
-from algorithms.params import Params, init_params
-from algorithms.readout import output as readout_output
-from algorithms.trajectory import Trajectory
-from algorithms.uoro import rank_one_influence
+from rnnsweep.algorithms import kalman
+from rnnsweep.algorithms import kalman_step as ks
+from rnnsweep.algorithms.cell import Cell, make_cell
+from rnnsweep.algorithms.estimator import (
+    Estimator,
+    StepResult,
+    estimator_names,
+    get_estimator,
+    start,
+)
+from rnnsweep.algorithms.forward_mode import jacobians
+from rnnsweep.algorithms.loss import loss as loss_fn
+from rnnsweep.algorithms.params import Params, init_params
+from rnnsweep.algorithms.readout import output as readout_output
+from rnnsweep.algorithms.trajectory import Trajectory
+from rnnsweep.algorithms.uoro import rank_one_influence
 
 D = torch.float64
 

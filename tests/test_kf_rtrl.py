@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from algorithms import kf_rtrl
-from algorithms.bptt import bptt_gradient
-from algorithms.cell import Cell, make_cell
-from algorithms.estimator import get_estimator, start
-from algorithms.params import Params, init_params
+from rnnsweep.algorithms import kf_rtrl
+from rnnsweep.algorithms.bptt import bptt_gradient
+from rnnsweep.algorithms.cell import Cell, make_cell
+from rnnsweep.algorithms.estimator import get_estimator, start
+from rnnsweep.algorithms.params import Params, init_params
 
 F64 = torch.float64
 

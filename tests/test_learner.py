@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from algorithms.learner import Learner, LearnerSpec, load_checkpoint, save_checkpoint
+from rnnsweep.algorithms.learner import Learner, LearnerSpec, load_checkpoint, save_checkpoint
 
 
 def _spec(estimator="uoro", task="add", dtype="float64", **settings):

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from algorithms.learner import Learner, LearnerSpec
-from algorithms.population import Population, check_packable, pack_key
+from rnnsweep.algorithms.learner import Learner, LearnerSpec
+from rnnsweep.algorithms.population import Population, check_packable, pack_key
 
 TOL = 1e-12
 
@@ -338,7 +338,7 @@ def test_device_out_of_memory_is_raised_not_called_divergence(monkeypatch):
 
 
 def test_population_benchmark_prints_the_documented_json(capsys):
-    from benchmarks import population as bench
+    from rnnsweep.benchmarks import population as bench
 
     assert bench.main(["--quick", "--json", "--estimators", "uoro"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]

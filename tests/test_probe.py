@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from algorithms import probe
-from algorithms.cell import make_cell
-from algorithms.estimator import start
-from algorithms.params import Params, init_params
+from rnnsweep.algorithms import probe
+from rnnsweep.algorithms.cell import make_cell
+from rnnsweep.algorithms.estimator import start
+from rnnsweep.algorithms.params import Params, init_params
 
 DT = torch.float64
 HIDDEN, INPUTS, OUTPUTS = 8, 3, 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms.bptt import bptt_gradient
-from algorithms.cell import make_cell
-from algorithms.estimator import check_step, get_estimator, start
-from algorithms.params import Params, init_params
+from rnnsweep.algorithms.bptt import bptt_gradient
+from rnnsweep.algorithms.cell import make_cell
+from rnnsweep.algorithms.estimator import check_step, get_estimator, start
+from rnnsweep.algorithms.params import Params, init_params
 
 F64 = torch.float64
 
@@ -83,7 +83,7 @@ def test_shared_gradient_is_mean_of_per_stream(name):
 
 def test_stream_noise_does_not_depend_on_batch_neighbours():
     """Stream b's estimate is the same alone or batched (counter-based signs)."""
-    from algorithms.signs import stream_seeds
+    from rnnsweep.algorithms.signs import stream_seeds
 
     cell = make_cell("tanh", 6, 3)
     params, xs, ys = _stream(cell, 10, 3)

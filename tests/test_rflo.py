@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from algorithms import readout as readout_
-from algorithms import rflo
-from algorithms.bptt import bptt_gradient
-from algorithms.cell import Cell, column, make_cell
-from algorithms.estimator import get_estimator, start
-from algorithms.loss import loss as loss_fn
-from algorithms.params import Params, init_params
+from rnnsweep.algorithms import readout as readout_
+from rnnsweep.algorithms import rflo
+from rnnsweep.algorithms.bptt import bptt_gradient
+from rnnsweep.algorithms.cell import Cell, column, make_cell
+from rnnsweep.algorithms.estimator import get_estimator, start
+from rnnsweep.algorithms.loss import loss as loss_fn
+from rnnsweep.algorithms.params import Params, init_params
 
 F64 = torch.float64
 

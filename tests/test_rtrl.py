@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms.bptt import bptt_gradient
-from algorithms.cell import Cell, make_cell
-from algorithms.estimator import get_estimator, start
-from algorithms.params import Params, init_params
+from rnnsweep.algorithms.bptt import bptt_gradient
+from rnnsweep.algorithms.cell import Cell, make_cell
+from rnnsweep.algorithms.estimator import get_estimator, start
+from rnnsweep.algorithms.params import Params, init_params
 
 DT = torch.float64
 T, B, M = 30, 3, 3

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from orchestrator.cli import main
+from rnnsweep.orchestrator.cli import main
 
 BASE = ["run", "--task", "add", "--estimator", "uoro", "--hidden", "8", "--dtype", "float64"]
 
@@ -86,7 +86,7 @@ def test_run_records_mlflow_run_with_stepped_metrics(tmp_path):
     for key in ("bias", "variance", "cosine", "staleness", "steps_per_sec", "grad_norm"):
         assert client.get_metric_history(run.info.run_id, key), key
     assert summary["bias"] is not None and summary["staleness"] is not None
-    from algorithms.learner import load_checkpoint
+    from rnnsweep.algorithms.learner import load_checkpoint
 
     assert load_checkpoint(str(ck)).counters["t"] == 900
 
@@ -94,8 +94,8 @@ def test_run_records_mlflow_run_with_stepped_metrics(tmp_path):
 def test_resume_continues_same_mlflow_run_bit_for_bit(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ck = tmp_path / "ck.pt"
-    from algorithms.learner import Learner, LearnerSpec, save_checkpoint
-    from orchestrator.tracking import Tracker
+    from rnnsweep.algorithms.learner import Learner, LearnerSpec, save_checkpoint
+    from rnnsweep.orchestrator.tracking import Tracker
 
     # Simulate a crash after step 400: checkpoint at 400, metrics logged up to 500.
     spec = LearnerSpec(
@@ -153,7 +153,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_set_values_are_yaml_scalars_with_exponents_as_numbers():
-    from orchestrator.run_command import parse_sets
+    from rnnsweep.orchestrator.run_command import parse_sets
 
     assert parse_sets(
         [

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms.cell import Cell, make_cell
-from algorithms.estimator import get_estimator, start
-from algorithms.params import Params, init_params
-from algorithms.snap1 import structural_mask
+from rnnsweep.algorithms.cell import Cell, make_cell
+from rnnsweep.algorithms.estimator import get_estimator, start
+from rnnsweep.algorithms.params import Params, init_params
+from rnnsweep.algorithms.snap1 import structural_mask
 
 DT = torch.float64
 T, B, M = 30, 3, 3

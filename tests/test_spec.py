@@ -11,9 +11,9 @@ import optuna
 import pytest
 import yaml
 
-from algorithms.learner import KALMAN_RULES, Learner
-from orchestrator import spec as spec_module
-from orchestrator.spec import (
+from rnnsweep.algorithms.learner import KALMAN_RULES, Learner
+from rnnsweep.orchestrator import spec as spec_module
+from rnnsweep.orchestrator.spec import (
     SpecError,
     SweepSpec,
     dry_run_text,

@@ -128,7 +128,7 @@ def test_running_trial_of_a_dead_driver_is_told_by_number(storage_url):
 
 
 def test_tracker_writes_metric_history_and_resumes(tmp_path):
-    from orchestrator.tracking import Tracker, client
+    from rnnsweep.orchestrator.tracking import Tracker, client
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "storage-test", run_name="trial-0", tags={"estimator": "uoro"})

@@ -14,11 +14,11 @@ import time
 import pytest
 import yaml
 
-from algorithms.learner import Learner
-from orchestrator import spec as spec_
-from orchestrator import sweep_store
-from orchestrator.cli import main
-from orchestrator.driver import Driver
+from rnnsweep.algorithms.learner import Learner
+from rnnsweep.orchestrator import spec as spec_
+from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator.cli import main
+from rnnsweep.orchestrator.driver import Driver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, LOG_EVERY = 1200, 100
@@ -272,13 +272,13 @@ def _kill(pids: list[int]) -> None:
 
 
 def _launch_subprocess(spec_path, state_dir, temp_root):
-    env = {**os.environ, "RAY_TMPDIR": temp_root, "PYTHONPATH": ROOT}
+    env = {**os.environ, "RAY_TMPDIR": temp_root}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "orchestrator.cli",
+            "rnnsweep.orchestrator.cli",
             "launch",
             str(spec_path),
             "--state-dir",
@@ -444,9 +444,9 @@ def test_a_failed_start_leaves_the_actor_without_a_pack(tmp_path):
 
     import torch
 
-    from algorithms.learner import LearnerSpec
-    from orchestrator.actors import LearnerHost
-    from orchestrator.driver import checkpoint_step
+    from rnnsweep.algorithms.learner import LearnerSpec
+    from rnnsweep.orchestrator.actors import LearnerHost
+    from rnnsweep.orchestrator.driver import checkpoint_step
 
     class Host(LearnerHost):
         def device(self):

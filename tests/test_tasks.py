@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch.func import jacrev, jvp, vjp, vmap
 
-from algorithms.cell import make_cell
-from algorithms.loss import check_targets, loss
-from tasks import Task, make_task, task_names
-from tasks.entropy import binary_entropy, entropy, nats_to_bits
-from tasks.influence_balancing import fixed_point, optimal_theta
-from tasks.mimic import Teacher
+from rnnsweep.algorithms.cell import make_cell
+from rnnsweep.algorithms.loss import check_targets, loss
+from rnnsweep.tasks import Task, make_task, task_names
+from rnnsweep.tasks.entropy import binary_entropy, entropy, nats_to_bits
+from rnnsweep.tasks.influence_balancing import fixed_point, optimal_theta
+from rnnsweep.tasks.mimic import Teacher
 
 NAMES = ["add", "anbn", "brackets", "copy", "influence-balancing", "mimic", "text"]
 
@@ -86,7 +86,7 @@ def test_settings_are_resolved_with_defaults() -> None:
 
 def test_tasks_import_neither_ray_optuna_nor_mlflow() -> None:
     code = (
-        "import sys, tasks; [tasks.make_task(n) for n in tasks.task_names()]; "
+        "import sys; from rnnsweep import tasks; [tasks.make_task(n) for n in tasks.task_names()]; "
         "print(sorted(m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules))"
     )
     root = Path(__file__).resolve().parents[1]

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms import readout as readout_
-from algorithms.bptt import bptt_gradient
-from algorithms.cell import Cell, make_cell
-from algorithms.estimator import get_estimator, start
-from algorithms.loss import loss as loss_fn
-from algorithms.params import Params, init_params
+from rnnsweep.algorithms import readout as readout_
+from rnnsweep.algorithms.bptt import bptt_gradient
+from rnnsweep.algorithms.cell import Cell, make_cell
+from rnnsweep.algorithms.estimator import get_estimator, start
+from rnnsweep.algorithms.loss import loss as loss_fn
+from rnnsweep.algorithms.params import Params, init_params
 
 DT = torch.float64
 BATCH, OUTPUTS, INPUTS, HIDDEN = 3, 3, 2, 5

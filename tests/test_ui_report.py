@@ -27,7 +27,7 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from orchestrator import cli, sweep_store, tracking, ui_command
+from rnnsweep.orchestrator import cli, sweep_store, tracking, ui_command
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -262,8 +262,8 @@ def test_ui_serves_the_runs_table_and_stops_cleanly(sweep):
     state_dir, record = sweep
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "ui", NAME, "--state-dir", str(state_dir)]
-        + ["--port", str(port), "--timeout", "90"],
+        [sys.executable, "-m", "rnnsweep.orchestrator.cli", "ui", NAME]
+        + ["--state-dir", str(state_dir), "--port", str(port), "--timeout", "90"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
