@@ -15,6 +15,7 @@ from rnnsweep.algorithms.gradcheck import gradcheck
 from rnnsweep.orchestrator.cli import main
 
 
+@pytest.mark.slow
 def test_json_report_tanh_all_claims_hold(capsys):
     code = main(["gradcheck", "--steps", "30", "--hidden", "16", "--samples", "4096", "--json"])
     report = json.loads(capsys.readouterr().out)
@@ -43,6 +44,7 @@ def test_exact_estimators_on_gated_cells(cell):
         assert r["exact"] and r["passed"] and r["rel_error"] <= 1e-9
 
 
+@pytest.mark.slow
 def test_gru_rank_one_unbiased():
     report = gradcheck("gru", hidden=16, steps=30, samples=4096, estimators=["uoro"])
     r = report["estimators"]["uoro"]
