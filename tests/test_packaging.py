@@ -243,15 +243,19 @@ def test_a_sweep_submitted_as_a_ray_job_with_a_working_dir(tmp_path):
         _wait_for_dashboard(dashboard, token, head)
         # The entrypoint runs in the unpacked working dir, with the user's files first on the
         # path of the job's driver and of every worker it starts.
-        code, out = _run(
+        submit = (
             ray_cli
             + ["job", "submit", "--address", f"http://127.0.0.1:{dashboard}"]
             + ["--working-dir", str(work), "--"]
-            + [str(BIN / "rnnsweep"), "launch", "spec.yaml", "--state-dir", str(state)],
-            tmp_path,
-            timeout=400,
-            **auth,
+            + [str(BIN / "rnnsweep"), "launch", "spec.yaml", "--state-dir", str(state)]
         )
+        deadline = time.monotonic() + 120
+        while True:
+            code, out = _run(submit, tmp_path, timeout=400, **auth)
+            # The dashboard answers before the node's job agent has registered with it.
+            if "No available agent" not in out or time.monotonic() > deadline:
+                break
+            time.sleep(2.0)
         assert code == 0 and "succeeded" in out, out
         assert _trial_states(BIN / "rnnsweep", "job", state, work) == ["COMPLETE", "COMPLETE"]
         assert spec.exists()
