@@ -231,7 +231,9 @@ def test_a_sweep_submitted_as_a_ray_job_with_a_working_dir(tmp_path):
         ray_cli
         + ["start", "--head", "--block", "--port", str(_free_port()), "--num-cpus", "2"]
         + ["--num-gpus", "0", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
-        + ["--dashboard-port", str(dashboard), "--temp-dir", temp_root, "--disable-usage-stats"],
+        + ["--dashboard-port", str(dashboard), "--temp-dir", temp_root, "--disable-usage-stats"]
+        # Not the agent's fixed default port, which another Ray on this machine may hold.
+        + ["--dashboard-agent-listen-port", str(_free_port())],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
