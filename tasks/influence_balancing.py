@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.tasks.registry import register_task
 from rnnsweep.tasks.settings import integer_setting, real_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
@@ -86,7 +85,6 @@ class InfluenceBalancingStream(Stream):
         return zeros, torch.ones_like(zeros)
 
 
-@register_task("influence-balancing")
 def influence_balancing_task(n: int = 23, positive: int = 10, theta0: float = 0.5) -> Task:
     name = "influence-balancing"
     n = integer_setting(name, "n", n, low=2)
