@@ -122,3 +122,13 @@ def test_numerics_import_no_ray_optuna_or_mlflow(package: str) -> None:
     ]
     assert offenders == []
 
+
+def test_tasks_import_nothing_of_algorithms() -> None:
+    offenders = [
+        f"{module} imports {name}"
+        for module, path in MODULES.items()
+        if module.startswith("rnnsweep.tasks")
+        for name in imported_names(path)
+        if name.startswith("rnnsweep.algorithms")
+    ]
+    assert offenders == []
