@@ -132,3 +132,35 @@ def test_tasks_import_nothing_of_algorithms() -> None:
         if name.startswith("rnnsweep.algorithms")
     ]
     assert offenders == []
+
+
+def private_torch_uses(path: Path) -> list[str]:
+    """``torch._name`` / ``torch.x._name`` attribute chains and imports of such modules."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute):
+            chain, value = [node.attr], node.value
+            while isinstance(value, ast.Attribute):
+                chain.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name) and value.id == "torch":
+                if any(part.startswith("_") and not part.startswith("__") for part in chain):
+                    found.append(".".join(["torch", *reversed(chain)]))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names]
+            if any(
+                name.split(".")[0] == "torch" and any(p.startswith("_") for p in name.split("."))
+                for name in names
+            ):
+                found.append(f"import of {names}")
+    return found
+
+
+def test_private_torch_apis_only_behind_the_one_adam_function() -> None:
+    uses = {
+        module: private_torch_uses(path)
+        for module, path in MODULES.items()
+        if private_torch_uses(path)
+    }
+    assert uses == {"rnnsweep.algorithms.optimizer": ["torch._fused_adam_"]}
