@@ -16,7 +16,7 @@ from torch import Tensor
 
 from rnnsweep.algorithms import readout as readout_
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator import Estimator, StepResult, register
+from rnnsweep.algorithms.estimator_base import Estimator, StepResult
 from rnnsweep.algorithms.loss import loss as loss_fn
 from rnnsweep.algorithms.params import Params
 
@@ -90,15 +90,13 @@ def flush(params: Params, state: BpttState) -> Params | None:
     return grad
 
 
-BPTT = register(
-    Estimator(
-        name="bptt",
-        init=init,
-        step=step,
-        flush=flush,
-        defaults={},
-        exact=True,
-        unbiased=True,
-        summary="full backprop through the recorded stream at flush (reference, offline)",
-    )
+BPTT = Estimator(
+    name="bptt",
+    init=init,
+    step=step,
+    flush=flush,
+    defaults={},
+    exact=True,
+    unbiased=True,
+    summary="full backprop through the recorded stream at flush (reference, offline)",
 )

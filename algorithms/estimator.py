@@ -1,86 +1,65 @@
-"""The estimator interface and its name registry.
+"""The estimators by name, and ``start``: look one up, validate its settings, initialise it.
 
-An estimator is an online learning rule, written as a pair of functions over a plain state
-(as in optax):
-
-    state = est.init(cell, params, loss_kind, batch, seeds, hyper)
-    result = est.step(params, state, x, y)      # one time step of B streams
-    grad = est.flush(params, state)             # gradient of losses no step has covered yet
-
-``step`` runs the cell forward, the readout and the loss, updates the estimator's influence
-state (in place: buffers are preallocated and reused, and the same state object is what
-``step`` keeps working on) and returns ``StepResult(loss [B], output [B, o], grad)``. ``grad`` is
-a ``Params`` estimate of the gradient of this step's loss (shaped like ``params``: per stream,
-or the mean over streams for shared parameters), or ``None`` on steps that make no update
-(truncated BPTT between truncation points).
-
-Hyperparameters are a flat dict; ``resolve_hyper`` validates names and values against the
-estimator's ``defaults``.
+``ESTIMATORS`` is an explicit table (as Optuna lists its samplers): this module imports every
+implementation, and the implementations import only the interface
+(``rnnsweep.algorithms.estimator_base``, whose public names are re-exported here), so there is
+no import cycle. ``register`` adds an estimator of one's own (e.g. a deliberately biased one
+in a test).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-import torch
 from torch import Tensor
 
+from rnnsweep.algorithms.bptt import BPTT
 from rnnsweep.algorithms.cell import Cell
+from rnnsweep.algorithms.estimator_base import (
+    Estimator,
+    StepFn,
+    StepResult,
+    check_step,
+    resolve_hyper,
+)
+from rnnsweep.algorithms.kf_rtrl import KF_RTRL
 from rnnsweep.algorithms.loss import LOSS_KINDS
+from rnnsweep.algorithms.nobacktrack import NOBACKTRACK
 from rnnsweep.algorithms.params import Params, check_params
+from rnnsweep.algorithms.rflo import RFLO
+from rnnsweep.algorithms.rtrl import RTRL
 from rnnsweep.algorithms.signs import stream_seeds
+from rnnsweep.algorithms.snap1 import SNAP1
+from rnnsweep.algorithms.tbptt import TBPTT
+from rnnsweep.algorithms.uoro import UORO
 
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "StepFn",
+    "StepResult",
+    "check_step",
+    "estimator_names",
+    "get_estimator",
+    "register",
+    "resolve_hyper",
+    "start",
+]
 
-class StepResult(NamedTuple):
-    loss: Tensor  # [B]
-    output: Tensor  # [B, o]
-    grad: Params | None
-
-
-@dataclass(frozen=True)
-class Estimator:
-    name: str
-    init: Callable[..., Any]
-    step: Callable[[Params, Any, Tensor, Tensor], StepResult]
-    defaults: Mapping[str, Any]
-    exact: bool  # equals BPTT for frozen parameters
-    unbiased: bool  # unbiased estimate of the BPTT gradient for frozen parameters
-    summary: str
-    cells: tuple[str, ...] | None = None  # None: every cell
-    flush: Callable[[Params, Any], Params | None] = field(default=lambda params, state: None)
-    # state -> (L [B, S, r], R [B, r, P]) with dh/dtheta ~ L R, for the Kalman filter
-    influence: Callable[[Any], tuple[Tensor, Tensor]] | None = None
-    # hyperparameter -> check returning an error message or None
-    checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
-
-
-ESTIMATORS: dict[str, Estimator] = {}
-StepFn = Callable[[Params, Any, Tensor, Tensor], StepResult]
+ESTIMATORS: dict[str, Estimator] = {
+    estimator.name: estimator
+    for estimator in (BPTT, KF_RTRL, NOBACKTRACK, RFLO, RTRL, SNAP1, TBPTT, UORO)
+}
 
 
 def register(estimator: Estimator) -> Estimator:
+    """Add ``estimator`` to the table under its name (replacing one of that name)."""
     ESTIMATORS[estimator.name] = estimator
     return estimator
 
 
-def _load_all() -> None:
-    from rnnsweep.algorithms import (  # noqa: F401
-        bptt,
-        kf_rtrl,
-        nobacktrack,
-        rflo,
-        rtrl,
-        snap1,
-        tbptt,
-        uoro,
-    )
-
-
 def get_estimator(name: str) -> Estimator:
     """The registered estimator called ``name``; ``ValueError`` listing the known ones."""
-    _load_all()
     if name not in ESTIMATORS:
         raise ValueError(
             f"unknown estimator {name!r}; known estimators: {', '.join(sorted(ESTIMATORS))}"
@@ -89,40 +68,7 @@ def get_estimator(name: str) -> Estimator:
 
 
 def estimator_names() -> list[str]:
-    _load_all()
     return sorted(ESTIMATORS)
-
-
-def resolve_hyper(estimator: Estimator, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults updated by ``overrides``; unknown names and bad values raise ``ValueError``."""
-    hyper = dict(estimator.defaults)
-    for key, value in (overrides or {}).items():
-        if key not in hyper:
-            known = ", ".join(sorted(hyper)) or "none"
-            raise ValueError(
-                f"estimator {estimator.name!r} has no hyperparameter {key!r} (known: {known})"
-            )
-        default = hyper[key]
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{estimator.name}: {key} must be true or false, got {value!r}")
-        elif isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{estimator.name}: {key} must be an integer, got {value!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{estimator.name}: {key} must be a number, got {value!r}")
-            value = float(value)
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError(f"{estimator.name}: {key} must be finite, got {value!r}")
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise ValueError(f"{estimator.name}: {key} must be a string, got {value!r}")
-        hyper[key] = value
-    for key, check in estimator.checks.items():
-        problem = check(hyper[key])
-        if problem:
-            raise ValueError(f"{estimator.name}: {key}={hyper[key]!r}: {problem}")
-    return hyper
 
 
 def start(
@@ -155,68 +101,3 @@ def start(
         raise ValueError(f"seeds must have shape [{batch}], got {tuple(seeds.shape)}")
     state = estimator.init(cell, params, loss_kind, batch, seeds.to(params.theta.device), hyper)
     return estimator, state
-
-
-def positive(value: Any) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def one_of(*choices: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(choices)}"
-
-    return check
-
-
-def path_check(value: Any) -> str | None:
-    """The ``path`` hyperparameter: ``auto`` (closed form where one exists), ``closed-form``
-    or ``generic`` (``torch.func``)."""
-    return one_of(*PATHS)(value)
-
-
-PATHS = ("auto", "closed-form", "generic")
-
-
-def by_path(closed_form: StepFn, generic: StepFn) -> StepFn:
-    """A ``step`` that takes the closed form when the state was built for one."""
-
-    def step(params: Params, state: Any, x: Tensor, y: Tensor) -> StepResult:
-        return (closed_form if state.closed_form else generic)(params, state, x, y)
-
-    return step
-
-
-def use_closed_form(cell: Cell, path: str, name: str) -> bool:
-    """Resolve the ``path`` hyperparameter: closed forms exist for the tanh cell only."""
-    if path == "closed-form" and cell.name != "tanh":
-        raise ValueError(f"{name}: path=closed-form exists for the tanh cell only, not {cell.name}")
-    return path == "closed-form" or (path == "auto" and cell.name == "tanh")
-
-
-def zeros_like_params(params: Params) -> Params:
-    """A zero gradient of the shape a step returns."""
-    return Params(torch.zeros_like(params.theta), torch.zeros_like(params.readout))
-
-
-def check_step(
-    cell: Cell, params: Params, loss_kind: str, batch: int, x: Tensor, y: Tensor
-) -> None:
-    """Validate one step's inputs; ``ValueError`` naming the problem.
-
-    Not called by ``step`` itself (it would synchronise with the device every step): callers
-    check the first step and then every few hundred.
-    """
-    from rnnsweep.algorithms.loss import check_targets
-
-    check_params(cell, params, batch)
-    if x.shape != (batch, cell.inputs):
-        raise ValueError(f"input x has shape {tuple(x.shape)}, expected [{batch}, {cell.inputs}]")
-    if x.dtype != params.theta.dtype or x.device != params.theta.device:
-        raise ValueError(
-            f"input x is {x.dtype} on {x.device}, the parameters are {params.theta.dtype} on "
-            f"{params.theta.device}"
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("input x contains non-finite values")
-    outputs = params.readout.shape[-2]
-    check_targets(loss_kind, y, batch, outputs)

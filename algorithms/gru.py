@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnsweep.algorithms.cell import Cell, column, register_cell
+from rnnsweep.algorithms.cell_base import Cell, column
 
 
-@register_cell("gru")
 def gru_cell(hidden: int, inputs: int) -> Cell:
     n, m = hidden, inputs
 

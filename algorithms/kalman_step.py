@@ -29,7 +29,7 @@ from torch import Tensor
 
 from rnnsweep.algorithms import kalman
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator import Estimator, StepResult
+from rnnsweep.algorithms.estimator_base import Estimator, StepResult
 from rnnsweep.algorithms.kalman import P0, PROCESS_NOISE, KalmanState
 from rnnsweep.algorithms.params import Params
 

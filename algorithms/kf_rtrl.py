@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator import Estimator, StepResult, positive, register
+from rnnsweep.algorithms.estimator_base import Estimator, StepResult, positive
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.signs import SignStream
 from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
@@ -119,17 +119,15 @@ def influence(state: KfRtrlState) -> tuple[Tensor, Tensor]:
     return a, r.view(batch, n, n * k)
 
 
-KF_RTRL = register(
-    Estimator(
-        name="kf-rtrl",
-        init=init,
-        step=step,
-        defaults={"eps": 1e-7},
-        checks={"eps": positive},
-        exact=False,
-        unbiased=True,
-        summary="KF-RTRL: influence A (x) u, two random signs per step; tanh RNN, O(n^3)",
-        cells=("tanh",),
-        influence=influence,
-    )
+KF_RTRL = Estimator(
+    name="kf-rtrl",
+    init=init,
+    step=step,
+    defaults={"eps": 1e-7},
+    checks={"eps": positive},
+    exact=False,
+    unbiased=True,
+    summary="KF-RTRL: influence A (x) u, two random signs per step; tanh RNN, O(n^3)",
+    cells=("tanh",),
+    influence=influence,
 )

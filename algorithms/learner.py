@@ -32,6 +32,7 @@ from rnnsweep.algorithms.cell import make_cell
 from rnnsweep.algorithms.estimator import check_step, get_estimator, resolve_hyper, start
 from rnnsweep.algorithms.params import Params, init_params
 from rnnsweep.algorithms.signs import stream_seeds
+from rnnsweep.algorithms.system_cell import system_cell
 from rnnsweep.tasks import make_task, task_settings
 
 KALMAN_RULES = {"nobacktrack-kalman": "nobacktrack", "uoro-kalman": "uoro", "rtrl-kalman": "rtrl"}
@@ -219,7 +220,7 @@ class Learner:
         if task.cell is not None:
             if "hidden" in spec.settings or (task.hidden and spec.hidden not in (task.hidden, 32)):
                 raise ValueError(f"task {task.name} fixes the system: hidden = {task.hidden}")
-            self.cell = task.cell()
+            self.cell = system_cell(task.cell())
         else:
             self.cell = make_cell(spec.cell, spec.hidden, task.inputs)
         self.batch = learner["batch"]

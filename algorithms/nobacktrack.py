@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator import Estimator, StepResult, by_path, register
+from rnnsweep.algorithms.estimator_base import Estimator, StepResult, by_path
 from rnnsweep.algorithms.forward_mode import param_rows, state_jvp
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.uoro import (
@@ -84,16 +84,14 @@ def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> 
 step = by_path(_step_tanh, _step_generic)
 
 
-NOBACKTRACK = register(
-    Estimator(
-        name="nobacktrack",
-        init=init,
-        step=step,
-        defaults=RANK_ONE_DEFAULTS,
-        checks=RANK_ONE_CHECKS,
-        exact=False,
-        unbiased=True,
-        summary="NoBackTrack: rank-one influence, one rho per unit term; O(P)",
-        influence=rank_one_influence,
-    )
+NOBACKTRACK = Estimator(
+    name="nobacktrack",
+    init=init,
+    step=step,
+    defaults=RANK_ONE_DEFAULTS,
+    checks=RANK_ONE_CHECKS,
+    exact=False,
+    unbiased=True,
+    summary="NoBackTrack: rank-one influence, one rho per unit term; O(P)",
+    influence=rank_one_influence,
 )

@@ -11,11 +11,14 @@ stay valid) and on the returned state. Learning rate at update ``t``: ``lr / (1 
 
 A packed population passes its members' learning rates as a tensor ``[pack]`` (float64, on the
 parameters' device), and betas and eps as floats or ``[pack]`` tensors: parameters
-``[pack, ...]`` then take row-wise steps, with no host synchronisation.
+``[pack, ...]`` then take row-wise steps, with no host synchronisation. With shared betas and
+eps, ``adam_unit_steps`` computes the steps (torch's fused kernel where allowed:
+``$RNNSWEEP_FUSED_ADAM=0`` forces public operations).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +26,8 @@ import torch
 from torch import Tensor
 
 OPTIMIZERS = ("sgd", "adam")
+FUSED_ADAM_ENV = "RNNSWEEP_FUSED_ADAM"  # 0: never torch's private fused Adam kernel
+FUSED_ADAM_AVAILABLE = hasattr(torch, "_fused_adam_")
 
 
 @dataclass
@@ -111,10 +116,13 @@ def _update_rows(
             p.sub_(g * _rows(rate, p))
         return state
     t = state.t
-    if hasattr(torch, "_fused_adam_") and not any(
-        isinstance(v, Tensor) for v in (beta1, beta2, eps)
-    ):
-        return _fused_rows(state, params, grads, lr.to(dtype), beta1, beta2, eps)
+    if not any(isinstance(v, Tensor) for v in (beta1, beta2, eps)):
+        # shared betas and eps: unit-rate steps in one pass, then each row at its own rate
+        rate = lr.to(dtype)
+        steps = adam_unit_steps(grads, state.m, state.v, t, beta1, beta2, eps)
+        for p, step in zip(params, steps, strict=True):
+            p.addcmul_(step, _rows(rate, p))
+        return state
     step = (lr / (1.0 - beta1**t)).to(dtype)
     correction2 = 1.0 - beta2**t
     inv_c2 = correction2.reciprocal() if isinstance(correction2, Tensor) else 1.0 / correction2
@@ -129,36 +137,64 @@ def _update_rows(
     return state
 
 
-def _fused_rows(
-    state: OptimizerState,
-    params: Sequence[Tensor],
+def adam_path(fused: bool | None = None) -> str:
+    """Which implementation ``adam_unit_steps`` takes: ``"fused"`` or ``"public"``.
+
+    ``fused=None`` reads ``$RNNSWEEP_FUSED_ADAM`` (``0`` forces the public path; unset or
+    ``1``: fused where this torch has the kernel); ``fused=False`` forces the public path."""
+    if fused is None:
+        setting = os.environ.get(FUSED_ADAM_ENV, "1")
+        if setting not in ("0", "1"):
+            raise ValueError(f"${FUSED_ADAM_ENV} must be 0 or 1, got {setting!r}")
+        fused = setting == "1"
+    return "fused" if fused and FUSED_ADAM_AVAILABLE else "public"
+
+
+def adam_unit_steps(
     grads: Sequence[Tensor],
-    lr: Tensor,
+    m: Sequence[Tensor],
+    v: Sequence[Tensor],
+    t: int,
     beta1: float,
     beta2: float,
     eps: float,
-) -> OptimizerState:
-    """Adam with shared betas and eps and per-row rates: torch's fused Adam kernel (one pass
-    over m, v and g) computes the unit-rate step ``-m_hat / (sqrt(v_hat) + eps)`` into a
-    scratch tensor, which each row then adds at its own rate."""
-    steps = [u.new_zeros(u.shape) for u in params]
-    # a fill, not a copy from the host: no synchronisation on a GPU
-    count = [torch.full((1,), float(state.t), dtype=torch.float32, device=p.device) for p in params]
-    torch._fused_adam_(
-        steps,
-        [g.contiguous() for g in grads],  # the kernel walks dense memory
-        state.m,
-        state.v,
-        [],
-        count,
-        lr=1.0,
-        beta1=beta1,
-        beta2=beta2,
-        weight_decay=0.0,
-        eps=eps,
-        amsgrad=False,
-        maximize=False,
-    )
-    for p, step in zip(params, steps, strict=True):
-        p.addcmul_(step, _rows(lr, p))
-    return state
+    fused: bool | None = None,
+) -> list[Tensor]:
+    """Adam's moments, in place, and its unit-rate steps, one tensor per parameter tensor:
+
+        m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2,
+        step = -(m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps).
+
+    The only use of a private torch API in rnnsweep: ``torch._fused_adam_`` (one pass over m,
+    v and g) where ``adam_path(fused)`` says ``"fused"``; otherwise the same formula in public
+    tensor operations, in the order of torch's own single-tensor Adam (equal to 1e-12 in
+    float64, tests/test_optimizer.py).
+    """
+    steps = [g.new_zeros(g.shape) for g in grads]
+    if adam_path(fused) == "fused":
+        # a fill, not a copy from the host: no synchronisation on a GPU
+        count = [torch.full((1,), float(t), dtype=torch.float32, device=g.device) for g in grads]
+        torch._fused_adam_(
+            steps,
+            [g.contiguous() for g in grads],  # the kernel walks dense memory
+            list(m),
+            list(v),
+            [],
+            count,
+            lr=1.0,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=0.0,
+            eps=eps,
+            amsgrad=False,
+            maximize=False,
+        )
+        return steps
+    correction1 = 1.0 - beta1**t
+    correction2_sqrt = (1.0 - beta2**t) ** 0.5
+    for step, g, m_, v_ in zip(steps, grads, m, v, strict=True):
+        m_.lerp_(g, 1.0 - beta1)
+        v_.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        denom = (v_.sqrt() / correction2_sqrt).add_(eps)
+        step.addcdiv_(m_, denom, value=-1.0 / correction1)
+    return steps

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from rnnsweep.algorithms import readout as readout_
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator import Estimator, StepResult, one_of, register
+from rnnsweep.algorithms.estimator_base import Estimator, StepResult, one_of
 from rnnsweep.algorithms.loss import loss_and_delta
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
@@ -84,16 +84,14 @@ def _non_negative(value: Any) -> str | None:
     return None if 0 <= value < 2**64 else "must be in [0, 2**64)"
 
 
-RFLO = register(
-    Estimator(
-        name="rflo",
-        init=init,
-        step=step,
-        defaults={"feedback": "random", "feedback_seed": 0},
-        checks={"feedback": one_of("random", "readout"), "feedback_seed": _non_negative},
-        exact=False,
-        unbiased=False,
-        summary="RFLO: local eligibility traces, fixed random feedback of the output error; O(P)",
-        cells=("tanh",),
-    )
+RFLO = Estimator(
+    name="rflo",
+    init=init,
+    step=step,
+    defaults={"feedback": "random", "feedback_seed": 0},
+    checks={"feedback": one_of("random", "readout"), "feedback_seed": _non_negative},
+    exact=False,
+    unbiased=False,
+    summary="RFLO: local eligibility traces, fixed random feedback of the output error; O(P)",
+    cells=("tanh",),
 )

@@ -27,12 +27,11 @@ import torch
 from torch import Tensor
 
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator import (
+from rnnsweep.algorithms.estimator_base import (
     Estimator,
     StepResult,
     by_path,
     path_check,
-    register,
     use_closed_form,
 )
 from rnnsweep.algorithms.forward_mode import jacobians
@@ -126,16 +125,14 @@ def influence(state: RtrlState) -> tuple[Tensor, Tensor]:
     return state.eye, state.g.view(batch, size, -1)
 
 
-RTRL = register(
-    Estimator(
-        name="rtrl",
-        init=init,
-        step=step,
-        defaults={"path": "auto"},
-        checks={"path": path_check},
-        exact=True,
-        unbiased=True,
-        summary="RTRL: exact influence G' = J G + dF/dtheta; O(S^2 P)",
-        influence=influence,
-    )
+RTRL = Estimator(
+    name="rtrl",
+    init=init,
+    step=step,
+    defaults={"path": "auto"},
+    checks={"path": path_check},
+    exact=True,
+    unbiased=True,
+    summary="RTRL: exact influence G' = J G + dF/dtheta; O(S^2 P)",
+    influence=influence,
 )

@@ -30,12 +30,11 @@ import torch
 from torch import Tensor
 
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator import (
+from rnnsweep.algorithms.estimator_base import (
     Estimator,
     StepResult,
     by_path,
     path_check,
-    register,
     use_closed_form,
 )
 from rnnsweep.algorithms.forward_mode import jacobians
@@ -132,16 +131,14 @@ def influence(state: Snap1State) -> tuple[Tensor, Tensor]:
     return state.eye, dense.view(batch, n, n * k)
 
 
-SNAP1 = register(
-    Estimator(
-        name="snap1",
-        init=init,
-        step=step,
-        defaults={"path": "auto"},
-        checks={"path": path_check},
-        exact=False,
-        unbiased=False,
-        summary="SnAp-1: influence kept on the pattern of dF/dtheta; O(P) for tanh",
-        influence=influence,
-    )
+SNAP1 = Estimator(
+    name="snap1",
+    init=init,
+    step=step,
+    defaults={"path": "auto"},
+    checks={"path": path_check},
+    exact=False,
+    unbiased=False,
+    summary="SnAp-1: influence kept on the pattern of dF/dtheta; O(P) for tanh",
+    influence=influence,
 )

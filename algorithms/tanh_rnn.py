@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnsweep.algorithms.cell import Cell, column, register_cell
+from rnnsweep.algorithms.cell_base import Cell, column
 
 
-@register_cell("tanh")
 def tanh_cell(hidden: int, inputs: int, leak: float = 1.0) -> Cell:
     if not 0.0 < leak <= 1.0:
         raise ValueError(f"tanh cell: leak must be in (0, 1], got {leak}")

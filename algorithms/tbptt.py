@@ -40,11 +40,10 @@ from torch.func import vjp, vmap
 
 from rnnsweep.algorithms import readout as readout_
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator import (
+from rnnsweep.algorithms.estimator_base import (
     Estimator,
     StepResult,
     path_check,
-    register,
     use_closed_form,
 )
 from rnnsweep.algorithms.loss import loss_and_delta
@@ -256,24 +255,22 @@ def _theta_grad_generic(params: Params, state: TbpttState) -> Tensor:
     return g_theta.mean(0) if theta.dim() == 1 else g_theta
 
 
-TBPTT = register(
-    Estimator(
-        name="tbptt",
-        init=init,
-        step=step,
-        flush=flush,
-        defaults={"truncation": 16, "stride": 0, "path": "auto"},
-        checks={
-            "truncation": _truncation_problem,
-            "stride": _stride_problem,
-            "path": path_check,
-        },
-        exact=False,
-        unbiased=False,
-        summary=(
-            "truncated BPTT(stride, truncation): losses of the last `stride` steps "
-            "backpropagated through the last `truncation` steps; biased, exact only when "
-            "truncation >= the stream length; O(truncation P / stride) per step"
-        ),
-    )
+TBPTT = Estimator(
+    name="tbptt",
+    init=init,
+    step=step,
+    flush=flush,
+    defaults={"truncation": 16, "stride": 0, "path": "auto"},
+    checks={
+        "truncation": _truncation_problem,
+        "stride": _stride_problem,
+        "path": path_check,
+    },
+    exact=False,
+    unbiased=False,
+    summary=(
+        "truncated BPTT(stride, truncation): losses of the last `stride` steps "
+        "backpropagated through the last `truncation` steps; biased, exact only when "
+        "truncation >= the stream length; O(truncation P / stride) per step"
+    ),
 )

@@ -26,13 +26,12 @@ from torch import Tensor
 
 from rnnsweep.algorithms import readout as readout_
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator import (
+from rnnsweep.algorithms.estimator_base import (
     Estimator,
     StepResult,
     by_path,
     path_check,
     positive,
-    register,
     use_closed_form,
 )
 from rnnsweep.algorithms.forward_mode import param_vjp, state_jvp
@@ -160,16 +159,14 @@ def init(
     return init_rank_one(cell, params, loss_kind, batch, seeds, hyper, "uoro")
 
 
-UORO = register(
-    Estimator(
-        name="uoro",
-        init=init,
-        step=step,
-        defaults=RANK_ONE_DEFAULTS,
-        checks=RANK_ONE_CHECKS,
-        exact=False,
-        unbiased=True,
-        summary="UORO: rank-one influence v w^T, one global rho pair; O(P)",
-        influence=rank_one_influence,
-    )
+UORO = Estimator(
+    name="uoro",
+    init=init,
+    step=step,
+    defaults=RANK_ONE_DEFAULTS,
+    checks=RANK_ONE_CHECKS,
+    exact=False,
+    unbiased=True,
+    summary="UORO: rank-one influence v w^T, one global rho pair; O(P)",
+    influence=rank_one_influence,
 )

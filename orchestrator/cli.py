@@ -11,6 +11,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from rnnsweep.orchestrator.device import resolve_device
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 GRADCHECK_EXAMPLES = """\
@@ -251,18 +253,6 @@ def run_entry(args: argparse.Namespace) -> int:
     if args.steps is None and not args.resume and not args.config:
         args.steps = 100_000
     return run_command(args)
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
-    return name
 
 
 def gradcheck_command(args: argparse.Namespace) -> int:

@@ -35,9 +35,27 @@ LOSS, BIAS_TRUNC, BIAS_NOISE, BEST = (
 SUMMARY = "summary.json"
 ARTIFACT_PATH = "report"
 EXIT_FAILED = 1
+MATPLOTLIB_REQUIREMENT = "matplotlib>=3.7,<4"  # as in pyproject.toml
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only ``Agg`` backend; ``ValueError`` (the CLI's exit 2,
+    no traceback) saying how to install it when matplotlib cannot be imported."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ValueError(
+            f"drawing the report needs matplotlib, which cannot be imported here ({error}); "
+            f"install it with: pip install {MATPLOTLIB_REQUIREMENT!r}"
+        ) from None
+    return plt
 
 
 def report_command(args) -> int:
+    pyplot()  # before anything is read or written
     state_dir, record = sweep_store.read_record(args.state_dir, args.name)
     out = os.path.abspath(args.out or os.path.join(state_dir, "reports", record["name"]))
     mlflow_client = _client(record["tracking_uri"])
@@ -98,10 +116,7 @@ def write_report(
     record: dict[str, Any], trials: list[dict[str, Any]], out: str
 ) -> tuple[list[str], dict[str, str]]:
     """Write the figures and ``summary.json`` into ``out``: (files written, skipped -> why)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     os.makedirs(out, exist_ok=True)
     objective = record["spec"].get("objective") or {}

@@ -140,7 +140,7 @@ def build_learner(args) -> tuple[Learner, dict[str, Any]]:
 
 
 def run_command(args) -> int:
-    from rnnsweep.orchestrator.cli import resolve_device
+    from rnnsweep.orchestrator.device import resolve_device
 
     args.device = resolve_device(args.device)
     learner, extra = build_learner(args)

@@ -15,6 +15,9 @@ from typing import Any
 
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
+# The default tracking URI has one home, tracking.py; the name stays importable from here.
+from rnnsweep.orchestrator.tracking import default_tracking_uri  # noqa: F401
+
 
 def record_path(state_dir: str, name: str) -> str:
     return os.path.join(state_dir, "sweeps", f"{name}.json")
@@ -38,11 +41,6 @@ def optuna_url(url: str) -> str:
 
 def default_optuna_url(state_dir: str) -> str:
     return f"sqlite:///{os.path.join(state_dir, 'optuna.db')}"
-
-
-def default_tracking_uri(state_dir: str) -> str:
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    return env or f"sqlite:///{os.path.join(state_dir, 'mlflow.db')}"
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -24,10 +24,11 @@ BATCH = 1000
 
 
 def default_tracking_uri(state_dir: str) -> str:
+    """The tracking URI when none is given, for ``rnnsweep run`` and sweeps alike (its one
+    home): ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<absolute state_dir>/mlflow.db``."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    os.makedirs(state_dir, exist_ok=True)
     return f"sqlite:///{os.path.abspath(os.path.join(state_dir, 'mlflow.db'))}"
 
 
@@ -42,6 +43,8 @@ def client(uri: str):
     # MLflow's SQLite store logs its schema migrations at INFO on first use; keep stderr clean.
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 

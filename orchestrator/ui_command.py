@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator import sweep_store, tracking
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 HOST = "127.0.0.1"
@@ -42,7 +42,7 @@ def ui_command(args) -> int:
         page = f"#/experiments/{experiment}/runs"
     else:
         state_dir = resolve_state_dir(args.state_dir)
-        uri = sweep_store.default_tracking_uri(state_dir)
+        uri = tracking.default_tracking_uri(state_dir)
         page = "#/experiments"
     if uri.startswith(("http://", "https://")):
         print(f"{uri.rstrip('/')}/{page}")

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from rnnsweep.tasks.entropy import binary_entropy
-from rnnsweep.tasks.registry import register_task
 from rnnsweep.tasks.settings import choice_setting, integer_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
@@ -79,7 +78,6 @@ class AddStream(Stream):
         self._history = state["history"].clone()
 
 
-@register_task("add")
 def add_task(t1: int = 5, t2: int = 9, labels: str = "soft") -> Task:
     t1 = integer_setting("add", "t1", t1, low=0)
     t2 = integer_setting("add", "t2", t2, low=0)

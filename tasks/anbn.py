@@ -18,7 +18,6 @@ from torch import Tensor
 
 from rnnsweep.tasks.entropy import entropy
 from rnnsweep.tasks.episodes import EpisodeStream
-from rnnsweep.tasks.registry import register_task
 from rnnsweep.tasks.settings import integer_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
@@ -60,7 +59,6 @@ class AnbnStream(EpisodeStream):
         return symbols
 
 
-@register_task("anbn")
 def anbn_task(min_n: int = 1, max_n: int = 32) -> Task:
     min_n = integer_setting("anbn", "min_n", min_n, low=1)
     max_n = integer_setting("anbn", "max_n", max_n, low=min_n)

@@ -30,7 +30,6 @@ from torch import Tensor
 
 from rnnsweep.tasks.entropy import entropy
 from rnnsweep.tasks.episodes import EpisodeStream
-from rnnsweep.tasks.registry import register_task
 from rnnsweep.tasks.settings import integer_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
@@ -80,7 +79,6 @@ class BracketsStream(EpisodeStream):
         return torch.where(offset == gap + 1, PAIRS + kind, symbols)
 
 
-@register_task("brackets")
 def brackets_task(min_gap: int = 1, max_gap: int = 10) -> Task:
     min_gap = integer_setting("brackets", "min_gap", min_gap, low=0)
     max_gap = integer_setting("brackets", "max_gap", max_gap, low=min_gap)

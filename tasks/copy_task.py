@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 from rnnsweep.tasks.entropy import bits_to_nats
-from rnnsweep.tasks.registry import register_task
 from rnnsweep.tasks.settings import integer_setting, real_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
@@ -119,7 +118,6 @@ class CopyStream(Stream):
         self._loss_count = int(state["loss_count"])
 
 
-@register_task("copy")
 def copy_task(
     symbols: int = 2,
     threshold: float = bits_to_nats(0.15),

@@ -14,53 +14,36 @@ first ``positive`` units) and negatively in the long run (through the others, wh
 ``theta* = 1 / (2 (2 positive - n))`` (= -1/6), with loss 0. Truncated BPTT with a truncation
 short compared to the chain sees only the positive short-term influence and drives ``theta``
 the wrong way (it diverges); unbiased estimators (RTRL, UORO, NoBackTrack) converge.
-``theta0`` (default 0.5) is the initial ``theta``, returned by the cell's ``init_params``.
+The system is plain data (``System``); the learner runs it as its cell. ``theta0`` (default
+0.5) is the initial ``theta``.
 Documented learner settings (``Task.learner_defaults``): Adam, ``lr = 1e-2``,
 ``lr_decay = 0.3`` (rate ``lr / (1 + 0.3 sqrt(t))``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnsweep.algorithms.cell import Cell
-from rnnsweep.tasks.registry import register_task
 from rnnsweep.tasks.settings import integer_setting, real_setting
 from rnnsweep.tasks.stream import Stream
+from rnnsweep.tasks.system import System
 from rnnsweep.tasks.task import Task
 
 
-@dataclass(frozen=True)
-class InfluenceBalancingCell(Cell):
-    """The linear system as a cell; ``init_params`` returns ``theta0`` (not random)."""
-
-    theta0: float = 0.5
-
-    def init_params(
-        self,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        scale: float = 1.0,
-    ) -> Tensor:
-        return torch.full((1,), self.theta0, dtype=dtype, device=device)
-
-
-def influence_balancing_cell(n: int = 23, positive: int = 10, theta0: float = 0.5) -> Cell:
+def influence_balancing_system(n: int = 23, positive: int = 10, theta0: float = 0.5) -> System:
     """``fn(theta [1], s [n], x [1]) -> s' [n]``, pure (usable with jvp, vjp and vmap)."""
 
     def fn(theta: Tensor, s: Tensor, x: Tensor) -> Tensor:
         drive = torch.cat([theta.expand(positive), -theta.expand(n - positive)])
         return 0.5 * (s + F.pad(s[1:], (0, 1))) + drive
 
-    return InfluenceBalancingCell(
+    return System(
         name="influence-balancing", hidden=n, inputs=1, state_size=n, num_params=1, fn=fn,
-        out_slice=slice(0, n), gates=0, theta0=theta0,
+        theta0=(theta0,),
     )
 
 
@@ -86,7 +69,6 @@ class InfluenceBalancingStream(Stream):
         return zeros, torch.ones_like(zeros)
 
 
-@register_task("influence-balancing")
 def influence_balancing_task(n: int = 23, positive: int = 10, theta0: float = 0.5) -> Task:
     name = "influence-balancing"
     n = integer_setting(name, "n", n, low=2)
@@ -108,7 +90,7 @@ def influence_balancing_task(n: int = 23, positive: int = 10, theta0: float = 0.
     readout[0, 0] = 1.0
     return Task(
         name, 1, 1, "mse", {"optimum": 0.0}, False, settings, make_stream,
-        cell=lambda: influence_balancing_cell(n, positive, theta0),
+        cell=lambda: influence_balancing_system(n, positive, theta0),
         readout=readout, hidden=n, initial_state=torch.ones(n, dtype=torch.float64),
         # Adam's bounded steps: theta reaches the optimum within a few thousand steps and
         # the spikes of rank-one estimates cannot throw it far (SGD at a rate small enough

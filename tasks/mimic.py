@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from rnnsweep.tasks.entropy import entropy
-from rnnsweep.tasks.registry import register_task
 from rnnsweep.tasks.settings import choice_setting, integer_setting, real_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
@@ -96,7 +95,6 @@ class MimicStream(Stream):
         self._h = state["h"].clone()
 
 
-@register_task("mimic")
 def mimic_task(
     teacher_seed: int = 0,
     inputs: int = 4,

@@ -1,8 +1,10 @@
-"""The task registry: ``make_task(name, **settings)`` and ``task_names()``.
+"""The tasks by name: ``make_task(name, **settings)`` and ``task_names()``.
 
-Each task module registers a factory whose keyword parameters (with defaults) are the task's
-settings; an unknown key is refused here, a bad value by the factory, both with a
-``ValueError`` that names the task and the key.
+``TASKS`` is an explicit table (as Optuna lists its samplers): this module imports the task
+modules, and they import only ``rnnsweep.tasks.task`` and their helpers, so there is no import
+cycle. A task factory's keyword parameters (with defaults) are the task's settings; an unknown
+key is refused here, a bad value by the factory, both with a ``ValueError`` that names the task
+and the key. ``register_task`` adds a task of one's own.
 """
 
 from __future__ import annotations
@@ -11,13 +13,30 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from rnnsweep.tasks.add import add_task
+from rnnsweep.tasks.anbn import anbn_task
+from rnnsweep.tasks.brackets import brackets_task
+from rnnsweep.tasks.copy_task import copy_task
+from rnnsweep.tasks.influence_balancing import influence_balancing_task
+from rnnsweep.tasks.mimic import mimic_task
 from rnnsweep.tasks.task import Task
+from rnnsweep.tasks.text import text_task
 
 TaskFactory = Callable[..., Task]
-TASKS: dict[str, TaskFactory] = {}
+TASKS: dict[str, TaskFactory] = {
+    "add": add_task,
+    "anbn": anbn_task,
+    "brackets": brackets_task,
+    "copy": copy_task,
+    "influence-balancing": influence_balancing_task,
+    "mimic": mimic_task,
+    "text": text_task,
+}
 
 
 def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
+    """Decorator: add a task factory under ``name``; its keyword parameters are the settings."""
+
     def add(factory: TaskFactory) -> TaskFactory:
         TASKS[name] = factory
         return factory
@@ -25,28 +44,13 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
     return add
 
 
-def _load_modules() -> None:
-    # Importing the modules fills the registry.
-    from rnnsweep.tasks import (  # noqa: F401
-        add,
-        anbn,
-        brackets,
-        copy_task,
-        influence_balancing,
-        mimic,
-        text,
-    )
-
-
 def task_names() -> list[str]:
     """The registered task names, sorted."""
-    _load_modules()
     return sorted(TASKS)
 
 
 def task_settings(name: str) -> dict[str, Any]:
     """The settings of task ``name`` with their defaults."""
-    _load_modules()
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     parameters = inspect.signature(TASKS[name]).parameters.values()

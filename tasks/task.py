@@ -4,10 +4,11 @@ Loss levels (``references``) are always stored in **nats per step** (the unit of
 cross-entropy); tasks with ``bits_per_char`` are reported in bits per character, converted by
 ``Task.in_report_units`` (``bits = nats / ln 2``).
 
-A task may fix part of the learner: ``cell`` (a factory of the system being learned, e.g.
-influence balancing's linear dynamics), ``readout`` (a fixed ``[o, n + 1] = [V | c]`` the
-learner must not train), ``hidden`` (the only hidden size that fits) and ``initial_state``
-(``s_0 [S]``, instead of zeros). Tensors are float64 on the CPU; the learner casts them.
+A task may fix part of the learner: ``cell`` (a factory of the ``System`` being learned, e.g.
+influence balancing's linear dynamics, plain data that the learner wraps into its cell),
+``readout`` (a fixed ``[o, n + 1] = [V | c]`` the learner must not train), ``hidden`` (the only
+hidden size that fits) and ``initial_state`` (``s_0 [S]``, instead of zeros). Tensors are
+float64 on the CPU; the learner casts them.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnsweep.algorithms.cell import Cell
 from rnnsweep.tasks.entropy import nats_to_bits
 from rnnsweep.tasks.stream import Stream
+from rnnsweep.tasks.system import System
 
 StreamFactory = Callable[[int, int, torch.dtype, torch.device], Stream]
 
@@ -38,7 +39,7 @@ class Task:
     bits_per_char: bool  # report losses in bits per character
     settings: dict[str, Any]  # the resolved settings, defaults included
     make_stream: StreamFactory  # (batch, seed, dtype, device) -> Stream
-    cell: Callable[[], Cell] | None = None  # a task-defined system
+    cell: Callable[[], System] | None = None  # a task-defined system
     readout: Tensor | None = None  # fixed [o, n + 1] = [V | c], float64
     hidden: int | None = None  # the hidden size the learner must use
     initial_state: Tensor | None = None  # s_0 [S], float64

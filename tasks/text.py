@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from rnnsweep.tasks.entropy import entropy
-from rnnsweep.tasks.registry import register_task
 from rnnsweep.tasks.settings import integer_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
@@ -109,7 +108,6 @@ class TextStream(Stream):
         self._position = state["position"].clone()
 
 
-@register_task("text")
 def text_task(path: str | os.PathLike[str] | None = None, max_alphabet: int = 128) -> Task:
     if path is not None and not isinstance(path, str | os.PathLike):
         raise ValueError(f"text: setting 'path' must be a file path or None, got {path!r}")

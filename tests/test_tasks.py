@@ -16,10 +16,12 @@ from torch.func import jacrev, jvp, vjp, vmap
 
 from rnnsweep.algorithms.cell import make_cell
 from rnnsweep.algorithms.loss import check_targets, loss
+from rnnsweep.algorithms.system_cell import system_cell
 from rnnsweep.tasks import Task, make_task, task_names
 from rnnsweep.tasks.entropy import binary_entropy, entropy, nats_to_bits
 from rnnsweep.tasks.influence_balancing import fixed_point, optimal_theta
 from rnnsweep.tasks.mimic import Teacher
+from rnnsweep.tasks.system import System
 
 NAMES = ["add", "anbn", "brackets", "copy", "influence-balancing", "mimic", "text"]
 
@@ -217,8 +219,11 @@ def test_add_references_are_the_label_entropies() -> None:
 
 def test_influence_balancing_cell_readout_and_initial_state() -> None:
     t = task("influence-balancing")
-    cell = t.cell()
+    system = t.cell()
+    assert isinstance(system, System) and system.theta0 == (0.5,)
+    cell = system_cell(system)
     assert (cell.num_params, cell.state_size, cell.hidden, cell.inputs) == (1, 23, 23, 1)
+    assert cell.out_slice == slice(0, 23) and cell.name == "influence-balancing"
     assert t.hidden == 23 and t.loss_kind == "mse" and t.outputs == 1
     assert torch.equal(t.initial_state, torch.ones(23, dtype=torch.float64))
     assert torch.equal(cell.init_params(dtype=torch.float64), torch.tensor([0.5]).double())
@@ -231,7 +236,7 @@ def test_influence_balancing_cell_readout_and_initial_state() -> None:
 
 
 def test_influence_balancing_cell_is_the_linear_system_under_torch_func() -> None:
-    cell = task("influence-balancing").cell()
+    cell = system_cell(task("influence-balancing").cell())
     theta = torch.tensor([0.3], dtype=torch.float64)
     s = torch.randn(23, dtype=torch.float64)
     x = torch.zeros(1, dtype=torch.float64)
@@ -253,7 +258,7 @@ def test_influence_balancing_cell_is_the_linear_system_under_torch_func() -> Non
 @pytest.mark.parametrize("theta", [0.0, 0.3, -1.0 / 6.0])
 def test_influence_balancing_iteration_converges_to_the_fixed_point(theta: float) -> None:
     t = task("influence-balancing")
-    cell = t.cell()
+    cell = system_cell(t.cell())
     th = torch.tensor([theta], dtype=torch.float64)
     s = t.initial_state.unsqueeze(0)
     x = torch.zeros(1, 1, dtype=torch.float64)
@@ -278,7 +283,7 @@ def test_influence_balancing_exact_gradient_converges_truncated_diverges() -> No
     """Online SGD with the exact influence (RTRL) reaches theta* = -1/6; one-step truncation
     (tBPTT, T = 1) sees only the positive short-term effect and runs away."""
     t = task("influence-balancing")
-    cell = t.cell()
+    cell = system_cell(t.cell())
     x = torch.zeros(1, dtype=torch.float64)
     a = jacrev(cell.fn, argnums=1)(torch.zeros(1).double(), t.initial_state, x)
     c = jacrev(cell.fn, argnums=0)(torch.zeros(1).double(), t.initial_state, x)[:, 0]

@@ -250,6 +250,54 @@ def test_report_skips_figures_without_data(tmp_path, capsys):
     assert logged == {f"report/{name}" for name in kept}
 
 
+# Run in a fresh interpreter: a meta-path finder refuses every matplotlib module, as when the
+# package is not installed; then ``rnnsweep report`` runs through the real CLI.
+WITHOUT_MATPLOTLIB = """
+import sys
+
+class NoMatplotlib:
+    def find_spec(self, name, path=None, target=None):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoMatplotlib())
+try:
+    import matplotlib  # noqa: F401
+except ModuleNotFoundError:
+    pass
+else:
+    sys.exit("the blocker did not block matplotlib")
+from rnnsweep.orchestrator.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_report_without_matplotlib_says_how_to_install_it_and_exits_2(sweep):
+    state_dir, _ = sweep
+    out = state_dir / "no-matplotlib"
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MATPLOTLIB, "report", NAME, "--state-dir", str(state_dir),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("rnnsweep report: error: drawing the report needs matplotlib")
+    assert "pip install 'matplotlib>=3.7,<4'" in done.stderr
+    assert not out.exists()  # checked before anything is written
+
+
+def test_report_names_the_matplotlib_requirement_of_pyproject():
+    import tomllib
+
+    from rnnsweep.orchestrator.report import MATPLOTLIB_REQUIREMENT
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert MATPLOTLIB_REQUIREMENT in project["dependencies"]
+
+
 def test_report_unknown_sweep_exits_2(tmp_path, capsys):
     assert cli.main(["report", "no-such-sweep", "--state-dir", str(tmp_path)]) == 2
     assert "'no-such-sweep'" in capsys.readouterr().err

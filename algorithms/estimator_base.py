@@ -1,0 +1,154 @@
+"""The estimator interface: what every estimator module builds and the learner calls.
+
+An estimator is an online learning rule, written as a pair of functions over a plain state
+(as in optax):
+
+    state = est.init(cell, params, loss_kind, batch, seeds, hyper)
+    result = est.step(params, state, x, y)      # one time step of B streams
+    grad = est.flush(params, state)             # gradient of losses no step has covered yet
+
+``step`` runs the cell forward, the readout and the loss, updates the estimator's influence
+state (in place: buffers are preallocated and reused, and the same state object is what
+``step`` keeps working on) and returns ``StepResult(loss [B], output [B, o], grad)``. ``grad`` is
+a ``Params`` estimate of the gradient of this step's loss (shaped like ``params``: per stream,
+or the mean over streams for shared parameters), or ``None`` on steps that make no update
+(truncated BPTT between truncation points).
+
+Hyperparameters are a flat dict; ``resolve_hyper`` validates names and values against the
+estimator's ``defaults``. The name -> estimator table lives in ``rnnsweep.algorithms.estimator``,
+which imports the implementations; they import only this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from rnnsweep.algorithms.cell_base import Cell
+from rnnsweep.algorithms.loss import check_targets
+from rnnsweep.algorithms.params import Params, check_params
+
+
+class StepResult(NamedTuple):
+    loss: Tensor  # [B]
+    output: Tensor  # [B, o]
+    grad: Params | None
+
+
+@dataclass(frozen=True)
+class Estimator:
+    name: str
+    init: Callable[..., Any]
+    step: Callable[[Params, Any, Tensor, Tensor], StepResult]
+    defaults: Mapping[str, Any]
+    exact: bool  # equals BPTT for frozen parameters
+    unbiased: bool  # unbiased estimate of the BPTT gradient for frozen parameters
+    summary: str
+    cells: tuple[str, ...] | None = None  # None: every cell
+    flush: Callable[[Params, Any], Params | None] = field(default=lambda params, state: None)
+    # state -> (L [B, S, r], R [B, r, P]) with dh/dtheta ~ L R, for the Kalman filter
+    influence: Callable[[Any], tuple[Tensor, Tensor]] | None = None
+    # hyperparameter -> check returning an error message or None
+    checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
+
+
+StepFn = Callable[[Params, Any, Tensor, Tensor], StepResult]
+
+
+def resolve_hyper(estimator: Estimator, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults updated by ``overrides``; unknown names and bad values raise ``ValueError``."""
+    hyper = dict(estimator.defaults)
+    for key, value in (overrides or {}).items():
+        if key not in hyper:
+            known = ", ".join(sorted(hyper)) or "none"
+            raise ValueError(
+                f"estimator {estimator.name!r} has no hyperparameter {key!r} (known: {known})"
+            )
+        default = hyper[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{estimator.name}: {key} must be true or false, got {value!r}")
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{estimator.name}: {key} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{estimator.name}: {key} must be a number, got {value!r}")
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"{estimator.name}: {key} must be finite, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ValueError(f"{estimator.name}: {key} must be a string, got {value!r}")
+        hyper[key] = value
+    for key, check in estimator.checks.items():
+        problem = check(hyper[key])
+        if problem:
+            raise ValueError(f"{estimator.name}: {key}={hyper[key]!r}: {problem}")
+    return hyper
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def path_check(value: Any) -> str | None:
+    """The ``path`` hyperparameter: ``auto`` (closed form where one exists), ``closed-form``
+    or ``generic`` (``torch.func``)."""
+    return one_of(*PATHS)(value)
+
+
+PATHS = ("auto", "closed-form", "generic")
+
+
+def by_path(closed_form: StepFn, generic: StepFn) -> StepFn:
+    """A ``step`` that takes the closed form when the state was built for one."""
+
+    def step(params: Params, state: Any, x: Tensor, y: Tensor) -> StepResult:
+        return (closed_form if state.closed_form else generic)(params, state, x, y)
+
+    return step
+
+
+def use_closed_form(cell: Cell, path: str, name: str) -> bool:
+    """Resolve the ``path`` hyperparameter: closed forms exist for the tanh cell only."""
+    if path == "closed-form" and cell.name != "tanh":
+        raise ValueError(f"{name}: path=closed-form exists for the tanh cell only, not {cell.name}")
+    return path == "closed-form" or (path == "auto" and cell.name == "tanh")
+
+
+def zeros_like_params(params: Params) -> Params:
+    """A zero gradient of the shape a step returns."""
+    return Params(torch.zeros_like(params.theta), torch.zeros_like(params.readout))
+
+
+def check_step(
+    cell: Cell, params: Params, loss_kind: str, batch: int, x: Tensor, y: Tensor
+) -> None:
+    """Validate one step's inputs; ``ValueError`` naming the problem.
+
+    Not called by ``step`` itself (it would synchronise with the device every step): callers
+    check the first step and then every few hundred.
+    """
+    check_params(cell, params, batch)
+    if x.shape != (batch, cell.inputs):
+        raise ValueError(f"input x has shape {tuple(x.shape)}, expected [{batch}, {cell.inputs}]")
+    if x.dtype != params.theta.dtype or x.device != params.theta.device:
+        raise ValueError(
+            f"input x is {x.dtype} on {x.device}, the parameters are {params.theta.dtype} on "
+            f"{params.theta.device}"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("input x contains non-finite values")
+    outputs = params.readout.shape[-2]
+    check_targets(loss_kind, y, batch, outputs)
