@@ -31,12 +31,12 @@ from rnnsweep.algorithms.estimator import (
     Estimator,
     StepResult,
     by_path,
-    path_check,
     register,
     use_closed_form,
 )
 from rnnsweep.algorithms.forward_mode import jacobians
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
 
 
@@ -131,8 +131,7 @@ RTRL = register(
         name="rtrl",
         init=init,
         step=step,
-        defaults={"path": "auto"},
-        checks={"path": path_check},
+        defaults=hyper_defaults("rtrl"),
         exact=True,
         unbiased=True,
         summary="RTRL: exact influence G' = J G + dF/dtheta; O(S^2 P)",

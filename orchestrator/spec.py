@@ -1,8 +1,10 @@
 """The sweep specification: a YAML file, validated completely before anything starts.
 
 A sweep names a task, a cell, the estimators to compare, settings fixed for every trial and a
-search space. Settings are the flat keys of ``rnnsweep.algorithms.learner.split_settings`` (learner,
-estimator and task keys). A key *applies* to an estimator when the learner would use it:
+search space. Settings are the flat keys of the settings table (learner, estimator and probe
+keys in ``rnnsweep.algorithms.settings``, the task's own, the sweep keys in
+``rnnsweep.orchestrator.sweep_settings``): their types, bounds, defaults and applicability
+come from there. A key *applies* to an estimator when the learner would use it:
 estimator hyperparameters only for the estimators that have them (``truncation`` for tbptt),
 Kalman-filter keys (``process_noise``, ``obs_noise``, ``p0``, ``covariance``) only with the
 Kalman filter (the rules ``*-kalman``, or ``optimizer: kalman``), Adam keys only with Adam,
@@ -23,7 +25,6 @@ resources in learner steps: the driver reports intermediate losses at ``report["
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 import math
 import re
@@ -34,37 +35,30 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import yaml
 
 from rnnsweep.algorithms.estimator import estimator_names, get_estimator
-from rnnsweep.algorithms.learner import (
-    CHOICES,
-    DTYPES,
-    KALMAN_RULES,
-    LEARNER_DEFAULTS,
-    LearnerSpec,
-    split_settings,
+from rnnsweep.algorithms.learner import KALMAN_RULES, LearnerSpec, split_settings
+from rnnsweep.algorithms.settings import (
+    HYPER_KEYS,
+    LEARNER_KEYS,
+    PER_MEMBER,
+    PROBE_KEYS,
+    SETTINGS,
+    applies,
+    default_optimizer,
+    did_you_mean,
+    where,
 )
-from rnnsweep.tasks.registry import make_task, task_names
-from rnnsweep.tasks.registry import task_settings as task_defaults
+from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
+from rnnsweep.tasks.registry import make_task, task_names, task_setting_entries
+from rnnsweep.tasks.settings import Setting
 
 if TYPE_CHECKING:
     import optuna
 
-CELLS = ("tanh", "gru", "lstm")
-SAMPLERS = ("tpe", "random", "cmaes", "gp")
-PRUNERS = ("median", "none", "hyperband")
-OBJECTIVE_METRICS = ("final_loss", "final_bpc")
-DIRECTIONS = ("minimize", "maximize")
 PARAM_TYPES = ("float", "int", "categorical")
 # Optional Python packages each sampler needs (optuna imports them lazily).
 SAMPLER_PACKAGES = {"cmaes": ("cmaes",), "gp": ("torch", "scipy")}
-PROBE_SETTINGS = {
-    "every": "probe_every",
-    "window": "probe_window",
-    "samples": "probe_samples",
-    "horizon": "probe_horizon",
-}
-KALMAN_KEYS = frozenset({"process_noise", "obs_noise", "p0", "covariance"})
-ADAM_KEYS = frozenset({"beta1", "beta2", "adam_eps"})
-GRADIENT_KEYS = frozenset({"lr", "lr_decay", "clip", "update_every"})
+# The probe section's keys: ``probe.samples`` is the learner's ``probe_samples``.
+PROBE_SETTINGS = {key.removeprefix("probe_"): key for key in PROBE_KEYS}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 TOP_KEYS = (
@@ -149,10 +143,10 @@ class Objective:
 
 @dataclass(frozen=True)
 class Probe:
-    every: int = 0  # 0: off
-    window: int = 100
-    samples: int = 16
-    horizon: int = 100
+    every: int = SETTINGS["probe_every"].default  # 0: off
+    window: int = SETTINGS["probe_window"].default
+    samples: int = SETTINGS["probe_samples"].default
+    horizon: int = SETTINGS["probe_horizon"].default
 
     def settings(self) -> dict[str, int]:
         """The learner's ``probe_*`` settings (none when the probe is off)."""
@@ -163,8 +157,8 @@ class Probe:
 
 @dataclass(frozen=True)
 class Resources:
-    cpus: float = 1.0  # per trial
-    gpus: float = 0.0  # per trial; fractional values share a GPU
+    cpus: float = SWEEP_SETTINGS["resources.cpus"].default  # per trial
+    gpus: float = SWEEP_SETTINGS["resources.gpus"].default  # per trial; fractions share a GPU
 
 
 @dataclass(frozen=True)
@@ -304,11 +298,11 @@ def suggest(spec: SweepSpec, trial: optuna.trial.Trial) -> tuple[str, dict[str, 
     optimizer the trial uses), under its own name.
     """
     estimator = trial.suggest_categorical("estimator", list(spec.estimators))
-    task_keys = task_defaults(spec.task)
+    task_keys = _task_entries(spec.task)
     if estimator in KALMAN_RULES:
         optimizer = "kalman"
     else:
-        optimizer = spec.fixed.get("optimizer", "adam")
+        optimizer = spec.fixed.get("optimizer", default_optimizer(estimator))
     suggested: dict[str, Any] = {}
     ordered = sorted(spec.search.items(), key=lambda item: item[0] != "optimizer")
     for key, param in ordered:
@@ -391,7 +385,7 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 def search_space_text(spec: SweepSpec) -> str:
     """The search space per estimator, with the fixed settings each one gets."""
-    task_keys = task_defaults(spec.task)
+    task_keys = _task_entries(spec.task)
     lines = [f"estimator: categorical {{{', '.join(spec.estimators)}}}"]
     for estimator in spec.estimators:
         optimizers = _optimizers(estimator, spec.fixed, spec.search)
@@ -470,8 +464,6 @@ def pack_text(spec: SweepSpec) -> list[str]:
     """Which trials can share a pack: searched keys outside the per-member ones split packs."""
     if spec.pack == 1:
         return []
-    from rnnsweep.algorithms.population import PER_MEMBER
-
     splitting = sorted(k for k in spec.search if k not in PER_MEMBER)
     split = ["estimator"] * (len(spec.estimators) > 1) + splitting
     return [
@@ -484,20 +476,11 @@ def pack_text(spec: SweepSpec) -> list[str]:
 
 
 def _applies(key: str, estimator: str, optimizer: str, task_keys: Mapping[str, Any]) -> bool:
-    """Whether a learner of ``estimator`` with ``optimizer`` uses setting ``key``."""
+    """Whether a learner of ``estimator`` with ``optimizer`` uses setting ``key`` (the table's
+    ``applies``; task keys apply to every estimator)."""
     if key in task_keys:
         return True
-    if key not in LEARNER_DEFAULTS:
-        return key in _estimator_defaults(estimator)
-    if key == "optimizer":
-        return estimator not in KALMAN_RULES
-    if key in KALMAN_KEYS:
-        return optimizer == "kalman"
-    if key in ADAM_KEYS:
-        return optimizer == "adam"
-    if key in GRADIENT_KEYS:
-        return optimizer != "kalman"
-    return True
+    return key in SETTINGS and applies(SETTINGS[key], estimator, optimizer)
 
 
 def _applies_any(
@@ -517,48 +500,35 @@ def _optimizers(
     param = search.get("optimizer")
     if param is not None and (not param.estimators or estimator in param.estimators):
         return tuple(param.choices)
-    return ("adam",)
+    return (default_optimizer(estimator),)
 
 
 def _owner_text(key: str, task_keys: Mapping[str, Any]) -> str:
     if key in task_keys:
         return "a task setting"
-    if key == "optimizer":
-        return "the Kalman rules always learn with the Kalman filter"
-    if key in KALMAN_KEYS:
-        return f"a Kalman-filter setting: for {', '.join(KALMAN_RULES)} or optimizer: kalman"
-    if key in ADAM_KEYS:
-        return "an Adam setting: for optimizer: adam"
-    if key in GRADIENT_KEYS:
-        return "a gradient-step setting, unused by the Kalman filter"
-    owners = [n for n in _online_estimators() if key in _estimator_defaults(n)]
-    return "a hyperparameter of " + ", ".join(owners)
+    entry = SETTINGS[key]
+    if entry.group == "estimator":
+        return "a hyperparameter of " + ", ".join(entry.estimators or ())
+    kind = {
+        "optimizer": "the optimizer",
+        "kalman": "a Kalman-filter setting",
+        "adam": "an Adam setting",
+        "gradient": "a gradient-step setting",
+    }.get(entry.group, "a learner setting")
+    return f"{kind}: it applies {where(entry)}"
 
 
 def _online_estimators() -> list[str]:
     return [n for n in estimator_names() if n != "bptt"] + list(KALMAN_RULES)
 
 
-def _estimator_defaults(name: str) -> Mapping[str, Any]:
-    return get_estimator(KALMAN_RULES.get(name, name)).defaults
-
-
 def _known_settings(task_keys: Mapping[str, Any]) -> list[str]:
-    keys = set(LEARNER_DEFAULTS) - set(PROBE_SETTINGS.values())
-    for name in estimator_names():
-        keys |= set(get_estimator(name).defaults)
+    keys = (set(LEARNER_KEYS) | set(HYPER_KEYS)) - set(PROBE_KEYS)
     return sorted(keys | set(task_keys))
 
 
-def _setting_default(key: str, estimators: tuple[str, ...], task_keys: Mapping[str, Any]) -> Any:
-    if key in task_keys:
-        return task_keys[key]
-    if key in LEARNER_DEFAULTS:
-        return LEARNER_DEFAULTS[key]
-    for name in estimators:
-        if key in _estimator_defaults(name):
-            return _estimator_defaults(name)[key]
-    return None
+def _task_entries(task: str) -> dict[str, Setting]:
+    return {entry.name: entry for entry in task_setting_entries(task)}
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -569,8 +539,7 @@ def _fail(path: str, message: str) -> NoReturn:
 
 
 def _hint(word: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(word, options)
 
 
 def _fmt(value: Any) -> str:
@@ -610,6 +579,21 @@ def _mapping(
             full = f"{path}.{key}" if path else key
             raise SpecError(f"missing required key {key!r} {where}", full)
     return dict(value)
+
+
+def _read(
+    raw: Mapping[str, Any], entry: Setting, path: str | None = None, key: str | None = None
+) -> Any:
+    """``raw[key]`` (default: the entry's) checked against its table entry; the error names
+    ``path`` (default: the entry's dotted name)."""
+    path = path or entry.name
+    key = key or entry.name.rpartition(".")[2]
+    value = raw.get(key, entry.default)
+    if entry.choices:
+        return _choice(value, path, entry.choices, key)
+    if entry.type is int:
+        return _int(value, path, low=entry.low)
+    return _float(value, path, low=entry.low, low_open=entry.low_open)
 
 
 def _int(value: Any, path: str, low: int | None = None) -> int:
@@ -807,10 +791,11 @@ def _resolve_estimators(
             f"also fixed for {', '.join(both)} (fixed.{key}); a setting is either fixed or "
             "searched (limit either one with estimators:)",
         )
-    default = _setting_default(key, users, task_keys)
-    if param.type != "categorical" and isinstance(default, bool | str):
-        _fail(f"{path}.type", f"{key} takes values like {default!r}: use type: categorical")
-    if param.type == "float" and isinstance(default, int) and not isinstance(default, bool):
+    entry = task_keys[key] if key in task_keys else SETTINGS[key]
+    if param.type != "categorical" and entry.type in (bool, str):
+        example = entry.default if entry.default is not None else entry.choices[0]
+        _fail(f"{path}.type", f"{key} takes values like {example!r}: use type: categorical")
+    if param.type == "float" and entry.type is int:
         _fail(f"{path}.type", f"{key} is an integer setting: use type: int")
     return dataclasses.replace(param, estimators=users)
 
@@ -853,29 +838,29 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
     if not NAME_PATTERN.match(name):
         _fail("name", f"must match [A-Za-z0-9_.-]+ (letters, digits, _ . -), got {name!r}")
     task = _choice(top["task"], "task", task_names(), "task")
-    task_keys = task_defaults(task)
+    task_keys = _task_entries(task)
     task_settings = _mapping(top.get("task_settings") or {}, "task_settings", tuple(task_keys))
     try:
         task_obj = make_task(task, **task_settings)
     except ValueError as error:
         _fail("task_settings", str(error))
-    cell = _choice(top.get("cell", "tanh"), "cell", CELLS, "cell")
-    hidden = _int(top.get("hidden", 32), "hidden", low=1)
-    if task_obj.cell is not None and hidden not in (task_obj.hidden, 32):
+    cell = _read(top, SETTINGS["cell"])
+    hidden = _read(top, SETTINGS["hidden"])
+    if task_obj.cell is not None and hidden not in (task_obj.hidden, SETTINGS["hidden"].default):
         _fail("hidden", f"task {task} fixes the system: hidden = {task_obj.hidden}, got {hidden}")
-    dtype = _choice(top.get("dtype", "float32"), "dtype", tuple(DTYPES), "dtype")
-    seed = _int(top.get("seed", 0), "seed", low=0)
-    steps = _int(top["steps"], "steps", low=1)
-    trials = _int(top["trials"], "trials", low=1)
+    dtype = _read(top, SETTINGS["dtype"])
+    seed = _read(top, SETTINGS["seed"])
+    steps = _read(top, SWEEP_SETTINGS["steps"])
+    trials = _read(top, SWEEP_SETTINGS["trials"])
     effective_cell = task_obj.cell().name if task_obj.cell is not None else cell
     estimators = _estimators(top["estimators"], effective_cell)
 
     probe_raw = _mapping(top.get("probe") or {}, "probe", tuple(PROBE_SETTINGS))
     probe = Probe(
-        every=_int(probe_raw.get("every", 0), "probe.every", low=0),
-        window=_int(probe_raw.get("window", 100), "probe.window", low=1),
-        samples=_int(probe_raw.get("samples", 16), "probe.samples", low=1),
-        horizon=_int(probe_raw.get("horizon", 100), "probe.horizon", low=1),
+        **{
+            name: _read(probe_raw, SETTINGS[key], f"probe.{name}", name)
+            for name, key in PROBE_SETTINGS.items()
+        }
     )
     if probe.every and probe.window > probe.every:
         _fail("probe.window", f"must be <= probe.every (got {probe.window} > {probe.every})")
@@ -885,7 +870,7 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
         _setting_key(key, f"fixed.{key}", task_settings, task_keys)
         _scalar(value, f"fixed.{key}")
     if "optimizer" in fixed:
-        _choice(fixed["optimizer"], "fixed.optimizer", CHOICES["optimizer"], "optimizer")
+        _choice(fixed["optimizer"], "fixed.optimizer", SETTINGS["optimizer"].choices, "optimizer")
 
     search_raw = _mapping(top.get("search") or {}, "search", None)
     search: dict[str, SearchParam] = {}
@@ -897,7 +882,7 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
             _fail("search.optimizer.type", "the optimizer is searched as type: categorical")
         for index, choice in enumerate(search["optimizer"].choices):
             path = f"search.optimizer.choices[{index}]"
-            _choice(choice, path, CHOICES["optimizer"], "optimizer")
+            _choice(choice, path, SETTINGS["optimizer"].choices, "optimizer")
 
     optimizers = {e: _optimizers(e, fixed, search) for e in estimators}
     fixed_for: dict[str, tuple[str, ...]] = {}
@@ -917,31 +902,27 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
     _check_values(base, shared, estimators, fixed, fixed_for, search)
 
     objective_raw = _mapping(top.get("objective") or {}, "objective", ("metric", "direction"))
-    metric = _choice(
-        objective_raw.get("metric", "final_loss"), "objective.metric", OBJECTIVE_METRICS, "metric"
-    )
+    metric = _read(objective_raw, SWEEP_SETTINGS["objective.metric"])
     if metric == "final_bpc" and not task_obj.bits_per_char:
         _fail("objective.metric", f"final_bpc needs a character task; {task} is measured in nats")
-    direction = _choice(
-        objective_raw.get("direction", "minimize"), "objective.direction", DIRECTIONS, "direction"
-    )
-    sampler = _choice(top.get("sampler", "tpe"), "sampler", SAMPLERS, "sampler")
+    direction = _read(objective_raw, SWEEP_SETTINGS["objective.direction"])
+    sampler = _read(top, SWEEP_SETTINGS["sampler"])
     _check_sampler_packages(sampler)
-    pruner = _choice(top.get("pruner", "median"), "pruner", PRUNERS, "pruner")
+    pruner = _read(top, SWEEP_SETTINGS["pruner"])
 
     resources_raw = _mapping(top.get("resources") or {}, "resources", ("cpus", "gpus"))
-    cpus = _float(resources_raw.get("cpus", 1.0), "resources.cpus", low=0.0, low_open=True)
-    gpus = _float(resources_raw.get("gpus", 0.0), "resources.gpus", low=0.0)
+    cpus = _read(resources_raw, SWEEP_SETTINGS["resources.cpus"])
+    gpus = _read(resources_raw, SWEEP_SETTINGS["resources.gpus"])
     for label, amount in (("cpus", cpus), ("gpus", gpus)):
         if amount > 1 and not amount.is_integer():
             _fail(f"resources.{label}", f"above 1 must be a whole number (Ray), got {amount:g}")
 
-    checkpoint_every = _int(
-        top.get("checkpoint_every", max(1000, steps // 10)), "checkpoint_every", low=1
-    )
-    max_retries = _int(top.get("max_retries", 2), "max_retries", low=0)
-    workers = _int(top.get("workers", 1), "workers", low=1)
-    pack = _int(top.get("pack", 1), "pack", low=1)
+    if "checkpoint_every" not in top:  # the table's derived default
+        top["checkpoint_every"] = max(1000, steps // 10)
+    checkpoint_every = _read(top, SWEEP_SETTINGS["checkpoint_every"])
+    max_retries = _read(top, SWEEP_SETTINGS["max_retries"])
+    workers = _read(top, SWEEP_SETTINGS["workers"])
+    pack = _read(top, SWEEP_SETTINGS["pack"])
 
     storage_keys = ("state_dir", "optuna", "mlflow")
     storage_raw = _mapping(top.get("storage") or {}, "storage", storage_keys)
