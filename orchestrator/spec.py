@@ -47,6 +47,7 @@ from rnnsweep.algorithms.settings import (
     did_you_mean,
     where,
 )
+from rnnsweep.orchestrator.spec_file import SpecError, read_spec_file
 from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
 from rnnsweep.tasks.registry import make_task, task_names, task_setting_entries
 from rnnsweep.tasks.settings import Setting
@@ -87,14 +88,6 @@ TOP_KEYS = (
 )
 REQUIRED_KEYS = ("name", "task", "steps", "trials", "estimators")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "estimators")
-
-
-class SpecError(ValueError):
-    """An invalid sweep specification; ``key`` is the key path at fault (if one is)."""
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -227,54 +220,10 @@ class SweepSpec:
 # -- loading ---------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-3`` as a float (YAML 1.2) and refuses duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                continue  # an unhashable key: the base constructor reports it
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
 def load_spec(path: str) -> SweepSpec:
-    """Read and validate a sweep file; every problem raises ``SpecError`` naming the file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: sweep file does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: cannot read the sweep file: {error}") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        kind = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise SpecError(f"{path}: a sweep file must be a YAML mapping, got {kind}")
-    return load_spec_dict(data, source=path)
+    """Read (``spec_file.read_spec_file``: size and alias limits) and validate a sweep file;
+    every problem raises ``SpecError`` naming the file."""
+    return load_spec_dict(read_spec_file(path), source=path)
 
 
 def load_spec_dict(d: Mapping[str, Any], source: str = "<dict>") -> SweepSpec:
