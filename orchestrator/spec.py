@@ -12,8 +12,12 @@ gradient-step keys (``lr``, ``lr_decay``, ``clip``, ``update_every``) never with
 A fixed key applies to the estimators it applies to (an error if none); a searched key exists
 only for the estimators it applies to, or for those listed in its ``estimators:``.
 
-Every problem raises ``SpecError`` (a ``ValueError``) whose message starts with the key path,
-e.g. ``search.truncation.low: must be < high (got 20 >= 5)``.
+Validation runs in three layers: ``spec_file.read_spec_file`` reads the YAML safely (size and
+alias limits); ``spec_models.validate`` checks the structure with pydantic models generated
+from the settings table (keys, types, bounds, choices, defaults); ``_build`` here checks what
+needs the task, the estimators and the learner. Every problem raises ``SpecError`` (a
+``ValueError``) whose message starts with the key path, e.g. ``search.truncation.low: must be
+< high (got 20 >= 5)``.
 
 Trials: ``suggest(spec, trial)`` samples an estimator (the categorical parameter
 ``estimator``) and then, define-by-run, the parameters that exist for it (``optimizer``
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
+from pydantic_core import PydanticCustomError
 
 from rnnsweep.algorithms.estimator import estimator_names, get_estimator
 from rnnsweep.algorithms.learner import KALMAN_RULES, LearnerSpec, split_settings
@@ -47,7 +52,9 @@ from rnnsweep.algorithms.settings import (
     did_you_mean,
     where,
 )
+from rnnsweep.orchestrator import spec_models
 from rnnsweep.orchestrator.spec_file import SpecError, read_spec_file
+from rnnsweep.orchestrator.spec_models import ParamModel
 from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
 from rnnsweep.tasks.registry import make_task, task_names, task_setting_entries
 from rnnsweep.tasks.settings import Setting
@@ -55,39 +62,12 @@ from rnnsweep.tasks.settings import Setting
 if TYPE_CHECKING:
     import optuna
 
-PARAM_TYPES = ("float", "int", "categorical")
 # Optional Python packages each sampler needs (optuna imports them lazily).
 SAMPLER_PACKAGES = {"cmaes": ("cmaes",), "gp": ("torch", "scipy")}
 # The probe section's keys: ``probe.samples`` is the learner's ``probe_samples``.
 PROBE_SETTINGS = {key.removeprefix("probe_"): key for key in PROBE_KEYS}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
-TOP_KEYS = (
-    "name",
-    "task",
-    "task_settings",
-    "cell",
-    "hidden",
-    "dtype",
-    "seed",
-    "steps",
-    "trials",
-    "estimators",
-    "fixed",
-    "search",
-    "objective",
-    "sampler",
-    "pruner",
-    "probe",
-    "resources",
-    "checkpoint_every",
-    "max_retries",
-    "workers",
-    "pack",
-    "storage",
-)
-REQUIRED_KEYS = ("name", "task", "steps", "trials", "estimators")
-PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "estimators")
 
 
 @dataclass(frozen=True)
@@ -491,19 +471,8 @@ def _hint(word: str, options: list[str] | tuple[str, ...]) -> str:
     return did_you_mean(word, options)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        text = f"{value:.4g}"
-        return text if any(c in text for c in ".ein") else text + ".0"
-    return str(value)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, str):
-        return f"{value!r} (a string)"
-    if isinstance(value, list | dict):
-        return f"a {type(value).__name__}"
-    return repr(value)
+_fmt = spec_models.fmt
+_describe = spec_models.describe
 
 
 def _mapping(
@@ -530,58 +499,11 @@ def _mapping(
     return dict(value)
 
 
-def _read(
-    raw: Mapping[str, Any], entry: Setting, path: str | None = None, key: str | None = None
-) -> Any:
-    """``raw[key]`` (default: the entry's) checked against its table entry; the error names
-    ``path`` (default: the entry's dotted name)."""
-    path = path or entry.name
-    key = key or entry.name.rpartition(".")[2]
-    value = raw.get(key, entry.default)
-    if entry.choices:
-        return _choice(value, path, entry.choices, key)
-    if entry.type is int:
-        return _int(value, path, low=entry.low)
-    return _float(value, path, low=entry.low, low_open=entry.low_open)
-
-
-def _int(value: Any, path: str, low: int | None = None) -> int:
-    ok = not isinstance(value, bool) and (
-        isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    )
-    if not ok or (low is not None and value < low):
-        bound = f" >= {low}" if low is not None else ""
-        _fail(path, f"must be an integer{bound}, got {_describe(value)}")
-    return int(value)
-
-
-def _float(value: Any, path: str, low: float | None = None, low_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if not ok:
-        bound = f" {'>' if low_open else '>='} {_fmt(low)}" if low is not None else ""
-        _fail(path, f"must be a finite number{bound}, got {_describe(value)}")
-    return float(value)
-
-
-def _bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(path, f"must be true or false, got {_describe(value)}")
-    return value
-
-
-def _str(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        _fail(path, f"must be a non-empty string, got {_describe(value)}")
-    return value
-
-
 def _choice(value: Any, path: str, choices: tuple[str, ...] | list[str], what: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        hint = _hint(value, choices) if isinstance(value, str) else ""
-        _fail(path, f"unknown {what} {value!r}{hint}; choose from {', '.join(choices)}")
-    return value
+    try:
+        return spec_models.choice(value, choices, what)
+    except PydanticCustomError as error:
+        _fail(path, error.context["message"])
 
 
 def _check_sampler_packages(sampler: str, path: str = "sampler") -> None:
@@ -641,26 +563,13 @@ def _scalar(value: Any, path: str) -> Any:
     return value
 
 
-def _search_param(key: str, value: Any, sweep_estimators: tuple[str, ...]) -> SearchParam:
-    """Parse ``search.<key>``; ``estimators`` stays empty unless listed (resolved later)."""
+def _search_param(key: str, param: ParamModel, sweep_estimators: tuple[str, ...]) -> SearchParam:
+    """``search.<key>`` (its structure checked by ``ParamModel``); ``estimators`` stays empty
+    unless listed (resolved later)."""
     path = f"search.{key}"
-    raw = _mapping(value, path, PARAM_KEYS, required=("type",))
-    kind = _choice(raw["type"], f"{path}.type", PARAM_TYPES, "parameter type")
-    if kind == "categorical":
-        for name in ("low", "high", "log", "step"):
-            if name in raw:
-                _fail(f"{path}.{name}", "only for type float or int")
-    else:
-        if "choices" in raw:
-            _fail(f"{path}.choices", "only for type categorical")
-        for name in ("low", "high"):
-            if name not in raw:
-                raise SpecError(f"missing required key {name!r} in {path}", f"{path}.{name}")
-        if kind == "float" and "step" in raw:
-            _fail(f"{path}.step", "only for type int")
     estimators: tuple[str, ...] = ()
-    if "estimators" in raw:
-        listed = raw["estimators"]
+    if "estimators" in param.model_fields_set:
+        listed = param.estimators
         if not isinstance(listed, list) or not listed:
             _fail(f"{path}.estimators", f"must be a non-empty list, got {_describe(listed)}")
         for index, name in enumerate(listed):
@@ -673,38 +582,9 @@ def _search_param(key: str, value: Any, sweep_estimators: tuple[str, ...]) -> Se
             if name in listed[:index]:
                 _fail(f"{path}.estimators[{index}]", f"duplicate estimator {name!r}")
         estimators = tuple(listed)
-    if kind == "categorical":
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            _fail(f"{path}.choices", f"must be a non-empty list, got {_describe(choices)}")
-        for index, choice in enumerate(choices):
-            _scalar(choice, f"{path}.choices[{index}]")
-            if choice in choices[:index]:
-                _fail(f"{path}.choices[{index}]", f"duplicate choice {choice!r}")
-        return SearchParam("categorical", choices=tuple(choices), estimators=estimators)
-    log = _bool(raw.get("log", False), f"{path}.log")
-    low: float | int
-    high: float | int
-    step: int | None = None
-    if kind == "float":
-        low = _float(raw["low"], f"{path}.low")
-        high = _float(raw["high"], f"{path}.high")
-    else:
-        low = _int(raw["low"], f"{path}.low")
-        high = _int(raw["high"], f"{path}.high")
-        step = _int(raw.get("step", 1), f"{path}.step", low=1)
-    if low >= high:
-        _fail(f"{path}.low", f"must be < high (got {_fmt(low)} >= {_fmt(high)})")
-    if log and low <= 0:
-        _fail(f"{path}.low", f"must be > 0 with log: true (got {_fmt(low)})")
-    if step is not None:
-        if log and step != 1:
-            _fail(f"{path}.step", f"must be 1 with log: true (got {step})")
-        if (high - low) % step:
-            _fail(
-                f"{path}.high", f"high - low must be a multiple of step {step} (got {high - low})"
-            )
-    return SearchParam(kind, low, high, log, step, (), estimators)
+    if param.type == "categorical":
+        return SearchParam("categorical", choices=tuple(param.choices), estimators=estimators)
+    return SearchParam(param.type, param.low, param.high, param.log, param.step, (), estimators)
 
 
 def _resolve_estimators(
@@ -782,48 +662,37 @@ def _check_values(
 
 
 def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
-    top = _mapping(d, "", TOP_KEYS, REQUIRED_KEYS)
-    name = _str(top["name"], "name")
+    top = spec_models.validate(d)  # structure, types, bounds and choices of the table's keys
+    name = top.name
     if not NAME_PATTERN.match(name):
         _fail("name", f"must match [A-Za-z0-9_.-]+ (letters, digits, _ . -), got {name!r}")
-    task = _choice(top["task"], "task", task_names(), "task")
+    task = _choice(top.task, "task", task_names(), "task")
     task_keys = _task_entries(task)
-    task_settings = _mapping(top.get("task_settings") or {}, "task_settings", tuple(task_keys))
+    task_settings = _mapping(top.task_settings, "task_settings", tuple(task_keys))
     try:
         task_obj = make_task(task, **task_settings)
     except ValueError as error:
         _fail("task_settings", str(error))
-    cell = _read(top, SETTINGS["cell"])
-    hidden = _read(top, SETTINGS["hidden"])
+    cell, hidden, dtype, seed = top.cell, top.hidden, top.dtype, top.seed
     if task_obj.cell is not None and hidden not in (task_obj.hidden, SETTINGS["hidden"].default):
         _fail("hidden", f"task {task} fixes the system: hidden = {task_obj.hidden}, got {hidden}")
-    dtype = _read(top, SETTINGS["dtype"])
-    seed = _read(top, SETTINGS["seed"])
-    steps = _read(top, SWEEP_SETTINGS["steps"])
-    trials = _read(top, SWEEP_SETTINGS["trials"])
+    steps, trials = top.steps, top.trials
     effective_cell = task_obj.cell().name if task_obj.cell is not None else cell
-    estimators = _estimators(top["estimators"], effective_cell)
+    estimators = _estimators(top.estimators, effective_cell)
 
-    probe_raw = _mapping(top.get("probe") or {}, "probe", tuple(PROBE_SETTINGS))
-    probe = Probe(
-        **{
-            name: _read(probe_raw, SETTINGS[key], f"probe.{name}", name)
-            for name, key in PROBE_SETTINGS.items()
-        }
-    )
+    probe = Probe(**top.probe.model_dump())
     if probe.every and probe.window > probe.every:
         _fail("probe.window", f"must be <= probe.every (got {probe.window} > {probe.every})")
 
-    fixed = _mapping(top.get("fixed") or {}, "fixed", None)
+    fixed = dict(top.fixed)
     for key, value in fixed.items():
         _setting_key(key, f"fixed.{key}", task_settings, task_keys)
         _scalar(value, f"fixed.{key}")
     if "optimizer" in fixed:
         _choice(fixed["optimizer"], "fixed.optimizer", SETTINGS["optimizer"].choices, "optimizer")
 
-    search_raw = _mapping(top.get("search") or {}, "search", None)
     search: dict[str, SearchParam] = {}
-    for key, value in search_raw.items():
+    for key, value in top.search.items():
         _setting_key(key, f"search.{key}", task_settings, task_keys)
         search[key] = _search_param(key, value, estimators)
     if "optimizer" in search:
@@ -850,35 +719,22 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
     shared = {**task_settings, **probe.settings()}
     _check_values(base, shared, estimators, fixed, fixed_for, search)
 
-    objective_raw = _mapping(top.get("objective") or {}, "objective", ("metric", "direction"))
-    metric = _read(objective_raw, SWEEP_SETTINGS["objective.metric"])
+    metric, direction = top.objective.metric, top.objective.direction
     if metric == "final_bpc" and not task_obj.bits_per_char:
         _fail("objective.metric", f"final_bpc needs a character task; {task} is measured in nats")
-    direction = _read(objective_raw, SWEEP_SETTINGS["objective.direction"])
-    sampler = _read(top, SWEEP_SETTINGS["sampler"])
+    sampler, pruner = top.sampler, top.pruner
     _check_sampler_packages(sampler)
-    pruner = _read(top, SWEEP_SETTINGS["pruner"])
 
-    resources_raw = _mapping(top.get("resources") or {}, "resources", ("cpus", "gpus"))
-    cpus = _read(resources_raw, SWEEP_SETTINGS["resources.cpus"])
-    gpus = _read(resources_raw, SWEEP_SETTINGS["resources.gpus"])
+    cpus, gpus = top.resources.cpus, top.resources.gpus
     for label, amount in (("cpus", cpus), ("gpus", gpus)):
         if amount > 1 and not amount.is_integer():
             _fail(f"resources.{label}", f"above 1 must be a whole number (Ray), got {amount:g}")
 
-    if "checkpoint_every" not in top:  # the table's derived default
-        top["checkpoint_every"] = max(1000, steps // 10)
-    checkpoint_every = _read(top, SWEEP_SETTINGS["checkpoint_every"])
-    max_retries = _read(top, SWEEP_SETTINGS["max_retries"])
-    workers = _read(top, SWEEP_SETTINGS["workers"])
-    pack = _read(top, SWEEP_SETTINGS["pack"])
+    checkpoint_every = top.checkpoint_every
+    if "checkpoint_every" not in top.model_fields_set:  # the table's derived default
+        checkpoint_every = max(1000, steps // 10)
 
-    storage_keys = ("state_dir", "optuna", "mlflow")
-    storage_raw = _mapping(top.get("storage") or {}, "storage", storage_keys)
-    storage = {
-        key: None if storage_raw.get(key) is None else _str(storage_raw[key], f"storage.{key}")
-        for key in storage_keys
-    }
+    storage = top.storage.model_dump()
     if storage["optuna"] is not None and not re.match(r"^[a-z][a-z0-9+]*://", storage["optuna"]):
         _fail(
             "storage.optuna",
@@ -905,9 +761,9 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
         probe=probe,
         resources=Resources(cpus, gpus),
         checkpoint_every=checkpoint_every,
-        max_retries=max_retries,
-        workers=workers,
-        pack=pack,
+        max_retries=top.max_retries,
+        workers=top.workers,
+        pack=top.pack,
         storage=Storage(**storage),
         source=source,
     )
