@@ -28,6 +28,7 @@ from rnnsweep.algorithms.learner import (
 )
 from rnnsweep.algorithms.settings import SETTINGS
 from rnnsweep.orchestrator.progress import ProgressLine
+from rnnsweep.orchestrator.spec_file import read_yaml
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 EXPERIMENT = "rnnsweep-runs"
@@ -68,12 +69,9 @@ def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
     settings}``, or a ``rnnsweep best`` file (``best: [{run: {...}}, ...]``), from which
     ``estimator`` picks one (required when it holds several)."""
     try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
-    except OSError as error:
-        raise ValueError(f"--config {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"--config {path}: not valid YAML: {error}") from None
+        data = read_yaml(path, "run file")  # the sweep file's limits: 1 MB, aliases
+    except ValueError as error:
+        raise ValueError(f"--config {error}") from None
     if isinstance(data, dict) and isinstance(data.get("best"), list):
         runs = [entry.get("run", {}) for entry in data["best"] if isinstance(entry, dict)]
         if estimator:

@@ -129,33 +129,39 @@ def _check_expansion(root: yaml.Node) -> None:
         stack.extend((child, False) for child in _children(node) if id(child) not in size)
 
 
-def read_spec_file(path: str) -> dict[str, Any]:
-    """The mapping in sweep file ``path``; ``SpecError`` naming the file otherwise."""
+def read_yaml(path: str, what: str = "sweep file") -> Any:
+    """The YAML document in file ``path`` (any value), read within the limits above;
+    ``SpecError`` naming the file (and ``what`` it is) otherwise."""
     try:
         size = os.path.getsize(path)
         if size > MAX_BYTES:
             raise SpecError(
-                f"{path}: the sweep file has {size} bytes, more than the limit of {MAX_BYTES} "
+                f"{path}: the {what} has {size} bytes, more than the limit of {MAX_BYTES} "
                 "(1 MB): refused"
             )
         with open(path, encoding="utf-8") as handle:
             text = handle.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        raise SpecError(f"{path}: sweep file does not exist") from None
+        raise SpecError(f"{path}: {what} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: cannot read the sweep file: {error}") from None
+        raise SpecError(f"{path}: cannot read the {what}: {error}") from None
     if len(text.encode("utf-8")) > MAX_BYTES:  # it grew since it was measured
-        raise SpecError(f"{path}: the sweep file is larger than {MAX_BYTES} bytes (1 MB): refused")
+        raise SpecError(f"{path}: the {what} is larger than {MAX_BYTES} bytes (1 MB): refused")
     loader = _Loader(text)
     loader.name = path  # marks in messages name the file, not "<unicode string>"
     try:
-        data = loader.get_single_data()
+        return loader.get_single_data()
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: not valid YAML: {error}") from None
     except RecursionError:
         raise SpecError(f"{path}: not valid YAML: nested too deeply") from None
     finally:
         loader.dispose()
+
+
+def read_spec_file(path: str) -> dict[str, Any]:
+    """The mapping in sweep file ``path``; ``SpecError`` naming the file otherwise."""
+    data = read_yaml(path)
     if not isinstance(data, dict):
         kind = "an empty file" if data is None else f"a {type(data).__name__}"
         raise SpecError(f"{path}: a sweep file must be a YAML mapping, got {kind}")

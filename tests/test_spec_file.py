@@ -79,3 +79,14 @@ def test_plain_anchors_and_floats_still_load(tmp_path):
     data = read_spec_file(str(path))
     assert data["b"] == data["a"] == {"low": 1e-4, "high": 1e-2}
     assert data["c"] == [data["a"]] * 2
+
+
+def test_run_config_files_load_within_the_same_limits(tmp_path, capsys):
+    from rnnsweep.orchestrator.cli import main
+
+    bomb = billion_laughs(tmp_path / "best.yaml")
+    assert main(["run", "--config", str(bomb), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert f"--config {bomb}: not valid YAML" in err and "alias expansion limit" in err
+    assert main(["run", "--config", str(tmp_path / "none.yaml"), "--no-mlflow"]) == 2
+    assert "none.yaml: run file does not exist" in capsys.readouterr().err
