@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from rnnsweep.algorithms.cell import CELLS
 from rnnsweep.algorithms.estimator import estimator_names, get_estimator
-from rnnsweep.algorithms.learner import LearnerSpec
+from rnnsweep.algorithms.learner import DTYPES, LearnerSpec
 from rnnsweep.algorithms.population import PER_MEMBER, pack_key
-from rnnsweep.algorithms.settings import LR, SETTINGS, TABLE, hyper_defaults
+from rnnsweep.algorithms.settings import LR, ONLINE, SETTINGS, TABLE, hyper_defaults
 from rnnsweep.orchestrator.cli import main
 from rnnsweep.orchestrator.spec import Probe, load_spec_dict
 from rnnsweep.orchestrator.sweep_settings import SWEEP_TABLE
@@ -196,6 +197,11 @@ def test_estimator_defaults_are_the_tables():
     for entry in TABLE:
         for estimator in entry.estimators or ():
             assert estimator.removesuffix("-kalman") in estimator_names(), estimator
+    assert set(ONLINE) == set(estimator_names()) - {"bptt"}
+    assert set(SETTINGS["dtype"].choices) == set(DTYPES)
+    from rnnsweep.algorithms import gru, lstm, tanh_rnn  # noqa: F401 - fill the cell registry
+
+    assert set(SETTINGS["cell"].choices) == set(CELLS)
 
 
 def test_run_and_sweep_defaults_agree():
