@@ -14,8 +14,9 @@ a ``Params`` estimate of the gradient of this step's loss (shaped like ``params`
 or the mean over streams for shared parameters), or ``None`` on steps that make no update
 (truncated BPTT between truncation points).
 
-Hyperparameters are a flat dict; ``resolve_hyper`` validates names and values against the
-estimator's ``defaults``. The name -> estimator table lives in ``rnnsweep.algorithms.estimator``,
+Hyperparameters are a flat dict; their types, bounds and defaults are declared once, in the
+settings table (``rnnsweep.algorithms.settings``): an estimator's ``defaults`` are
+``hyper_defaults(name)``, and ``resolve_hyper`` validates names and values against them. The name -> estimator table lives in ``rnnsweep.algorithms.estimator``,
 which imports the implementations; they import only this module.
 """
 
@@ -31,6 +32,7 @@ from torch import Tensor
 from rnnsweep.algorithms.cell_base import Cell
 from rnnsweep.algorithms.loss import check_targets
 from rnnsweep.algorithms.params import Params, check_params
+from rnnsweep.algorithms.settings import SETTINGS
 
 
 class StepResult(NamedTuple):
@@ -60,7 +62,11 @@ StepFn = Callable[[Params, Any, Tensor, Tensor], StepResult]
 
 
 def resolve_hyper(estimator: Estimator, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults updated by ``overrides``; unknown names and bad values raise ``ValueError``."""
+    """Defaults updated by ``overrides``; unknown names and bad values raise ``ValueError``.
+
+    Types and bounds are the settings table's (``rnnsweep.algorithms.settings``); ``checks``
+    add what involves the estimator itself.
+    """
     hyper = dict(estimator.defaults)
     for key, value in (overrides or {}).items():
         if key not in hyper:
@@ -68,47 +74,15 @@ def resolve_hyper(estimator: Estimator, overrides: Mapping[str, Any] | None) -> 
             raise ValueError(
                 f"estimator {estimator.name!r} has no hyperparameter {key!r} (known: {known})"
             )
-        default = hyper[key]
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{estimator.name}: {key} must be true or false, got {value!r}")
-        elif isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{estimator.name}: {key} must be an integer, got {value!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{estimator.name}: {key} must be a number, got {value!r}")
-            value = float(value)
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError(f"{estimator.name}: {key} must be finite, got {value!r}")
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise ValueError(f"{estimator.name}: {key} must be a string, got {value!r}")
-        hyper[key] = value
+        problem = SETTINGS[key].problem(value)
+        if problem:
+            raise ValueError(f"{estimator.name}: {key}={value!r}: must be {problem}")
+        hyper[key] = SETTINGS[key].coerce(value)
     for key, check in estimator.checks.items():
         problem = check(hyper[key])
         if problem:
             raise ValueError(f"{estimator.name}: {key}={hyper[key]!r}: {problem}")
     return hyper
-
-
-def positive(value: Any) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def one_of(*choices: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(choices)}"
-
-    return check
-
-
-def path_check(value: Any) -> str | None:
-    """The ``path`` hyperparameter: ``auto`` (closed form where one exists), ``closed-form``
-    or ``generic`` (``torch.func``)."""
-    return one_of(*PATHS)(value)
-
-
-PATHS = ("auto", "closed-form", "generic")
 
 
 def by_path(closed_form: StepFn, generic: StepFn) -> StepFn:

@@ -69,9 +69,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnsweep.algorithms.settings import SETTINGS
+
 STRUCTURES = ("diagonal", "block", "full")
-P0 = 1e-2
-PROCESS_NOISE = 1e-5
+P0 = SETTINGS["p0"].default
+PROCESS_NOISE = SETTINGS["process_noise"].default
 OBS_NOISE = {"mse": 1.0, "ce": 1e-2}
 
 

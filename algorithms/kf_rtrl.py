@@ -34,8 +34,9 @@ import torch
 from torch import Tensor
 
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator_base import Estimator, StepResult, positive
+from rnnsweep.algorithms.estimator_base import Estimator, StepResult
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.signs import SignStream
 from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
 from rnnsweep.algorithms.uoro import rho
@@ -123,8 +124,7 @@ KF_RTRL = Estimator(
     name="kf-rtrl",
     init=init,
     step=step,
-    defaults={"eps": 1e-7},
-    checks={"eps": positive},
+    defaults=hyper_defaults("kf-rtrl"),
     exact=False,
     unbiased=True,
     summary="KF-RTRL: influence A (x) u, two random signs per step; tanh RNN, O(n^3)",

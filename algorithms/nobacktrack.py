@@ -33,9 +33,8 @@ from rnnsweep.algorithms.cell import Cell
 from rnnsweep.algorithms.estimator_base import Estimator, StepResult, by_path
 from rnnsweep.algorithms.forward_mode import param_rows, state_jvp
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.uoro import (
-    RANK_ONE_CHECKS,
-    RANK_ONE_DEFAULTS,
     RankOneState,
     init_rank_one,
     rank_one_gradient,
@@ -88,8 +87,7 @@ NOBACKTRACK = Estimator(
     name="nobacktrack",
     init=init,
     step=step,
-    defaults=RANK_ONE_DEFAULTS,
-    checks=RANK_ONE_CHECKS,
+    defaults=hyper_defaults("nobacktrack"),
     exact=False,
     unbiased=True,
     summary="NoBackTrack: rank-one influence, one rho per unit term; O(P)",

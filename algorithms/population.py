@@ -4,8 +4,9 @@ Members share what fixes the computation's shape (``pack_key``): task and its se
 hidden size, dtype, device, estimator and its hyperparameters, optimizer kind, ``update_every``,
 ``batch`` (b, streams per member), ``log_every`` and the filter's covariance structure. Each
 member has its own seed (initial parameters, task stream, estimator noise) and its own
-continuous settings (``PER_MEMBER``: learning rate and schedule, clipping, Adam's betas and
-eps, the Kalman filter's ``process_noise``/``obs_noise``/``p0``, ``init_scale``, the probe).
+continuous settings (``PER_MEMBER``, the keys the settings table marks per-member: learning
+rate and schedule, clipping, Adam's betas and eps, the Kalman filter's
+``process_noise``/``obs_noise``/``p0``, ``init_scale``, the probe).
 
 Layout, for ``pack`` members of b streams each (B = pack b):
 
@@ -53,26 +54,11 @@ from rnnsweep.algorithms.learner import (
     summarize,
 )
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.settings import PER_MEMBER
 from rnnsweep.algorithms.signs import stream_seeds
 from rnnsweep.tasks import make_task
 from rnnsweep.tasks.packed_stream import PackedStream
 
-PER_MEMBER = (
-    "lr",
-    "lr_decay",
-    "clip",
-    "init_scale",
-    "beta1",
-    "beta2",
-    "adam_eps",
-    "process_noise",
-    "obs_noise",
-    "p0",
-    "probe_every",
-    "probe_window",
-    "probe_samples",
-    "probe_horizon",
-)
 SHARED_COUNTERS = ("t", "updates", "pending", "planned", "tail_steps")
 Report = Callable[[int, dict[str, Any]], None]
 

@@ -57,6 +57,7 @@ from rnnsweep.algorithms.cell import Cell
 from rnnsweep.algorithms.estimator import Estimator, start
 from rnnsweep.algorithms.loss import loss as loss_fn
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.settings import SETTINGS
 from rnnsweep.algorithms.signs import stream_seeds
 
 _MASK = (1 << 64) - 1
@@ -64,10 +65,10 @@ _MASK = (1 << 64) - 1
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    every: int = 0  # a window starts at every multiple of ``every``; 0: off
-    window: int = 100  # steps measured per window
-    samples: int = 16  # K shadow copies of the estimator
-    horizon: int = 100  # W: steps of history replayed for warm-up and for g*
+    every: int = SETTINGS["probe_every"].default  # windows start at its multiples; 0: off
+    window: int = SETTINGS["probe_window"].default  # steps measured per window
+    samples: int = SETTINGS["probe_samples"].default  # K shadow copies of the estimator
+    horizon: int = SETTINGS["probe_horizon"].default  # W: steps replayed for warm-up and g*
 
     def __post_init__(self) -> None:
         for key in ("every", "window", "samples", "horizon"):

@@ -27,9 +27,10 @@ from torch import Tensor
 
 from rnnsweep.algorithms import readout as readout_
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator_base import Estimator, StepResult, one_of
+from rnnsweep.algorithms.estimator_base import Estimator, StepResult
 from rnnsweep.algorithms.loss import loss_and_delta
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
 
 
@@ -80,16 +81,11 @@ def step(params: Params, state: RfloState, x: Tensor, y: Tensor) -> StepResult:
     return StepResult(loss, out, Params(g_theta.reshape(params.theta.shape), g_readout))
 
 
-def _non_negative(value: Any) -> str | None:
-    return None if 0 <= value < 2**64 else "must be in [0, 2**64)"
-
-
 RFLO = Estimator(
     name="rflo",
     init=init,
     step=step,
-    defaults={"feedback": "random", "feedback_seed": 0},
-    checks={"feedback": one_of("random", "readout"), "feedback_seed": _non_negative},
+    defaults=hyper_defaults("rflo"),
     exact=False,
     unbiased=False,
     summary="RFLO: local eligibility traces, fixed random feedback of the output error; O(P)",

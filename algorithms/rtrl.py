@@ -31,11 +31,11 @@ from rnnsweep.algorithms.estimator_base import (
     Estimator,
     StepResult,
     by_path,
-    path_check,
     use_closed_form,
 )
 from rnnsweep.algorithms.forward_mode import jacobians
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
 
 
@@ -129,8 +129,7 @@ RTRL = Estimator(
     name="rtrl",
     init=init,
     step=step,
-    defaults={"path": "auto"},
-    checks={"path": path_check},
+    defaults=hyper_defaults("rtrl"),
     exact=True,
     unbiased=True,
     summary="RTRL: exact influence G' = J G + dF/dtheta; O(S^2 P)",

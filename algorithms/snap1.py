@@ -34,12 +34,12 @@ from rnnsweep.algorithms.estimator_base import (
     Estimator,
     StepResult,
     by_path,
-    path_check,
     use_closed_form,
 )
 from rnnsweep.algorithms.forward_mode import jacobians
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.rtrl import dense_step
+from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
 
 
@@ -135,8 +135,7 @@ SNAP1 = Estimator(
     name="snap1",
     init=init,
     step=step,
-    defaults={"path": "auto"},
-    checks={"path": path_check},
+    defaults=hyper_defaults("snap1"),
     exact=False,
     unbiased=False,
     summary="SnAp-1: influence kept on the pattern of dF/dtheta; O(P) for tanh",

@@ -43,11 +43,11 @@ from rnnsweep.algorithms.cell import Cell
 from rnnsweep.algorithms.estimator_base import (
     Estimator,
     StepResult,
-    path_check,
     use_closed_form,
 )
 from rnnsweep.algorithms.loss import loss_and_delta
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, unit_blocks
 
 
@@ -260,12 +260,7 @@ TBPTT = Estimator(
     init=init,
     step=step,
     flush=flush,
-    defaults={"truncation": 16, "stride": 0, "path": "auto"},
-    checks={
-        "truncation": _truncation_problem,
-        "stride": _stride_problem,
-        "path": path_check,
-    },
+    defaults=hyper_defaults("tbptt"),
     exact=False,
     unbiased=False,
     summary=(

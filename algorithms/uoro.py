@@ -30,12 +30,11 @@ from rnnsweep.algorithms.estimator_base import (
     Estimator,
     StepResult,
     by_path,
-    path_check,
-    positive,
     use_closed_form,
 )
 from rnnsweep.algorithms.forward_mode import param_vjp, state_jvp
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.signs import SignStream
 from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, matvec, unit_blocks
 
@@ -92,10 +91,6 @@ def rank_one_influence(state: RankOneState) -> tuple[Tensor, Tensor]:
 def rho(norms: Tensor, eps: float) -> Tensor:
     """``sqrt((a + eps) / (b + eps))`` for columns (a, b) = (0, 1) and (2, 3): ``[B, 2]``."""
     return norms[:, 0::2].add(eps).div_(norms[:, 1::2].add(eps)).sqrt_()
-
-
-RANK_ONE_DEFAULTS = {"eps": 1e-7, "path": "auto"}
-RANK_ONE_CHECKS = {"eps": positive, "path": path_check}
 
 
 def tanh_forward(
@@ -163,8 +158,7 @@ UORO = Estimator(
     name="uoro",
     init=init,
     step=step,
-    defaults=RANK_ONE_DEFAULTS,
-    checks=RANK_ONE_CHECKS,
+    defaults=hyper_defaults("uoro"),
     exact=False,
     unbiased=True,
     summary="UORO: rank-one influence v w^T, one global rho pair; O(P)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from rnnsweep.orchestrator.device import resolve_device
@@ -35,11 +36,49 @@ examples:
   rnnsweep run --task add --estimator uoro --probe-every 5000 --checkpoint ck.pt
   rnnsweep run --resume ck.pt                     # continue bit-for-bit, same MLflow run
 
---set takes learner keys (optimizer, lr, lr_decay, clip, update_every, batch, init_scale,
-log_every, beta1, beta2, adam_eps, process_noise, obs_noise, p0, covariance, probe_every,
-probe_window, probe_samples, probe_horizon), the estimator's hyperparameters (e.g. eps,
-truncation, stride, path) and the task's settings (e.g. t1, t2). Unknown keys exit 2.
+
+{set_keys}
 """
+SETTINGS_EXAMPLES = """\
+examples:
+  rnnsweep settings                              # every key: type, default, bounds, scope
+  rnnsweep settings lr truncation probe_samples  # some keys
+  rnnsweep settings --estimator tbptt --task add # the keys a tbptt learner on add uses
+  rnnsweep settings --json | jq '.[] | select(.pack == "per-member") | .name'
+
+The same table validates `rnnsweep run --set` and sweep specs: an unknown key gets a
+did-you-mean, a key that does not apply says where it does, a bad value exits 2.
+"""
+
+
+def _fill(text: str) -> str:
+    """``{set_keys}`` and ``{default:KEY}`` filled from the settings table. Only when help is
+    shown: the table loads the task modules (torch), which plain commands need not."""
+    if "{set_keys}" not in text and "{default:" not in text:
+        return text
+    import re
+
+    from rnnsweep.algorithms.settings import HYPER_KEYS, LEARNER_KEYS, SETTINGS
+
+    keys = (
+        f"--set KEY=VALUE takes the learner keys ({', '.join(LEARNER_KEYS)}), the "
+        f"estimator's hyperparameters ({', '.join(HYPER_KEYS)}) and the task's settings "
+        "(e.g. t1, t2 of add). `rnnsweep settings` lists each with its type, default, bounds "
+        "and where it applies. An unknown key, a key that does not apply to the estimator or "
+        "optimizer, or a bad value exits 2 before any work."
+    )
+    text = text.replace("{set_keys}", textwrap.fill(keys, 92))
+    return re.sub(r"\{default:(\w+)\}", lambda m: SETTINGS[m[1]].default_text(), text)
+
+
+class _TableHelp(argparse.RawDescriptionHelpFormatter):
+    """Help whose ``{...}`` placeholders the settings table fills (see ``_fill``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return _fill(super()._get_help_string(action) or "")
+
+    def add_text(self, text: str | None) -> None:
+        super().add_text(_fill(text) if isinstance(text, str) else text)
 
 
 LAUNCH_EXAMPLES = """\
@@ -156,18 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one online learner end to end (progress, MLflow, checkpoints)",
         description="Train one online learner on a task stream and record it in MLflow.",
         epilog=RUN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_TableHelp,
     )
     run.add_argument("--task", help="add, influence-balancing, copy, brackets, anbn, mimic, text")
     run.add_argument("--estimator", help="e.g. uoro, nobacktrack, nobacktrack-kalman, rtrl, tbptt")
-    run.add_argument("--cell", choices=["tanh", "gru", "lstm"], default=None)
-    run.add_argument("--hidden", type=_positive_int, default=None, help="units (default 32)")
+    run.add_argument("--cell", default=None, help="tanh, gru or lstm (default {default:cell})")
+    run.add_argument("--hidden", type=int, default=None, help="units (default {default:hidden})")
     run.add_argument("--steps", type=_positive_int, default=None, help="default 100000")
     run.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend", default=[])
-    run.add_argument("--seed", type=int, default=None, help="default 0")
-    run.add_argument(
-        "--dtype", choices=["float32", "float64"], default=None, help="default float32"
-    )
+    run.add_argument("--seed", type=int, default=None, help="default {default:seed}")
+    run.add_argument("--dtype", default=None, help="float32 or float64 (default {default:dtype})")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     run.add_argument("--probe-every", type=int, default=None, help="probe every K steps")
     run.add_argument("--summary-json", metavar="PATH")
@@ -230,6 +267,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the server to answer (default 90)",
     )
     ui.set_defaults(handler=_lazy("rnnsweep.orchestrator.ui_command", "ui_command"))
+
+    settings = sub.add_parser(
+        "settings",
+        help="every setting: type, default, bounds, where it applies, per-member or pack-shared",
+        description=(
+            "List the settings table: every learner, optimizer, estimator, Kalman, probe, "
+            "task and sweep key with its type, default, bounds or choices, the estimators it "
+            "applies to, whether packed members may differ in it, and a one-line doc."
+        ),
+        epilog=SETTINGS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    settings.add_argument("keys", nargs="*", metavar="KEY", help="only these keys")
+    settings.add_argument("--estimator", help="only the keys that apply to this estimator")
+    settings.add_argument(
+        "--optimizer", help="with --estimator: the optimizer (default adam, or kalman)"
+    )
+    settings.add_argument("--task", help="only this task's settings (default: every task's)")
+    settings.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    settings.set_defaults(
+        handler=_lazy("rnnsweep.orchestrator.settings_command", "settings_command")
+    )
 
     report = sweep_parser("report", "figures and a summary of a sweep", REPORT_EXAMPLES)
     report.add_argument("name")

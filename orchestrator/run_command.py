@@ -23,8 +23,12 @@ from rnnsweep.algorithms.learner import (
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
+    split_settings,
+    unused_settings,
 )
+from rnnsweep.algorithms.settings import SETTINGS
 from rnnsweep.orchestrator.progress import ProgressLine
+from rnnsweep.orchestrator.spec_file import read_yaml
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 EXPERIMENT = "rnnsweep-runs"
@@ -65,12 +69,9 @@ def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
     settings}``, or a ``rnnsweep best`` file (``best: [{run: {...}}, ...]``), from which
     ``estimator`` picks one (required when it holds several)."""
     try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
-    except OSError as error:
-        raise ValueError(f"--config {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"--config {path}: not valid YAML: {error}") from None
+        data = read_yaml(path, "run file")  # the sweep file's limits: 1 MB, aliases
+    except ValueError as error:
+        raise ValueError(f"--config {error}") from None
     if isinstance(data, dict) and isinstance(data.get("best"), list):
         runs = [entry.get("run", {}) for entry in data["best"] if isinstance(entry, dict)]
         if estimator:
@@ -126,16 +127,15 @@ def build_learner(args) -> tuple[Learner, dict[str, Any]]:
     settings = {**base.get("settings", {}), **parse_sets(args.set or [])}
     if args.probe_every is not None:
         settings["probe_every"] = args.probe_every
+    run = {key: getattr(args, key) for key in ("cell", "hidden", "seed", "dtype")}
+    run = {k: base.get(k, SETTINGS[k].default) if v is None else v for k, v in run.items()}
     spec = LearnerSpec(
-        task=args.task,
-        estimator=args.estimator,
-        cell=args.cell or "tanh",
-        hidden=base.get("hidden", 32) if args.hidden is None else args.hidden,
-        seed=base.get("seed", 0) if args.seed is None else args.seed,
-        dtype=base.get("dtype", "float32") if args.dtype is None else args.dtype,
-        device=args.device,
-        settings=settings,
+        task=args.task, estimator=args.estimator, device=args.device, settings=settings, **run
     )
+    optimizer = split_settings(spec)[4]
+    unused = unused_settings(spec, optimizer)
+    if unused:
+        raise ValueError("; ".join(unused))
     return Learner(spec), {}
 
 

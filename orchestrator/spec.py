@@ -1,8 +1,10 @@
 """The sweep specification: a YAML file, validated completely before anything starts.
 
 A sweep names a task, a cell, the estimators to compare, settings fixed for every trial and a
-search space. Settings are the flat keys of ``rnnsweep.algorithms.learner.split_settings`` (learner,
-estimator and task keys). A key *applies* to an estimator when the learner would use it:
+search space. Settings are the flat keys of the settings table (learner, estimator and probe
+keys in ``rnnsweep.algorithms.settings``, the task's own, the sweep keys in
+``rnnsweep.orchestrator.sweep_settings``): their types, bounds, defaults and applicability
+come from there. A key *applies* to an estimator when the learner would use it:
 estimator hyperparameters only for the estimators that have them (``truncation`` for tbptt),
 Kalman-filter keys (``process_noise``, ``obs_noise``, ``p0``, ``covariance``) only with the
 Kalman filter (the rules ``*-kalman``, or ``optimizer: kalman``), Adam keys only with Adam,
@@ -10,8 +12,12 @@ gradient-step keys (``lr``, ``lr_decay``, ``clip``, ``update_every``) never with
 A fixed key applies to the estimators it applies to (an error if none); a searched key exists
 only for the estimators it applies to, or for those listed in its ``estimators:``.
 
-Every problem raises ``SpecError`` (a ``ValueError``) whose message starts with the key path,
-e.g. ``search.truncation.low: must be < high (got 20 >= 5)``.
+Validation runs in three layers: ``spec_file.read_spec_file`` reads the YAML safely (size and
+alias limits); ``spec_models.validate`` checks the structure with pydantic models generated
+from the settings table (keys, types, bounds, choices, defaults); ``_build`` here checks what
+needs the task, the estimators and the learner. Every problem raises ``SpecError`` (a
+``ValueError``) whose message starts with the key path, e.g. ``search.truncation.low: must be
+< high (got 20 >= 5)``.
 
 Trials: ``suggest(spec, trial)`` samples an estimator (the categorical parameter
 ``estimator``) and then, define-by-run, the parameters that exist for it (``optimizer``
@@ -23,7 +29,6 @@ resources in learner steps: the driver reports intermediate losses at ``report["
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 import math
 import re
@@ -32,75 +37,37 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
+from pydantic_core import PydanticCustomError
 
 from rnnsweep.algorithms.estimator import estimator_names, get_estimator
-from rnnsweep.algorithms.learner import (
-    CHOICES,
-    DTYPES,
-    KALMAN_RULES,
-    LEARNER_DEFAULTS,
-    LearnerSpec,
-    split_settings,
+from rnnsweep.algorithms.learner import KALMAN_RULES, LearnerSpec, split_settings
+from rnnsweep.algorithms.settings import (
+    HYPER_KEYS,
+    LEARNER_KEYS,
+    PER_MEMBER,
+    PROBE_KEYS,
+    SETTINGS,
+    applies,
+    default_optimizer,
+    did_you_mean,
+    where,
 )
-from rnnsweep.tasks.registry import make_task, task_names
-from rnnsweep.tasks.registry import task_settings as task_defaults
+from rnnsweep.orchestrator import spec_models
+from rnnsweep.orchestrator.spec_file import SpecError, read_spec_file
+from rnnsweep.orchestrator.spec_models import ParamModel
+from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
+from rnnsweep.tasks.registry import make_task, task_names, task_setting_entries
+from rnnsweep.tasks.settings import Setting
 
 if TYPE_CHECKING:
     import optuna
 
-CELLS = ("tanh", "gru", "lstm")
-SAMPLERS = ("tpe", "random", "cmaes", "gp")
-PRUNERS = ("median", "none", "hyperband")
-OBJECTIVE_METRICS = ("final_loss", "final_bpc")
-DIRECTIONS = ("minimize", "maximize")
-PARAM_TYPES = ("float", "int", "categorical")
 # Optional Python packages each sampler needs (optuna imports them lazily).
 SAMPLER_PACKAGES = {"cmaes": ("cmaes",), "gp": ("torch", "scipy")}
-PROBE_SETTINGS = {
-    "every": "probe_every",
-    "window": "probe_window",
-    "samples": "probe_samples",
-    "horizon": "probe_horizon",
-}
-KALMAN_KEYS = frozenset({"process_noise", "obs_noise", "p0", "covariance"})
-ADAM_KEYS = frozenset({"beta1", "beta2", "adam_eps"})
-GRADIENT_KEYS = frozenset({"lr", "lr_decay", "clip", "update_every"})
+# The probe section's keys: ``probe.samples`` is the learner's ``probe_samples``.
+PROBE_SETTINGS = {key.removeprefix("probe_"): key for key in PROBE_KEYS}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
-TOP_KEYS = (
-    "name",
-    "task",
-    "task_settings",
-    "cell",
-    "hidden",
-    "dtype",
-    "seed",
-    "steps",
-    "trials",
-    "estimators",
-    "fixed",
-    "search",
-    "objective",
-    "sampler",
-    "pruner",
-    "probe",
-    "resources",
-    "checkpoint_every",
-    "max_retries",
-    "workers",
-    "pack",
-    "storage",
-)
-REQUIRED_KEYS = ("name", "task", "steps", "trials", "estimators")
-PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "estimators")
-
-
-class SpecError(ValueError):
-    """An invalid sweep specification; ``key`` is the key path at fault (if one is)."""
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -149,10 +116,10 @@ class Objective:
 
 @dataclass(frozen=True)
 class Probe:
-    every: int = 0  # 0: off
-    window: int = 100
-    samples: int = 16
-    horizon: int = 100
+    every: int = SETTINGS["probe_every"].default  # 0: off
+    window: int = SETTINGS["probe_window"].default
+    samples: int = SETTINGS["probe_samples"].default
+    horizon: int = SETTINGS["probe_horizon"].default
 
     def settings(self) -> dict[str, int]:
         """The learner's ``probe_*`` settings (none when the probe is off)."""
@@ -163,8 +130,8 @@ class Probe:
 
 @dataclass(frozen=True)
 class Resources:
-    cpus: float = 1.0  # per trial
-    gpus: float = 0.0  # per trial; fractional values share a GPU
+    cpus: float = SWEEP_SETTINGS["resources.cpus"].default  # per trial
+    gpus: float = SWEEP_SETTINGS["resources.gpus"].default  # per trial; fractions share a GPU
 
 
 @dataclass(frozen=True)
@@ -233,54 +200,10 @@ class SweepSpec:
 # -- loading ---------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-3`` as a float (YAML 1.2) and refuses duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                continue  # an unhashable key: the base constructor reports it
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
 def load_spec(path: str) -> SweepSpec:
-    """Read and validate a sweep file; every problem raises ``SpecError`` naming the file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: sweep file does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: cannot read the sweep file: {error}") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        kind = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise SpecError(f"{path}: a sweep file must be a YAML mapping, got {kind}")
-    return load_spec_dict(data, source=path)
+    """Read (``spec_file.read_spec_file``: size and alias limits) and validate a sweep file;
+    every problem raises ``SpecError`` naming the file."""
+    return load_spec_dict(read_spec_file(path), source=path)
 
 
 def load_spec_dict(d: Mapping[str, Any], source: str = "<dict>") -> SweepSpec:
@@ -304,11 +227,11 @@ def suggest(spec: SweepSpec, trial: optuna.trial.Trial) -> tuple[str, dict[str, 
     optimizer the trial uses), under its own name.
     """
     estimator = trial.suggest_categorical("estimator", list(spec.estimators))
-    task_keys = task_defaults(spec.task)
+    task_keys = _task_entries(spec.task)
     if estimator in KALMAN_RULES:
         optimizer = "kalman"
     else:
-        optimizer = spec.fixed.get("optimizer", "adam")
+        optimizer = spec.fixed.get("optimizer", default_optimizer(estimator))
     suggested: dict[str, Any] = {}
     ordered = sorted(spec.search.items(), key=lambda item: item[0] != "optimizer")
     for key, param in ordered:
@@ -391,7 +314,7 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 def search_space_text(spec: SweepSpec) -> str:
     """The search space per estimator, with the fixed settings each one gets."""
-    task_keys = task_defaults(spec.task)
+    task_keys = _task_entries(spec.task)
     lines = [f"estimator: categorical {{{', '.join(spec.estimators)}}}"]
     for estimator in spec.estimators:
         optimizers = _optimizers(estimator, spec.fixed, spec.search)
@@ -470,8 +393,6 @@ def pack_text(spec: SweepSpec) -> list[str]:
     """Which trials can share a pack: searched keys outside the per-member ones split packs."""
     if spec.pack == 1:
         return []
-    from rnnsweep.algorithms.population import PER_MEMBER
-
     splitting = sorted(k for k in spec.search if k not in PER_MEMBER)
     split = ["estimator"] * (len(spec.estimators) > 1) + splitting
     return [
@@ -484,20 +405,11 @@ def pack_text(spec: SweepSpec) -> list[str]:
 
 
 def _applies(key: str, estimator: str, optimizer: str, task_keys: Mapping[str, Any]) -> bool:
-    """Whether a learner of ``estimator`` with ``optimizer`` uses setting ``key``."""
+    """Whether a learner of ``estimator`` with ``optimizer`` uses setting ``key`` (the table's
+    ``applies``; task keys apply to every estimator)."""
     if key in task_keys:
         return True
-    if key not in LEARNER_DEFAULTS:
-        return key in _estimator_defaults(estimator)
-    if key == "optimizer":
-        return estimator not in KALMAN_RULES
-    if key in KALMAN_KEYS:
-        return optimizer == "kalman"
-    if key in ADAM_KEYS:
-        return optimizer == "adam"
-    if key in GRADIENT_KEYS:
-        return optimizer != "kalman"
-    return True
+    return key in SETTINGS and applies(SETTINGS[key], estimator, optimizer)
 
 
 def _applies_any(
@@ -517,48 +429,35 @@ def _optimizers(
     param = search.get("optimizer")
     if param is not None and (not param.estimators or estimator in param.estimators):
         return tuple(param.choices)
-    return ("adam",)
+    return (default_optimizer(estimator),)
 
 
 def _owner_text(key: str, task_keys: Mapping[str, Any]) -> str:
     if key in task_keys:
         return "a task setting"
-    if key == "optimizer":
-        return "the Kalman rules always learn with the Kalman filter"
-    if key in KALMAN_KEYS:
-        return f"a Kalman-filter setting: for {', '.join(KALMAN_RULES)} or optimizer: kalman"
-    if key in ADAM_KEYS:
-        return "an Adam setting: for optimizer: adam"
-    if key in GRADIENT_KEYS:
-        return "a gradient-step setting, unused by the Kalman filter"
-    owners = [n for n in _online_estimators() if key in _estimator_defaults(n)]
-    return "a hyperparameter of " + ", ".join(owners)
+    entry = SETTINGS[key]
+    if entry.group == "estimator":
+        return "a hyperparameter of " + ", ".join(entry.estimators or ())
+    kind = {
+        "optimizer": "the optimizer",
+        "kalman": "a Kalman-filter setting",
+        "adam": "an Adam setting",
+        "gradient": "a gradient-step setting",
+    }.get(entry.group, "a learner setting")
+    return f"{kind}: it applies {where(entry)}"
 
 
 def _online_estimators() -> list[str]:
     return [n for n in estimator_names() if n != "bptt"] + list(KALMAN_RULES)
 
 
-def _estimator_defaults(name: str) -> Mapping[str, Any]:
-    return get_estimator(KALMAN_RULES.get(name, name)).defaults
-
-
 def _known_settings(task_keys: Mapping[str, Any]) -> list[str]:
-    keys = set(LEARNER_DEFAULTS) - set(PROBE_SETTINGS.values())
-    for name in estimator_names():
-        keys |= set(get_estimator(name).defaults)
+    keys = (set(LEARNER_KEYS) | set(HYPER_KEYS)) - set(PROBE_KEYS)
     return sorted(keys | set(task_keys))
 
 
-def _setting_default(key: str, estimators: tuple[str, ...], task_keys: Mapping[str, Any]) -> Any:
-    if key in task_keys:
-        return task_keys[key]
-    if key in LEARNER_DEFAULTS:
-        return LEARNER_DEFAULTS[key]
-    for name in estimators:
-        if key in _estimator_defaults(name):
-            return _estimator_defaults(name)[key]
-    return None
+def _task_entries(task: str) -> dict[str, Setting]:
+    return {entry.name: entry for entry in task_setting_entries(task)}
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -569,23 +468,11 @@ def _fail(path: str, message: str) -> NoReturn:
 
 
 def _hint(word: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(word, options)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        text = f"{value:.4g}"
-        return text if any(c in text for c in ".ein") else text + ".0"
-    return str(value)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, str):
-        return f"{value!r} (a string)"
-    if isinstance(value, list | dict):
-        return f"a {type(value).__name__}"
-    return repr(value)
+_fmt = spec_models.fmt
+_describe = spec_models.describe
 
 
 def _mapping(
@@ -612,43 +499,11 @@ def _mapping(
     return dict(value)
 
 
-def _int(value: Any, path: str, low: int | None = None) -> int:
-    ok = not isinstance(value, bool) and (
-        isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    )
-    if not ok or (low is not None and value < low):
-        bound = f" >= {low}" if low is not None else ""
-        _fail(path, f"must be an integer{bound}, got {_describe(value)}")
-    return int(value)
-
-
-def _float(value: Any, path: str, low: float | None = None, low_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if not ok:
-        bound = f" {'>' if low_open else '>='} {_fmt(low)}" if low is not None else ""
-        _fail(path, f"must be a finite number{bound}, got {_describe(value)}")
-    return float(value)
-
-
-def _bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(path, f"must be true or false, got {_describe(value)}")
-    return value
-
-
-def _str(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        _fail(path, f"must be a non-empty string, got {_describe(value)}")
-    return value
-
-
 def _choice(value: Any, path: str, choices: tuple[str, ...] | list[str], what: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        hint = _hint(value, choices) if isinstance(value, str) else ""
-        _fail(path, f"unknown {what} {value!r}{hint}; choose from {', '.join(choices)}")
-    return value
+    try:
+        return spec_models.choice(value, choices, what)
+    except PydanticCustomError as error:
+        _fail(path, error.context["message"])
 
 
 def _check_sampler_packages(sampler: str, path: str = "sampler") -> None:
@@ -708,26 +563,13 @@ def _scalar(value: Any, path: str) -> Any:
     return value
 
 
-def _search_param(key: str, value: Any, sweep_estimators: tuple[str, ...]) -> SearchParam:
-    """Parse ``search.<key>``; ``estimators`` stays empty unless listed (resolved later)."""
+def _search_param(key: str, param: ParamModel, sweep_estimators: tuple[str, ...]) -> SearchParam:
+    """``search.<key>`` (its structure checked by ``ParamModel``); ``estimators`` stays empty
+    unless listed (resolved later)."""
     path = f"search.{key}"
-    raw = _mapping(value, path, PARAM_KEYS, required=("type",))
-    kind = _choice(raw["type"], f"{path}.type", PARAM_TYPES, "parameter type")
-    if kind == "categorical":
-        for name in ("low", "high", "log", "step"):
-            if name in raw:
-                _fail(f"{path}.{name}", "only for type float or int")
-    else:
-        if "choices" in raw:
-            _fail(f"{path}.choices", "only for type categorical")
-        for name in ("low", "high"):
-            if name not in raw:
-                raise SpecError(f"missing required key {name!r} in {path}", f"{path}.{name}")
-        if kind == "float" and "step" in raw:
-            _fail(f"{path}.step", "only for type int")
     estimators: tuple[str, ...] = ()
-    if "estimators" in raw:
-        listed = raw["estimators"]
+    if "estimators" in param.model_fields_set:
+        listed = param.estimators
         if not isinstance(listed, list) or not listed:
             _fail(f"{path}.estimators", f"must be a non-empty list, got {_describe(listed)}")
         for index, name in enumerate(listed):
@@ -740,38 +582,9 @@ def _search_param(key: str, value: Any, sweep_estimators: tuple[str, ...]) -> Se
             if name in listed[:index]:
                 _fail(f"{path}.estimators[{index}]", f"duplicate estimator {name!r}")
         estimators = tuple(listed)
-    if kind == "categorical":
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            _fail(f"{path}.choices", f"must be a non-empty list, got {_describe(choices)}")
-        for index, choice in enumerate(choices):
-            _scalar(choice, f"{path}.choices[{index}]")
-            if choice in choices[:index]:
-                _fail(f"{path}.choices[{index}]", f"duplicate choice {choice!r}")
-        return SearchParam("categorical", choices=tuple(choices), estimators=estimators)
-    log = _bool(raw.get("log", False), f"{path}.log")
-    low: float | int
-    high: float | int
-    step: int | None = None
-    if kind == "float":
-        low = _float(raw["low"], f"{path}.low")
-        high = _float(raw["high"], f"{path}.high")
-    else:
-        low = _int(raw["low"], f"{path}.low")
-        high = _int(raw["high"], f"{path}.high")
-        step = _int(raw.get("step", 1), f"{path}.step", low=1)
-    if low >= high:
-        _fail(f"{path}.low", f"must be < high (got {_fmt(low)} >= {_fmt(high)})")
-    if log and low <= 0:
-        _fail(f"{path}.low", f"must be > 0 with log: true (got {_fmt(low)})")
-    if step is not None:
-        if log and step != 1:
-            _fail(f"{path}.step", f"must be 1 with log: true (got {step})")
-        if (high - low) % step:
-            _fail(
-                f"{path}.high", f"high - low must be a multiple of step {step} (got {high - low})"
-            )
-    return SearchParam(kind, low, high, log, step, (), estimators)
+    if param.type == "categorical":
+        return SearchParam("categorical", choices=tuple(param.choices), estimators=estimators)
+    return SearchParam(param.type, param.low, param.high, param.log, param.step, (), estimators)
 
 
 def _resolve_estimators(
@@ -807,10 +620,11 @@ def _resolve_estimators(
             f"also fixed for {', '.join(both)} (fixed.{key}); a setting is either fixed or "
             "searched (limit either one with estimators:)",
         )
-    default = _setting_default(key, users, task_keys)
-    if param.type != "categorical" and isinstance(default, bool | str):
-        _fail(f"{path}.type", f"{key} takes values like {default!r}: use type: categorical")
-    if param.type == "float" and isinstance(default, int) and not isinstance(default, bool):
+    entry = task_keys[key] if key in task_keys else SETTINGS[key]
+    if param.type != "categorical" and entry.type in (bool, str):
+        example = entry.default if entry.default is not None else entry.choices[0]
+        _fail(f"{path}.type", f"{key} takes values like {example!r}: use type: categorical")
+    if param.type == "float" and entry.type is int:
         _fail(f"{path}.type", f"{key} is an integer setting: use type: int")
     return dataclasses.replace(param, estimators=users)
 
@@ -848,48 +662,37 @@ def _check_values(
 
 
 def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
-    top = _mapping(d, "", TOP_KEYS, REQUIRED_KEYS)
-    name = _str(top["name"], "name")
+    top = spec_models.validate(d)  # structure, types, bounds and choices of the table's keys
+    name = top.name
     if not NAME_PATTERN.match(name):
         _fail("name", f"must match [A-Za-z0-9_.-]+ (letters, digits, _ . -), got {name!r}")
-    task = _choice(top["task"], "task", task_names(), "task")
-    task_keys = task_defaults(task)
-    task_settings = _mapping(top.get("task_settings") or {}, "task_settings", tuple(task_keys))
+    task = _choice(top.task, "task", task_names(), "task")
+    task_keys = _task_entries(task)
+    task_settings = _mapping(top.task_settings, "task_settings", tuple(task_keys))
     try:
         task_obj = make_task(task, **task_settings)
     except ValueError as error:
         _fail("task_settings", str(error))
-    cell = _choice(top.get("cell", "tanh"), "cell", CELLS, "cell")
-    hidden = _int(top.get("hidden", 32), "hidden", low=1)
-    if task_obj.cell is not None and hidden not in (task_obj.hidden, 32):
+    cell, hidden, dtype, seed = top.cell, top.hidden, top.dtype, top.seed
+    if task_obj.cell is not None and hidden not in (task_obj.hidden, SETTINGS["hidden"].default):
         _fail("hidden", f"task {task} fixes the system: hidden = {task_obj.hidden}, got {hidden}")
-    dtype = _choice(top.get("dtype", "float32"), "dtype", tuple(DTYPES), "dtype")
-    seed = _int(top.get("seed", 0), "seed", low=0)
-    steps = _int(top["steps"], "steps", low=1)
-    trials = _int(top["trials"], "trials", low=1)
+    steps, trials = top.steps, top.trials
     effective_cell = task_obj.cell().name if task_obj.cell is not None else cell
-    estimators = _estimators(top["estimators"], effective_cell)
+    estimators = _estimators(top.estimators, effective_cell)
 
-    probe_raw = _mapping(top.get("probe") or {}, "probe", tuple(PROBE_SETTINGS))
-    probe = Probe(
-        every=_int(probe_raw.get("every", 0), "probe.every", low=0),
-        window=_int(probe_raw.get("window", 100), "probe.window", low=1),
-        samples=_int(probe_raw.get("samples", 16), "probe.samples", low=1),
-        horizon=_int(probe_raw.get("horizon", 100), "probe.horizon", low=1),
-    )
+    probe = Probe(**top.probe.model_dump())
     if probe.every and probe.window > probe.every:
         _fail("probe.window", f"must be <= probe.every (got {probe.window} > {probe.every})")
 
-    fixed = _mapping(top.get("fixed") or {}, "fixed", None)
+    fixed = dict(top.fixed)
     for key, value in fixed.items():
         _setting_key(key, f"fixed.{key}", task_settings, task_keys)
         _scalar(value, f"fixed.{key}")
     if "optimizer" in fixed:
-        _choice(fixed["optimizer"], "fixed.optimizer", CHOICES["optimizer"], "optimizer")
+        _choice(fixed["optimizer"], "fixed.optimizer", SETTINGS["optimizer"].choices, "optimizer")
 
-    search_raw = _mapping(top.get("search") or {}, "search", None)
     search: dict[str, SearchParam] = {}
-    for key, value in search_raw.items():
+    for key, value in top.search.items():
         _setting_key(key, f"search.{key}", task_settings, task_keys)
         search[key] = _search_param(key, value, estimators)
     if "optimizer" in search:
@@ -897,7 +700,7 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
             _fail("search.optimizer.type", "the optimizer is searched as type: categorical")
         for index, choice in enumerate(search["optimizer"].choices):
             path = f"search.optimizer.choices[{index}]"
-            _choice(choice, path, CHOICES["optimizer"], "optimizer")
+            _choice(choice, path, SETTINGS["optimizer"].choices, "optimizer")
 
     optimizers = {e: _optimizers(e, fixed, search) for e in estimators}
     fixed_for: dict[str, tuple[str, ...]] = {}
@@ -916,39 +719,22 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
     shared = {**task_settings, **probe.settings()}
     _check_values(base, shared, estimators, fixed, fixed_for, search)
 
-    objective_raw = _mapping(top.get("objective") or {}, "objective", ("metric", "direction"))
-    metric = _choice(
-        objective_raw.get("metric", "final_loss"), "objective.metric", OBJECTIVE_METRICS, "metric"
-    )
+    metric, direction = top.objective.metric, top.objective.direction
     if metric == "final_bpc" and not task_obj.bits_per_char:
         _fail("objective.metric", f"final_bpc needs a character task; {task} is measured in nats")
-    direction = _choice(
-        objective_raw.get("direction", "minimize"), "objective.direction", DIRECTIONS, "direction"
-    )
-    sampler = _choice(top.get("sampler", "tpe"), "sampler", SAMPLERS, "sampler")
+    sampler, pruner = top.sampler, top.pruner
     _check_sampler_packages(sampler)
-    pruner = _choice(top.get("pruner", "median"), "pruner", PRUNERS, "pruner")
 
-    resources_raw = _mapping(top.get("resources") or {}, "resources", ("cpus", "gpus"))
-    cpus = _float(resources_raw.get("cpus", 1.0), "resources.cpus", low=0.0, low_open=True)
-    gpus = _float(resources_raw.get("gpus", 0.0), "resources.gpus", low=0.0)
+    cpus, gpus = top.resources.cpus, top.resources.gpus
     for label, amount in (("cpus", cpus), ("gpus", gpus)):
         if amount > 1 and not amount.is_integer():
             _fail(f"resources.{label}", f"above 1 must be a whole number (Ray), got {amount:g}")
 
-    checkpoint_every = _int(
-        top.get("checkpoint_every", max(1000, steps // 10)), "checkpoint_every", low=1
-    )
-    max_retries = _int(top.get("max_retries", 2), "max_retries", low=0)
-    workers = _int(top.get("workers", 1), "workers", low=1)
-    pack = _int(top.get("pack", 1), "pack", low=1)
+    checkpoint_every = top.checkpoint_every
+    if "checkpoint_every" not in top.model_fields_set:  # the table's derived default
+        checkpoint_every = max(1000, steps // 10)
 
-    storage_keys = ("state_dir", "optuna", "mlflow")
-    storage_raw = _mapping(top.get("storage") or {}, "storage", storage_keys)
-    storage = {
-        key: None if storage_raw.get(key) is None else _str(storage_raw[key], f"storage.{key}")
-        for key in storage_keys
-    }
+    storage = top.storage.model_dump()
     if storage["optuna"] is not None and not re.match(r"^[a-z][a-z0-9+]*://", storage["optuna"]):
         _fail(
             "storage.optuna",
@@ -975,9 +761,9 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
         probe=probe,
         resources=Resources(cpus, gpus),
         checkpoint_every=checkpoint_every,
-        max_retries=max_retries,
-        workers=workers,
-        pack=pack,
+        max_retries=top.max_retries,
+        workers=top.workers,
+        pack=top.pack,
         storage=Storage(**storage),
         source=source,
     )

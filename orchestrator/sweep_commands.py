@@ -16,9 +16,12 @@ from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 
 def launch_command(args) -> int:
+    from rnnsweep.orchestrator.spec_file import read_spec_file
+
+    data = read_spec_file(args.spec)  # limits first: a hostile file costs no heavy import
     from rnnsweep.orchestrator import spec as spec_
 
-    spec = spec_.load_spec(args.spec)
+    spec = spec_.load_spec_dict(data, source=args.spec)
     if args.name:
         spec = spec_.load_spec_dict({**spec.to_dict(), "name": args.name}, source=args.spec)
     workers = args.workers or spec.workers

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from rnnsweep.tasks.entropy import binary_entropy
-from rnnsweep.tasks.settings import choice_setting, integer_setting
+from rnnsweep.tasks.settings import Setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
 
@@ -78,10 +78,20 @@ class AddStream(Stream):
         self._history = state["history"].clone()
 
 
-def add_task(t1: int = 5, t2: int = 9, labels: str = "soft") -> Task:
-    t1 = integer_setting("add", "t1", t1, low=0)
-    t2 = integer_setting("add", "t2", t2, low=0)
-    labels = choice_setting("add", "labels", labels, ("soft", "sampled"))
+SETTINGS = (
+    Setting("t1", int, 5, "first lag: P(y_t = 1) rises by 1/2 with x_{t-t1}", low=0),
+    Setting("t2", int, 9, "second lag: P(y_t = 1) falls by 1/4 with x_{t-t2}", low=0),
+    Setting(
+        "labels",
+        str,
+        "soft",
+        "soft: the label distribution is the target; sampled: labels drawn from it",
+        choices=("soft", "sampled"),
+    ),
+)
+
+
+def add_task(*, t1: int, t2: int, labels: str) -> Task:
     settings = {"t1": t1, "t2": t2, "labels": labels}
 
     def make_stream(batch: int, seed: int, dtype: torch.dtype, device: torch.device) -> Stream:

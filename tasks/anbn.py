@@ -18,7 +18,7 @@ from torch import Tensor
 
 from rnnsweep.tasks.entropy import entropy
 from rnnsweep.tasks.episodes import EpisodeStream
-from rnnsweep.tasks.settings import integer_setting
+from rnnsweep.tasks.settings import Setting, integer_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
 
@@ -59,8 +59,13 @@ class AnbnStream(EpisodeStream):
         return symbols
 
 
-def anbn_task(min_n: int = 1, max_n: int = 32) -> Task:
-    min_n = integer_setting("anbn", "min_n", min_n, low=1)
+SETTINGS = (
+    Setting("min_n", int, 1, "smallest n of a^n b^n", low=1),
+    Setting("max_n", int, 32, "largest n of a^n b^n (>= min_n); n ~ U[min_n, max_n]", low=1),
+)
+
+
+def anbn_task(*, min_n: int, max_n: int) -> Task:
     max_n = integer_setting("anbn", "max_n", max_n, low=min_n)
     settings = {"min_n": min_n, "max_n": max_n}
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from rnnsweep.tasks.entropy import entropy
 from rnnsweep.tasks.episodes import EpisodeStream
-from rnnsweep.tasks.settings import integer_setting
+from rnnsweep.tasks.settings import Setting, integer_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
 
@@ -79,8 +79,13 @@ class BracketsStream(EpisodeStream):
         return torch.where(offset == gap + 1, PAIRS + kind, symbols)
 
 
-def brackets_task(min_gap: int = 1, max_gap: int = 10) -> Task:
-    min_gap = integer_setting("brackets", "min_gap", min_gap, low=0)
+SETTINGS = (
+    Setting("min_gap", int, 1, "fewest symbols between a bracket and its closing one", low=0),
+    Setting("max_gap", int, 10, "most symbols between a bracket and its closing one", low=0),
+)
+
+
+def brackets_task(*, min_gap: int, max_gap: int) -> Task:
     max_gap = integer_setting("brackets", "max_gap", max_gap, low=min_gap)
     settings = {"min_gap": min_gap, "max_gap": max_gap}
 

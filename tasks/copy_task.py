@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from rnnsweep.tasks.entropy import bits_to_nats
-from rnnsweep.tasks.settings import integer_setting, real_setting
+from rnnsweep.tasks.settings import Setting, integer_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
 
@@ -118,15 +118,22 @@ class CopyStream(Stream):
         self._loss_count = int(state["loss_count"])
 
 
-def copy_task(
-    symbols: int = 2,
-    threshold: float = bits_to_nats(0.15),
-    length: int = 1,
-    max_length: int = 100,
-) -> Task:
-    symbols = integer_setting("copy", "symbols", symbols, low=2)
-    threshold = real_setting("copy", "threshold", threshold, low=0.0, low_open=True)
-    length = integer_setting("copy", "length", length, low=1)
+SETTINGS = (
+    Setting("symbols", int, 2, "size of the alphabet copied", low=2),
+    Setting(
+        "threshold",
+        float,
+        bits_to_nats(0.15),
+        "running loss (nats per output step; 0.15 bits) below which the length grows by 1",
+        low=0.0,
+        low_open=True,
+    ),
+    Setting("length", int, 1, "initial sequence length L of the curriculum", low=1),
+    Setting("max_length", int, 100, "longest sequence of the curriculum (>= length)", low=1),
+)
+
+
+def copy_task(*, symbols: int, threshold: float, length: int, max_length: int) -> Task:
     max_length = integer_setting("copy", "max_length", max_length, low=length)
     settings: dict[str, Any] = {
         "symbols": symbols, "threshold": threshold, "length": length, "max_length": max_length,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnsweep.tasks.settings import integer_setting, real_setting
+from rnnsweep.tasks.settings import Setting, integer_setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.system import System
 from rnnsweep.tasks.task import Task
@@ -69,15 +69,20 @@ class InfluenceBalancingStream(Stream):
         return zeros, torch.ones_like(zeros)
 
 
-def influence_balancing_task(n: int = 23, positive: int = 10, theta0: float = 0.5) -> Task:
+SETTINGS = (
+    Setting("n", int, 23, "size of the linear system s' = A s + (theta, ..., -theta)", low=2),
+    Setting("positive", int, 10, "entries +theta of the input (<= n, != n / 2)", low=0),
+    Setting("theta0", float, 0.5, "initial value of the scalar parameter theta"),
+)
+
+
+def influence_balancing_task(*, n: int, positive: int, theta0: float) -> Task:
     name = "influence-balancing"
-    n = integer_setting(name, "n", n, low=2)
     positive = integer_setting(name, "positive", positive, low=0, high=n)
     if 2 * positive == n:
         raise ValueError(
             f"{name}: setting 'positive' must differ from n / 2 (no theta reaches the target)"
         )
-    theta0 = real_setting(name, "theta0", theta0)
     settings: dict[str, Any] = {"n": n, "positive": positive, "theta0": theta0}
 
     def make_stream(batch: int, seed: int, dtype: torch.dtype, device: torch.device) -> Stream:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from rnnsweep.tasks.entropy import entropy
-from rnnsweep.tasks.settings import choice_setting, integer_setting, real_setting
+from rnnsweep.tasks.settings import Setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
 
@@ -95,20 +95,25 @@ class MimicStream(Stream):
         self._h = state["h"].clone()
 
 
+SETTINGS = (
+    Setting("teacher_seed", int, 0, "seed of the fixed random teacher RNN", low=0),
+    Setting("inputs", int, 4, "input size m, x_t ~ N(0, I_m)", low=1),
+    Setting("teacher_hidden", int, 16, "hidden units of the teacher", low=1),
+    Setting("outputs", int, 4, "classes of the teacher's labels", low=2),
+    Setting("gain", float, 1.0, "teacher's weights W ~ N(0, gain^2 / teacher_hidden)", low=0.0),
+    Setting(
+        "labels",
+        str,
+        "sample",
+        "sample: labels drawn from the teacher's softmax; argmax: its most likely class",
+        choices=LABELS,
+    ),
+)
+
+
 def mimic_task(
-    teacher_seed: int = 0,
-    inputs: int = 4,
-    teacher_hidden: int = 16,
-    outputs: int = 4,
-    gain: float = 1.0,
-    labels: str = "sample",
+    *, teacher_seed: int, inputs: int, teacher_hidden: int, outputs: int, gain: float, labels: str
 ) -> Task:
-    teacher_seed = integer_setting("mimic", "teacher_seed", teacher_seed, low=0)
-    inputs = integer_setting("mimic", "inputs", inputs, low=1)
-    teacher_hidden = integer_setting("mimic", "teacher_hidden", teacher_hidden, low=1)
-    outputs = integer_setting("mimic", "outputs", outputs, low=2)
-    gain = real_setting("mimic", "gain", gain, low=0.0)
-    labels = choice_setting("mimic", "labels", labels, LABELS)
     settings: dict[str, Any] = {
         "teacher_seed": teacher_seed, "inputs": inputs, "teacher_hidden": teacher_hidden,
         "outputs": outputs, "gain": gain, "labels": labels,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch
 from torch import Tensor
 
 from rnnsweep.tasks.entropy import entropy
-from rnnsweep.tasks.settings import integer_setting
+from rnnsweep.tasks.settings import Setting
 from rnnsweep.tasks.stream import Stream
 from rnnsweep.tasks.task import Task
 
@@ -108,11 +107,21 @@ class TextStream(Stream):
         self._position = state["position"].clone()
 
 
-def text_task(path: str | os.PathLike[str] | None = None, max_alphabet: int = 128) -> Task:
-    if path is not None and not isinstance(path, str | os.PathLike):
-        raise ValueError(f"text: setting 'path' must be a file path or None, got {path!r}")
-    path = None if path is None else os.fspath(path)
-    max_alphabet = integer_setting("text", "max_alphabet", max_alphabet, low=2)
+SETTINGS = (
+    Setting(
+        "path",
+        str,
+        None,
+        "corpus file (UTF-8); null: source of 13 standard-library modules, present everywhere",
+        nullable=True,
+    ),
+    Setting(
+        "max_alphabet", int, 128, "most distinct characters kept (the rarest share <other>)", low=2
+    ),
+)
+
+
+def text_task(*, path: str | None, max_alphabet: int) -> Task:
     settings: dict[str, Any] = {"path": path, "max_alphabet": max_alphabet}
     codes, alphabet = encode(default_corpus() if path is None else read_corpus(path), max_alphabet)
     size = len(alphabet)

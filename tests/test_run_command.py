@@ -138,7 +138,11 @@ def test_bad_set_key_exits_2_before_any_work(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "pair,message", [("lr", "expects key=value"), ("truncation=3", "unknown setting 'truncation'")]
+    "pair,message",
+    [
+        ("lr", "expects key=value"),
+        ("truncation=3", "setting 'truncation' applies only to tbptt, not to uoro"),
+    ],
 )
 def test_set_syntax_errors(pair, message, capsys):
     assert main(BASE + ["--no-mlflow", "--set", pair]) == 2

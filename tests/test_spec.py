@@ -174,7 +174,7 @@ ERRORS = [
     (_set("name", "my sweep"), "name: must match [A-Za-z0-9_.-]+"),
     (_set("task", "ad"), "task: unknown task 'ad' (did you mean 'add'?)"),
     (_set("task_settings", {"t3": 4}), "unknown key 't3' in task_settings (known: t1, t2"),
-    (_set("task_settings", {"t1": -1}), "task_settings: add: setting 't1' must be an integer"),
+    (_set("task_settings", {"t1": -1}), "task_settings: add: setting 't1' must be >= 0, got -1"),
     (_set("cell", "lstn"), "cell: unknown cell 'lstn' (did you mean 'lstm'?)"),
     (_set("dtype", "float16"), "dtype: unknown dtype 'float16'"),
     (_set("estimators", []), "estimators: must be a non-empty list"),

@@ -1,0 +1,181 @@
+"""The settings table: every learner, optimizer, estimator, Kalman, probe and run key, once.
+
+One ``Setting`` per key (name, type, default, bounds or choices, the estimators it applies to,
+a one-line doc, per-member or pack-shared); the task keys are declared by each task
+(``rnnsweep.tasks.registry.task_setting_entries``), the sweep keys in
+``rnnsweep.orchestrator.sweep_settings``. Everything that validates, defaults, lists or packs
+settings reads them here: the learner (``split_settings``), the estimators' ``defaults``, the
+population's ``pack_key``, ``rnnsweep run --set`` and ``--help``, the sweep spec and its search
+space, ``--dry-run`` and ``rnnsweep settings``.
+
+A key *applies* to an estimator when the learner would use it (``applies``): estimator
+hyperparameters to the estimators listed, Kalman keys only with the filter (the ``*-kalman``
+rules, or ``optimizer: kalman``), Adam keys only with Adam, gradient-step keys never with the
+filter, ``optimizer`` never to the ``*-kalman`` rules (they always learn with the filter).
+
+Pure Python (no torch): ``rnnsweep --help`` reads it without loading the numerics.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from rnnsweep.tasks.settings import Setting
+
+KALMAN_RULES = {"nobacktrack-kalman": "nobacktrack", "uoro-kalman": "uoro", "rtrl-kalman": "rtrl"}
+ONLINE = ("kf-rtrl", "nobacktrack", "rflo", "rtrl", "snap1", "tbptt", "uoro")
+OPTIMIZERS = ("sgd", "adam", "kalman")
+# The optimizers a key of each group applies to (other groups: every optimizer).
+GROUP_OPTIMIZERS = {"gradient": ("sgd", "adam"), "adam": ("adam",), "kalman": ("kalman",)}
+# Default learning rates, by optimizer, then estimator (tuned on ``add``, see
+# benchmarks/learning.py): per-step updates of a single stream are noisy, so Adam's rate is
+# small; truncated BPTT updates once per truncation and takes a larger one.
+LR: dict[str, dict[str, float]] = {
+    "sgd": {"default": 1e-3},
+    "adam": {
+        "default": 1e-4,
+        "rtrl": 1e-3,
+        "tbptt": 1e-3,
+        "snap1": 1e-3,
+        "rflo": 1e-3,
+        "kf-rtrl": 3e-4,
+    },
+    "kalman": {"default": 1.0},  # unused: the filter sets its own step
+}
+
+
+def _with_kalman(*names: str) -> tuple[str, ...]:
+    """``names`` and the ``*-kalman`` rules built on them."""
+    return names + tuple(rule for rule, base in KALMAN_RULES.items() if base in names)
+
+
+_PATH = _with_kalman("nobacktrack", "rtrl", "snap1", "tbptt", "uoro")
+_EPS = _with_kalman("kf-rtrl", "nobacktrack", "uoro")
+
+TABLE: tuple[Setting, ...] = (
+    # -- run: the LearnerSpec fields (flags of `rnnsweep run`, top-level keys of a sweep)
+    Setting("cell", str, "tanh", "recurrent cell", "run", choices=("tanh", "gru", "lstm")),
+    Setting("hidden", int, 32, "hidden units n (a task that fixes the system sets its own)",
+            "run", low=1),
+    Setting("seed", int, 0, "initial parameters, task stream and estimator noise", "run",
+            low=0, per_member=True),
+    Setting("dtype", str, "float32", "floating-point type of parameters and states", "run",
+            choices=("float32", "float64")),
+    # -- learner
+    Setting("optimizer", str, None, "what applies the gradient estimates", "optimizer",
+            choices=OPTIMIZERS, estimators=ONLINE,
+            derived="adam (a task may document another); the *-kalman rules: kalman"),
+    Setting("batch", int, 1, "independent streams sharing one model", low=1),
+    Setting("init_scale", float, 1.0, "recurrent weight scale at initialisation", low=0.0,
+            per_member=True),
+    Setting("log_every", int, 1000, "steps between reports (the only host synchronisation)",
+            low=1),
+    # -- gradient steps (sgd, adam)
+    Setting("lr", float, None, "learning rate", "gradient", low=0.0, per_member=True,
+            derived="adam 1e-4; 1e-3 for rtrl, tbptt, snap1, rflo; 3e-4 for kf-rtrl; sgd 1e-3"),
+    Setting("lr_decay", float, 0.01, "alpha of the rate lr / (1 + alpha sqrt(updates))",
+            "gradient", low=0.0, per_member=True),
+    Setting("clip", float, 0.0, "global gradient-norm clip; 0: off (Adam bounds its steps)",
+            "gradient", low=0.0, per_member=True),
+    Setting("update_every", int, 1, "steps whose gradients are averaged into one update",
+            "gradient", low=1),
+    Setting("beta1", float, 0.9, "Adam's first-moment decay", "adam", low=0.0, high=1.0,
+            high_open=True, per_member=True),
+    Setting("beta2", float, 0.999, "Adam's second-moment decay", "adam", low=0.0, high=1.0,
+            high_open=True, per_member=True),
+    Setting("adam_eps", float, 1e-8, "Adam's denominator guard", "adam", low=0.0,
+            low_open=True, per_member=True),
+    # -- the Kalman filter
+    Setting("process_noise", float, 1e-5, "q, added to the parameter covariance every step",
+            "kalman", low=0.0, per_member=True),
+    Setting("obs_noise", float, -1.0,
+            "r, observation noise; < 0: the loss kind's default (ce: 1e-2, mse: 1)", "kalman",
+            per_member=True),
+    Setting("p0", float, 1e-2, "initial parameter covariance (an SGD-sized first step)",
+            "kalman", low=0.0, low_open=True, per_member=True),
+    Setting("covariance", str, "diagonal", "covariance structure: full, block (per unit), "
+            "diagonal", "kalman", choices=("full", "block", "diagonal")),
+    # -- the probe (a sweep sets them in its probe section: probe.every, ...)
+    Setting("probe_every", int, 0, "steps between probe windows; 0: no probe", "probe",
+            low=0, per_member=True),
+    Setting("probe_window", int, 100, "steps measured per probe window (<= probe_every)",
+            "probe", low=1, per_member=True),
+    Setting("probe_samples", int, 16, "K shadow copies of the estimator per window", "probe",
+            low=1, per_member=True),
+    Setting("probe_horizon", int, 100, "W: steps of exact RTRL behind each measurement",
+            "probe", low=1, per_member=True),
+    # -- estimator hyperparameters
+    Setting("truncation", int, 16, "steps backpropagated through", "estimator", low=1,
+            estimators=("tbptt",)),
+    Setting("stride", int, 0, "steps between updates (<= truncation); 0: = truncation",
+            "estimator", low=0, estimators=("tbptt",)),
+    Setting("path", str, "auto", "closed-form (tanh only), generic (torch.func) or auto "
+            "(closed form where one exists)", "estimator",
+            choices=("auto", "closed-form", "generic"), estimators=_PATH),
+    Setting("eps", float, 1e-7, "guard of the rank-one norms rho = sqrt(|w| / |v|)",
+            "estimator", low=0.0, low_open=True, estimators=_EPS),
+    Setting("feedback", str, "random", "output-error feedback: fixed random matrix or the "
+            "readout", "estimator", choices=("random", "readout"), estimators=("rflo",)),
+    Setting("feedback_seed", int, 0, "seed of the random feedback matrix", "estimator",
+            low=0, high=2**64 - 1, estimators=("rflo",)),
+)
+SETTINGS: dict[str, Setting] = {entry.name: entry for entry in TABLE}
+RUN_KEYS = tuple(e.name for e in TABLE if e.group == "run")
+LEARNER_KEYS = tuple(e.name for e in TABLE if e.group not in ("run", "estimator"))
+HYPER_KEYS = tuple(e.name for e in TABLE if e.group == "estimator")
+PER_MEMBER = tuple(e.name for e in TABLE if e.per_member and e.group != "run")
+PROBE_KEYS = tuple(e.name for e in TABLE if e.group == "probe")
+
+
+def hyper_defaults(estimator: str) -> dict[str, Any]:
+    """The hyperparameters of a registered estimator, with their defaults (for ``Estimator``)."""
+    return {
+        e.name: e.default
+        for e in TABLE
+        if e.group == "estimator" and e.estimators is not None and estimator in e.estimators
+    }
+
+
+def applies(entry: Setting, estimator: str, optimizer: str) -> bool:
+    """Whether a learner of ``estimator`` with ``optimizer`` uses ``entry``."""
+    if entry.estimators is not None and estimator not in entry.estimators:
+        return False
+    return optimizer in GROUP_OPTIMIZERS.get(entry.group, OPTIMIZERS)
+
+
+def where(entry: Setting) -> str:
+    """Where a key applies, for messages: ``only to tbptt``, ``only with optimizer adam``."""
+    if entry.name == "optimizer":
+        return "not to the *-kalman rules (they always learn with the Kalman filter)"
+    if entry.group == "estimator":
+        return "only to " + ", ".join(entry.estimators or ())
+    if entry.group == "kalman":
+        return f"only with the Kalman filter ({', '.join(KALMAN_RULES)} or optimizer kalman)"
+    if entry.group in GROUP_OPTIMIZERS:
+        return "only with optimizer " + " or ".join(GROUP_OPTIMIZERS[entry.group])
+    return "to every estimator"
+
+
+def not_applying(key: str, estimator: str, optimizer: str) -> str:
+    """The message for a known key that a learner of ``estimator``/``optimizer`` does not use."""
+    entry = SETTINGS[key]
+    using = f"{estimator}" if entry.group == "estimator" else f"{estimator} with {optimizer}"
+    return f"setting {key!r} applies {where(entry)}, not to {using}"
+
+
+def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'lr'?)`` for the closest option, or ``""``."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def default_optimizer(estimator: str) -> str:
+    """The optimizer a learner takes when ``optimizer`` is not set (a task may document
+    another: ``Task.learner_defaults``)."""
+    return "kalman" if estimator in KALMAN_RULES else "adam"
+
+
+def lr_default(optimizer: str, estimator: str) -> float:
+    """The learning rate a learner takes when ``lr`` is not set."""
+    return LR[optimizer].get(estimator, LR[optimizer]["default"])
