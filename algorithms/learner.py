@@ -541,22 +541,13 @@ def summarize(
 
 def save_checkpoint(learner: Learner, path: str, extra: dict[str, Any] | None = None) -> None:
     """Write the learner's snapshot (and ``extra``, e.g. a tracking run id) atomically."""
-    import os
-    import tempfile
+    import io
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({**learner.snapshot(), "extra": dict(extra or {})}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from rnnsweep.algorithms.atomic_file import write_atomic
+
+    buffer = io.BytesIO()
+    torch.save({**learner.snapshot(), "extra": dict(extra or {})}, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:

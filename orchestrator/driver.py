@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from rnnsweep.algorithms.atomic_file import write_atomic
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator import sweep_store
 from rnnsweep.orchestrator.actors import LearnerHost
@@ -430,7 +431,7 @@ class Driver:
             # The metrics up to the checkpoint must be in MLflow before it can be resumed
             # from, or a crash would leave a gap; the learner is already on its next chunk.
             run.tracker.flush()
-            sweep_store.write_atomic(
+            write_atomic(
                 sweep_store.checkpoint_path(self.state_dir, self.name, run.number),
                 result["checkpoint"],
             )

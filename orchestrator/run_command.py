@@ -9,7 +9,6 @@ with no metric step written twice.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from rnnsweep.algorithms.atomic_file import write_atomic
 from rnnsweep.algorithms.learner import (
     Learner,
     LearnerSpec,
@@ -51,13 +51,7 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
 
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
