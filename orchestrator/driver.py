@@ -6,11 +6,14 @@ open its MLflow child run under the sweep's parent run (tag ``optuna_trial_numbe
 ``mlflow_run_id`` on the trial); start it on a ``LearnerHost`` actor and keep one ``advance``
 call in flight per actor. Each result's reports go to MLflow through the tracker's queue
 (never blocking) and to Optuna as intermediate values for pruning; checkpoints come back as
-bytes and are written atomically to the state directory.
+bytes (``checkpoint_file``'s format, never unpickled here) and are written atomically to the
+state directory. The driver reads a checkpoint's step from its header alone.
 
 Faults: an actor that dies is replaced and its trial restarted from its last checkpoint under
 the same trial number, up to ``max_retries`` times, then failed with the reason; a diverged
-learner fails its trial with the reason (no retry); a driver killed mid-sweep leaves RUNNING
+learner fails its trial with the reason (no retry); so does a trial whose checkpoint is
+truncated, corrupt, of another format version or holds pickled objects (the reason names the
+file and the trial; the other trials go on); a driver killed mid-sweep leaves RUNNING
 trials that ``resume`` restarts from their checkpoints, in the same MLflow child runs, with no
 metric step logged twice (steps already in MLflow are skipped).
 """
@@ -25,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from rnnsweep.algorithms import checkpoint_file
 from rnnsweep.algorithms.atomic_file import write_atomic
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator import sweep_store
@@ -293,6 +297,7 @@ class Driver:
             [(run.number, run.learner_spec, run.checkpoint) for run in members],
             self.spec.steps,
             self.spec.checkpoint_every,
+            {run.number: self._checkpoint_name(run.number) for run in members},
         )
         group.future = actor.advance.remote(self.chunk_seconds)
         numbers = [run.number for run in members]
@@ -303,12 +308,25 @@ class Driver:
             run.row.state = "RUNNING"
             self.table.update(run.row, changed_state=True)
 
+    def _checkpoint_name(self, number: int) -> str:
+        path = sweep_store.checkpoint_path(self.state_dir, self.name, number)
+        return checkpoint_file.describe(path, number)
+
     def _checkpoint_bytes(self, number: int) -> bytes | None:
+        """Trial ``number``'s last checkpoint, its header, length and checksum verified (not
+        deserialized); ``CheckpointError`` naming the file and the trial if they are not."""
         path = sweep_store.checkpoint_path(self.state_dir, self.name, number)
         if not os.path.exists(path):
             return None
-        with open(path, "rb") as handle:
-            return handle.read()
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as error:
+            raise checkpoint_file.CheckpointError(
+                f"checkpoint {self._checkpoint_name(number)} is unreadable: {error.strerror}"
+            ) from None
+        checkpoint_file.check(data, self._checkpoint_name(number))
+        return data
 
     def _release(self, group: Group) -> None:
         """A pack with no trial left: its actor takes the next one (after its current call)."""
@@ -350,12 +368,19 @@ class Driver:
         self._requeue(again)
 
     def _requeue(self, runs: list[Running]) -> None:
-        """Back to the front of the queue (in order), to continue from their last checkpoint."""
+        """Back to the front of the queue (in order), to continue from their last checkpoint;
+        a trial whose checkpoint is refused fails with the reason."""
+        again = []
         for run in runs:
             run.group = None
-            run.checkpoint = self._checkpoint_bytes(run.number)
+            try:
+                run.checkpoint = self._checkpoint_bytes(run.number)
+            except checkpoint_file.CheckpointError as error:
+                self._finish(run, "FAIL", None, str(error))
+                continue
             run.restart_from = checkpoint_step(run.checkpoint)
-        self.queue[:0] = runs
+            again.append(run)
+        self.queue[:0] = again
 
     def _finish(self, run: Running, state: str, value: float | None, reason: str = "") -> None:
         import optuna
@@ -435,8 +460,10 @@ class Driver:
                 sweep_store.checkpoint_path(self.state_dir, self.name, run.number),
                 result["checkpoint"],
             )
-            trial.set_user_attr("checkpoint_step", result["checkpoint_step"])
-        if result["state"] == "done":
+            trial.set_user_attr("checkpoint_step", checkpoint_step(result["checkpoint"]))
+        if result["state"] == "failed":  # e.g. its checkpoint refused by the actor
+            self._finish(run, "FAIL", None, result["reason"])
+        elif result["state"] == "done":
             summary = result["summary"]
             metric = self.spec.objective.metric
             value = summary.get(metric)
@@ -503,7 +530,11 @@ class Driver:
                         continue
                     attrs = frozen.user_attrs
                     trial = optuna.trial.Trial(study, frozen._trial_id)
-                    checkpoint = self._checkpoint_bytes(frozen.number)
+                    refused = ""
+                    try:
+                        checkpoint = self._checkpoint_bytes(frozen.number)
+                    except checkpoint_file.CheckpointError as error:
+                        checkpoint, refused = None, str(error)
                     # A driver killed inside ``_begin`` leaves a trial without its settings
                     # (suggesting again returns the values Optuna already holds) or without
                     # the id of the MLflow run it had just opened (found by its tag).
@@ -534,6 +565,10 @@ class Driver:
                         checkpoint_step(checkpoint),
                         set(frozen.intermediate_values),
                     )
+                    run = self.running.get(frozen.number)
+                    if refused and run is not None:  # only this trial fails; the others go on
+                        self.queue.remove(run)
+                        self._finish(run, "FAIL", None, refused)
             while True:
                 self._fill()
                 while len(self.groups) < self.workers and not self.queue:
@@ -596,15 +631,11 @@ class Driver:
 
 
 def checkpoint_step(checkpoint: bytes | None) -> int:
-    """Steps done in a checkpoint (0 for none): trials are packed by it."""
+    """Steps done in a checkpoint (0 for none), from its header alone: trials are packed by
+    it."""
     if checkpoint is None:
         return 0
-    import io
-
-    import torch
-
-    snap = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=False)
-    return int(snap["counters"]["t"])
+    return checkpoint_file.read_header(checkpoint, "received from an actor").step
 
 
 def _last_line(error: Exception) -> str:

@@ -16,14 +16,9 @@ from typing import Any
 
 import yaml
 
+from rnnsweep.algorithms import checkpoint_file
 from rnnsweep.algorithms.atomic_file import write_atomic
-from rnnsweep.algorithms.learner import (
-    Learner,
-    LearnerSpec,
-    load_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-)
+from rnnsweep.algorithms.learner import Learner, LearnerSpec, learner_from, save_checkpoint
 from rnnsweep.orchestrator.progress import ProgressLine
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
@@ -97,16 +92,16 @@ def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
 def build_learner(args) -> tuple[Learner, dict[str, Any]]:
     """A new learner from the arguments, or the one in ``--resume`` (plus its saved extras)."""
     if args.resume:
-        snap = read_checkpoint(args.resume)
-        saved = snap["spec"]
+        saved = checkpoint_file.read(args.resume)
+        saved_spec = saved.snapshot["spec"]
         for flag, key in (("task", "task"), ("estimator", "estimator"), ("cell", "cell")):
             given = getattr(args, flag)
-            if given is not None and given != saved[key]:
+            if given is not None and given != saved_spec.get(key):
                 raise ValueError(
                     f"--{flag} {given} contradicts the checkpoint {args.resume!r} "
-                    f"({key} = {saved[key]})"
+                    f"({key} = {saved_spec.get(key)})"
                 )
-        return load_checkpoint(args.resume), dict(snap.get("extra") or {})
+        return learner_from(saved, checkpoint_file.describe(args.resume)), dict(saved.extra)
     base: dict[str, Any] = {}
     if args.config:
         base = load_run_config(args.config, args.estimator)

@@ -439,11 +439,9 @@ def test_interrupted_packed_sweep_resumes_in_packs_from_checkpoints(ray_session,
 
 def test_a_failed_start_leaves_the_actor_without_a_pack(tmp_path):
     """Reused actors: the previous pack must not be advanced in the failed one's place."""
-    import io
     from dataclasses import asdict
 
-    import torch
-
+    from rnnsweep.algorithms import checkpoint_file
     from rnnsweep.algorithms.learner import LearnerSpec
     from rnnsweep.orchestrator.actors import LearnerHost
     from rnnsweep.orchestrator.driver import checkpoint_step
@@ -458,13 +456,12 @@ def test_a_failed_start_leaves_the_actor_without_a_pack(tmp_path):
     result = host.advance(0.05)
     assert set(result["members"]) == {0, 1}
     snapshot = host.population.snapshots([0])[0]
-    buffer = io.BytesIO()
-    torch.save(snapshot, buffer)
-    assert checkpoint_step(buffer.getvalue()) == snapshot["counters"]["t"] > 0
+    data = checkpoint_file.encode(snapshot)
+    assert checkpoint_step(data) == snapshot["counters"]["t"] > 0
     assert checkpoint_step(None) == 0
     fresh = {**spec, "seed": 3}
     with pytest.raises(ValueError, match="same step"):  # one at its step, one fresh
-        host.start([(5, spec, buffer.getvalue()), (6, fresh, None)], 400, 100)
+        host.start([(5, spec, data), (6, fresh, None)], 400, 100)
     with pytest.raises(RuntimeError, match=r"advance\(\) before start\(\)"):
         host.advance(0.05)
 
