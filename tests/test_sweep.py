@@ -497,3 +497,88 @@ def test_resume_after_a_kill_inside_begin_keeps_one_run_per_trial(ray_session, t
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     for trial in trials:
         assert trial.value == _plain_value(spec, trial)
+
+
+class Payload:
+    """Unpickled by anything but a weights-only loader, it creates the file ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _rewrapped(data: bytes, body_change=None, **header_change) -> bytes:
+    """A checkpoint file's bytes with its body and/or header fields changed (and its payload's
+    checksum kept valid): the documented layout of ``checkpoint_file``."""
+    import hashlib
+    import io
+    import struct
+
+    import torch
+
+    from rnnsweep.algorithms import checkpoint_file
+
+    header = checkpoint_file.read_header(data, "test")
+    payload = data[header.payload_start :]
+    if body_change is not None:
+        body = torch.load(io.BytesIO(payload), weights_only=True)
+        body_change(body)
+        buffer = io.BytesIO()
+        torch.save(body, buffer)
+        payload = buffer.getvalue()
+    fields = {
+        "format": header.format,
+        "step": header.step,
+        "payload_bytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        **header_change,
+    }
+    text = json.dumps(fields).encode()
+    return checkpoint_file.MAGIC + struct.pack("<I", len(text)) + text + payload
+
+
+def test_a_refused_checkpoint_fails_only_its_trial_on_resume(ray_session, tmp_path):
+    spec = spec_.load_spec_dict(
+        _spec_dict(
+            trials=5,
+            workers=1,
+            pack=4,
+            estimators=["uoro"],
+            search={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        )
+    )
+    with pytest.raises(KeyboardInterrupt):
+        InterruptingDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.02).run()
+    study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING"] * 4
+    path = {n: sweep_store.checkpoint_path(str(tmp_path), "t", n) for n in range(4)}
+    data = {n: open(path[n], "rb").read() for n in range(4)}
+    marker = tmp_path / "pwned"
+    with open(path[1], "wb") as handle:  # truncated: caught by the driver (length, checksum)
+        handle.write(data[1][: len(data[1]) // 2])
+    with open(path[2], "wb") as handle:  # another format version: caught by the driver
+        handle.write(_rewrapped(data[2], format=3))
+    with open(path[3], "wb") as handle:  # a valid header around pickled code: by the actor
+        handle.write(
+            _rewrapped(data[3], lambda body: body.update(last_probe={"p": Payload(str(marker))}))
+        )
+
+    summary = Driver(spec, str(tmp_path), workers=1).run(resume=True)
+    study, trials = _check_sweep(spec, str(tmp_path))
+    assert summary["states"] == {"COMPLETE": 2, "FAIL": 3}
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "FAIL", "COMPLETE"]
+    reasons = {t.number: t.user_attrs["fail_reason"] for t in trials if t.state.name == "FAIL"}
+    assert reasons[1].startswith(f"checkpoint {path[1]!r} of trial 1 is truncated: ")
+    assert reasons[2].startswith(f"checkpoint {path[2]!r} of trial 2 has format version 3; ")
+    assert reasons[3].startswith(f"checkpoint {path[3]!r} of trial 3 holds pickled objects")
+    assert not marker.exists()
+    _, record = sweep_store.read_record(str(tmp_path), "t")
+    client = _mlflow(record["tracking_uri"])
+    for number, reason in reasons.items():
+        run = client.get_run(trials[number].user_attrs["mlflow_run_id"])
+        assert run.info.status == "FAILED" and run.data.tags["reason"] == reason
+        assert run.data.tags["optuna_state"] == "FAIL"
+    for trial in (trials[0], trials[4]):  # the others went on, as if never interrupted
+        assert trial.value == _plain_value(spec, trial)
