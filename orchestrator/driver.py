@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -72,13 +73,41 @@ class Group:
     start_future: Any = None
 
 
+@dataclass(frozen=True)
+class SweepEvent:
+    """What the driver just did, passed to its ``on_event`` hook.
+
+    ``kind``: ``"asked"`` (a trial is about to start: asked of Optuna, or found RUNNING by
+    ``resume``; nothing is recorded for it yet), ``"run_opened"`` (its MLflow child run is
+    open, its id not yet recorded in Optuna), ``"checkpoint"`` (a result of the trial with a
+    checkpoint is fully recorded; ``step`` is the checkpoint's). ``running``: the trials asked
+    and not yet told. ``actor``: the Ray actor hosting the trial, if any.
+
+    The hook runs in the driver's thread. Whatever it raises leaves the driver at that point
+    (``KeyboardInterrupt`` is a Ctrl-C there, a driver killed there but for the stores'
+    clean-up); ``ray.kill(event.actor)`` kills the actor's process. Tests inject their faults
+    this way.
+    """
+
+    kind: str
+    number: int
+    running: frozenset[int]
+    step: int = 0
+    actor: Any = None
+
+
 @dataclass
 class Driver:
+    """One sweep's driver. ``pruner``: an Optuna pruner in place of the spec's (any
+    ``optuna.pruners.BasePruner``); ``on_event``: a hook called with every ``SweepEvent``."""
+
     spec: Any  # SweepSpec
     state_dir: str
     workers: int
     out: TextIO = field(default_factory=lambda: sys.stderr)
     chunk_seconds: float = 1.0
+    pruner: Any = None
+    on_event: Callable[[SweepEvent], None] | None = None
 
     def __post_init__(self) -> None:
         self.name = self.spec.name
@@ -104,7 +133,7 @@ class Driver:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         direction = self.spec.objective.direction
         sampler = spec_.make_sampler(self.spec, self.spec.seed)
-        pruner = spec_.make_pruner(self.spec)
+        pruner = self.pruner if self.pruner is not None else spec_.make_pruner(self.spec)
         if resume:
             study = optuna.load_study(
                 study_name=self.name, storage=self.optuna_url, sampler=sampler, pruner=pruner
@@ -236,6 +265,7 @@ class Driver:
         from rnnsweep.algorithms.population import pack_key, packable
 
         number = trial.number
+        self._emit("asked", number)
         seed = self.spec.seed + number
         learner_spec = asdict(spec_.learner_spec(self.spec, estimator, settings, seed))
         if run_id is None:
@@ -243,6 +273,7 @@ class Driver:
             trial.set_user_attr("settings", settings)
             trial.set_user_attr("seed", seed)
         tracker = self._child_tracker(study, number, estimator, settings, run_id)
+        self._emit("run_opened", number)
         if run_id is None:
             trial.set_user_attr("mlflow_run_id", tracker.run_id)
         row = TrialRow(
@@ -438,7 +469,7 @@ class Driver:
 
     def _handle(self, run: Running, result: dict[str, Any]) -> None:
         """One trial's part of a chunk: metrics, pruning, checkpoint, end."""
-        trial = run.trial
+        trial, actor = run.trial, run.actor
         pruned = False
         for report in result["reports"]:
             step = report["step"]
@@ -460,7 +491,8 @@ class Driver:
                 sweep_store.checkpoint_path(self.state_dir, self.name, run.number),
                 result["checkpoint"],
             )
-            trial.set_user_attr("checkpoint_step", checkpoint_step(result["checkpoint"]))
+            step = checkpoint_step(result["checkpoint"])
+            trial.set_user_attr("checkpoint_step", step)
         if result["state"] == "failed":  # e.g. its checkpoint refused by the actor
             self._finish(run, "FAIL", None, result["reason"])
         elif result["state"] == "done":
@@ -487,6 +519,12 @@ class Driver:
             self._finish(run, "PRUNED", None, f"pruned at step {run.row.step}")
         else:
             self.table.update(run.row)
+        if result["checkpoint"] is not None:
+            self._emit("checkpoint", run.number, step, actor)
+
+    def _emit(self, kind: str, number: int, step: int = 0, actor: Any = None) -> None:
+        if self.on_event is not None:
+            self.on_event(SweepEvent(kind, number, frozenset(self.running), step, actor))
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -103,23 +103,20 @@ def test_sweep_completes_with_mlflow_children(ray_session, storage_url, tmp_path
     assert parent.info.status == "FINISHED" and parent.data.tags["rnnsweep.sweep"] == "t"
 
 
-class KillingDriver(Driver):
-    """Kills the actor of trial 0 after its first checkpoint, ``kills`` times."""
+class ActorKiller:
+    """A driver hook: kills the actor of trial 0 after each of its checkpoints before the end,
+    ``kills`` times (a real fault: the actor's process dies)."""
 
-    kills = 1
+    def __init__(self, kills: int = 1) -> None:
+        self.kills = kills
 
-    def _handle(self, run, result):
-        super()._handle(run, result)
-        if (
-            run.number == 0
-            and result["checkpoint"] is not None
-            and self.kills > 0
-            and (result["state"] == "running")
-        ):
-            import ray
+    def __call__(self, event) -> None:
+        if event.kind == "checkpoint" and event.number == 0 and event.step < STEPS:
+            if self.kills > 0 and event.actor is not None:
+                import ray
 
-            self.kills -= 1
-            ray.kill(run.actor)
+                self.kills -= 1
+                ray.kill(event.actor)
 
 
 def _packed_spec(**overrides):
@@ -142,18 +139,21 @@ def test_packed_sweep_equals_plain_runs(ray_session, tmp_path):
         assert trial.value == _plain_value(spec, trial)  # each member, as if run alone
 
 
-class PruningDriver(Driver):
-    """Prunes trial 1 at its first report."""
+def _pruning_trial_1():
+    """An Optuna pruner that prunes trial 1 at its first report."""
+    import optuna
 
-    def _handle(self, run, result):
-        if run.number == 1:
-            run.trial.should_prune = lambda: True
-        super()._handle(run, result)
+    class PruneTrial1(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return trial.number == 1
+
+    return PruneTrial1()
 
 
 def test_pruned_member_leaves_the_rest_of_its_pack_undisturbed(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
-    summary = PruningDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.05).run()
+    driver = Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.05, pruner=_pruning_trial_1())
+    summary = driver.run()
     assert summary["states"] == {"COMPLETE": 2, "PRUNED": 1}
     study, trials = _check_sweep(spec, str(tmp_path))
     assert [t.user_attrs["pack"] for t in trials] == [[0, 1, 2]] * 3
@@ -170,9 +170,9 @@ def test_pruned_member_leaves_the_rest_of_its_pack_undisturbed(ray_session, tmp_
 
 def test_killed_pack_restarts_all_its_members_from_checkpoints(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
-    driver = KillingDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.02)
-    driver.run()
-    assert driver.kills == 0
+    killer = ActorKiller()
+    Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=killer).run()
+    assert killer.kills == 0
     study, trials = _check_sweep(spec, str(tmp_path))
     for trial in trials:
         assert trial.state.name == "COMPLETE" and trial.user_attrs["retries"] == 1
@@ -182,9 +182,9 @@ def test_killed_pack_restarts_all_its_members_from_checkpoints(ray_session, tmp_
 
 def test_killed_actor_restarts_from_checkpoint(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=2))
-    driver = KillingDriver(spec, str(tmp_path), workers=2, chunk_seconds=0.02)
-    driver.run()
-    assert driver.kills == 0
+    killer = ActorKiller()
+    Driver(spec, str(tmp_path), workers=2, chunk_seconds=0.02, on_event=killer).run()
+    assert killer.kills == 0
     study, trials = _check_sweep(spec, str(tmp_path))
     first = study.trials[0]
     assert first.state.name == "COMPLETE" and first.user_attrs["retries"] == 1
@@ -193,9 +193,8 @@ def test_killed_actor_restarts_from_checkpoint(ray_session, tmp_path):
 
 def test_actor_dying_past_max_retries_fails_the_trial_and_the_sweep_goes_on(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=3, max_retries=1))
-    driver = KillingDriver(spec, str(tmp_path), workers=2, chunk_seconds=0.02)
-    driver.kills = 5
-    summary = driver.run()
+    killer = ActorKiller(kills=5)
+    summary = Driver(spec, str(tmp_path), workers=2, chunk_seconds=0.02, on_event=killer).run()
     study, trials = _check_sweep(spec, str(tmp_path))
     first = study.trials[0]
     assert first.state.name == "FAIL"
@@ -410,23 +409,24 @@ def test_status_best_and_run_back(ray_session, tmp_path, capsys):
     assert "no sweep named 'nope'" in capsys.readouterr().err
 
 
-class InterruptingDriver(Driver):
-    """Stops the sweep (as Ctrl-C would) once every trial has a checkpoint past step 0."""
+class Interrupter:
+    """A driver hook: stops the sweep (as Ctrl-C would) once every running trial has a
+    checkpoint past step 0."""
 
-    def _handle(self, run, result):
-        super()._handle(run, result)
+    def __init__(self) -> None:
+        self.checkpointed: set[int] = set()
 
-        def checkpointed(number):
-            return os.path.exists(sweep_store.checkpoint_path(self.state_dir, self.name, number))
-
-        if self.running and all(checkpointed(n) for n in self.running):
-            raise KeyboardInterrupt
+    def __call__(self, event) -> None:
+        if event.kind == "checkpoint":
+            self.checkpointed.add(event.number)
+            if event.running and event.running <= self.checkpointed:
+                raise KeyboardInterrupt
 
 
 def test_interrupted_packed_sweep_resumes_in_packs_from_checkpoints(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
     with pytest.raises(KeyboardInterrupt):
-        InterruptingDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.02).run()
+        Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=Interrupter()).run()
     study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
     left = [t for t in study.get_trials() if t.state.name == "RUNNING"]
     assert len(left) == 3 and all(0 < t.user_attrs["checkpoint_step"] < STEPS for t in left)
@@ -466,31 +466,22 @@ def test_a_failed_start_leaves_the_actor_without_a_pack(tmp_path):
         host.advance(0.05)
 
 
-class DyingInBegin(Driver):
-    """Interrupted inside ``_begin`` of trial ``number``: after its MLflow run is opened
-    (``after_run``) or before anything is recorded for it."""
+def _dying_at(kind: str, number: int):
+    """A driver hook: the driver is interrupted at event ``kind`` of trial ``number``."""
 
-    number, after_run = 1, True
-
-    def _child_tracker(self, study, number, *args):
-        tracker = super()._child_tracker(study, number, *args)
-        if number == self.number and self.after_run:
+    def hook(event) -> None:
+        if event.kind == kind and event.number == number:
             raise KeyboardInterrupt
-        return tracker
 
-    def _begin(self, study, trial, *args):
-        if trial.number == self.number and not self.after_run:
-            raise KeyboardInterrupt
-        super()._begin(study, trial, *args)
+    return hook
 
 
 def test_resume_after_a_kill_inside_begin_keeps_one_run_per_trial(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=3, workers=1, estimators=["uoro"], search={}))
     with pytest.raises(KeyboardInterrupt):  # trial 1: MLflow run open, its id not recorded
-        DyingInBegin(spec, str(tmp_path), workers=1).run()
-    second = DyingInBegin(spec, str(tmp_path), workers=1)
-    second.number, second.after_run = 2, False  # trial 2: asked, nothing recorded
-    with pytest.raises(KeyboardInterrupt):
+        Driver(spec, str(tmp_path), workers=1, on_event=_dying_at("run_opened", 1)).run()
+    second = Driver(spec, str(tmp_path), workers=1, on_event=_dying_at("asked", 2))
+    with pytest.raises(KeyboardInterrupt):  # trial 2: asked, nothing recorded
         second.run(resume=True)
     Driver(spec, str(tmp_path), workers=1).run(resume=True)
     study, trials = _check_sweep(spec, str(tmp_path))  # one MLflow child per trial
@@ -550,7 +541,7 @@ def test_a_refused_checkpoint_fails_only_its_trial_on_resume(ray_session, tmp_pa
         )
     )
     with pytest.raises(KeyboardInterrupt):
-        InterruptingDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.02).run()
+        Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=Interrupter()).run()
     study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
     assert [t.state.name for t in study.get_trials()] == ["RUNNING"] * 4
     path = {n: sweep_store.checkpoint_path(str(tmp_path), "t", n) for n in range(4)}
