@@ -18,7 +18,7 @@ from rnnsweep.algorithms.atomic_file import write_atomic
 from rnnsweep.algorithms.learner import Learner, LearnerSpec, load_checkpoint, save_checkpoint
 from rnnsweep.orchestrator.actors import LearnerHost
 from rnnsweep.orchestrator.cli import main
-from rnnsweep.orchestrator.driver import checkpoint_step
+from rnnsweep.orchestrator.stores import checkpoint_step
 
 
 class Payload:

@@ -444,7 +444,7 @@ def test_a_failed_start_leaves_the_actor_without_a_pack(tmp_path):
     from rnnsweep.algorithms import checkpoint_file
     from rnnsweep.algorithms.learner import LearnerSpec
     from rnnsweep.orchestrator.actors import LearnerHost
-    from rnnsweep.orchestrator.driver import checkpoint_step
+    from rnnsweep.orchestrator.stores import checkpoint_step
 
     class Host(LearnerHost):
         def device(self):
