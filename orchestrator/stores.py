@@ -1,8 +1,10 @@
 """The stores of one sweep, and the only code that writes them.
 
-- The sweep record ``DIR/sweeps/NAME.json`` (``sweep_store``): the sweep's spec, the Optuna
-  storage URL, the MLflow tracking URI, the MLflow experiment and parent run ids and its
-  creation time; the study's user attrs repeat the ids, the URI and the spec.
+- The sweep record ``DIR/sweeps/NAME.json`` (``sweep_store``) is the one home of the sweep's
+  metadata: its spec, the Optuna storage URL, the MLflow tracking URI, the MLflow experiment
+  and parent run ids and its creation time. Every command reads them there, ``resume``
+  included. The Optuna study holds trials only; the parent run's params and tags are a view
+  of the spec for the MLflow UI, written once and never read back.
 - The Optuna study: trials are asked and told here; each trial's user attrs (``estimator``,
   ``settings``, ``seed``, ``mlflow_run_id``, ``pack``, ``retries``, ``checkpoint_step``,
   ``steps_done``, ``fail_reason`` or ``reason``) and intermediate values (for pruning).
@@ -72,11 +74,14 @@ class SweepStores:
         sampler = spec_.make_sampler(self.spec, self.spec.seed)
         pruner = self.pruner if self.pruner is not None else spec_.make_pruner(self.spec)
         if resume:
+            _, record = sweep_store.read_record(self.state_dir, self.name)
+            self.optuna_url = sweep_store.optuna_url(record["optuna_storage"])
+            self.tracking_uri = record["tracking_uri"]
+            self.parent_run_id = record["mlflow_parent_run_id"]
+            self.experiment_id = record["mlflow_experiment_id"]
             self.study = optuna.load_study(
                 study_name=self.name, storage=self.optuna_url, sampler=sampler, pruner=pruner
             )
-            self.parent_run_id = self.study.user_attrs["mlflow_parent_run_id"]
-            self.experiment_id = self.study.user_attrs["mlflow_experiment_id"]
             self.parent = Tracker(self.tracking_uri, self.name, run_id=self.parent_run_id)
             return
         try:
@@ -111,10 +116,6 @@ class SweepStores:
         self.parent.set_tags({"search_space": json.dumps(spec["search"])})
         self.parent_run_id = self.parent.run_id
         self.experiment_id = self.parent.experiment_id
-        self.study.set_user_attr("mlflow_parent_run_id", self.parent_run_id)
-        self.study.set_user_attr("mlflow_experiment_id", self.experiment_id)
-        self.study.set_user_attr("tracking_uri", self.tracking_uri)
-        self.study.set_user_attr("spec", spec)
         sweep_store.write_record(
             self.state_dir,
             self.name,

@@ -96,6 +96,7 @@ def test_sweep_completes_with_mlflow_children(ray_session, storage_url, tmp_path
     summary = Driver(spec, str(tmp_path), workers=2).run()
     study, trials = _check_sweep(spec, str(tmp_path))
     assert summary["states"] == {"COMPLETE": 3}
+    assert study.user_attrs == {}  # the sweep's metadata lives in its record alone
     for trial in trials:
         assert trial.value == _plain_value(spec, trial)  # through Ray, Optuna and MLflow
     _, record = sweep_store.read_record(str(tmp_path), spec.name)
