@@ -1,7 +1,10 @@
 """Snapshots of estimator, optimizer and learner states as plain trees, and their restoration.
 
 ``snapshot(obj)`` walks an object's attributes (dataclasses and plain classes alike) and
-returns a tree of dicts, lists, numbers and cloned tensors that ``torch.save`` can write.
+returns a tree of dicts, lists, strings, numbers and cloned tensors, nothing else, so that
+``torch.load(weights_only=True)`` reads it back (the file format is ``checkpoint_file``'s):
+tuples become lists, dtypes and devices their names, generators their uint8 state; any other
+leaf is refused with a ``ValueError`` naming its path.
 ``restore(obj, tree)`` writes such a tree back into a freshly built object of the same
 configuration: tensors are copied in place (so views into shared buffers stay views), numbers
 are set, and any mismatch (a missing field, another shape, dtype or kind) raises ``ValueError``
@@ -29,11 +32,14 @@ def _is_constant(tensor: Tensor) -> bool:
     )
 
 
-def snapshot(obj: Any) -> Any:
+def snapshot(obj: Any, path: str = "state") -> Any:
+    """``obj`` as a tree of plain values and tensors (see the module's docstring)."""
     if isinstance(obj, Tensor):
         return {"__const__": True} if _is_constant(obj) else obj.detach().clone()
     if isinstance(obj, _SCALARS):
         return obj
+    if isinstance(obj, torch.dtype | torch.device):
+        return str(obj)
     if isinstance(obj, Cell):
         return {"__cell__": obj.name, "sizes": [obj.hidden, obj.inputs, obj.num_params]}
     if isinstance(obj, SignStream):
@@ -41,19 +47,21 @@ def snapshot(obj: Any) -> Any:
     if isinstance(obj, torch.Generator):
         return {"__generator__": obj.get_state()}
     if isinstance(obj, list | tuple):
-        return {"__list__": [snapshot(item) for item in obj]}
+        return {"__list__": [snapshot(item, f"{path}[{i}]") for i, item in enumerate(obj)]}
     if isinstance(obj, dict):
-        return {"__dict__": {key: snapshot(value) for key, value in obj.items()}}
+        if not all(isinstance(key, str) for key in obj):
+            raise ValueError(f"{path}: a checkpoint stores dicts with string keys only")
+        return {"__dict__": {key: snapshot(value, f"{path}.{key}") for key, value in obj.items()}}
     if hasattr(obj, "__dict__"):
         return {
             "__object__": type(obj).__name__,
             "fields": {
-                key: snapshot(value)
+                key: snapshot(value, f"{path}.{key}")
                 for key, value in vars(obj).items()
                 if not callable(value) or isinstance(value, Tensor)
             },
         }
-    raise TypeError(f"cannot snapshot an object of type {type(obj).__name__}")
+    raise ValueError(f"{path}: a {type(obj).__name__} cannot be stored in a checkpoint")
 
 
 def restore(obj: Any, tree: Any, path: str = "state") -> Any:
@@ -76,6 +84,12 @@ def restore(obj: Any, tree: Any, path: str = "state") -> Any:
                 f"{path}: checkpoint has {tree!r}, this run expects a {type(obj).__name__}"
             )
         return tree
+    if isinstance(obj, torch.device):  # a run may continue on another device
+        return obj
+    if isinstance(obj, torch.dtype):
+        if tree != str(obj):
+            raise ValueError(f"{path}: checkpoint has {tree!r}, this run {str(obj)!r}")
+        return obj
     if isinstance(obj, Cell):
         expected = {"__cell__": obj.name, "sizes": [obj.hidden, obj.inputs, obj.num_params]}
         if tree != expected:

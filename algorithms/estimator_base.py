@@ -16,8 +16,9 @@ or the mean over streams for shared parameters), or ``None`` on steps that make 
 
 Hyperparameters are a flat dict; their types, bounds and defaults are declared once, in the
 settings table (``rnnsweep.algorithms.settings``): an estimator's ``defaults`` are
-``hyper_defaults(name)``, and ``resolve_hyper`` validates names and values against them. The name -> estimator table lives in ``rnnsweep.algorithms.estimator``,
-which imports the implementations; they import only this module.
+``hyper_defaults(name)``, and ``resolve_hyper`` validates names and values against them. The
+name -> estimator table lives in ``rnnsweep.algorithms.estimator``, which imports the
+implementations; they import only this module.
 """
 
 from __future__ import annotations

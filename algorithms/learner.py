@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnsweep.algorithms import checkpoint, kalman_step, optimizer
+from rnnsweep.algorithms import checkpoint, checkpoint_file, kalman_step, optimizer
 from rnnsweep.algorithms.cell import make_cell
 from rnnsweep.algorithms.estimator import check_step, get_estimator, resolve_hyper, start
 from rnnsweep.algorithms.params import Params, init_params
@@ -50,7 +50,7 @@ from rnnsweep.tasks import make_task
 from rnnsweep.tasks.registry import task_setting_entries
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = checkpoint_file.FORMAT  # a snapshot's layout is the file's body
 PROBE_METRICS = ("bias", "variance", "cosine", "staleness")
 
 
@@ -486,46 +486,36 @@ def summarize(
 
 
 def save_checkpoint(learner: Learner, path: str, extra: dict[str, Any] | None = None) -> None:
-    """Write the learner's snapshot (and ``extra``, e.g. a tracking run id) atomically."""
-    import os
-    import tempfile
+    """Write the learner's snapshot (and ``extra``, e.g. a tracking run id) atomically, in the
+    format of ``checkpoint_file``."""
+    checkpoint_file.write(path, learner.snapshot(), extra)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", dir=directory)
+
+def learner_from(
+    saved: checkpoint_file.Checkpoint, source: str, spec: LearnerSpec | None = None
+) -> Learner:
+    """Rebuild the learner of a read checkpoint; ``source`` names it in messages. ``spec``, if
+    given, must be the checkpoint's own."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({**learner.snapshot(), "extra": dict(extra or {})}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_checkpoint(path: str) -> dict[str, Any]:
-    """The raw snapshot in a checkpoint file; a missing, corrupt or foreign file is refused."""
+        saved_spec = LearnerSpec(**saved.snapshot["spec"])
+    except TypeError as error:
+        raise checkpoint_file.CheckpointError(
+            f"checkpoint {source} has a malformed run specification: {error}"
+        ) from None
+    if spec is not None and asdict(spec) != asdict(saved_spec):
+        raise checkpoint_file.CheckpointError(
+            f"checkpoint {source} belongs to another run: {asdict(saved_spec)} != {asdict(spec)}"
+        )
     try:
-        snap = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint {path!r} does not exist") from None
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(f"checkpoint {path!r} is corrupt or not a checkpoint: {error}") from None
-    if not isinstance(snap, dict) or "spec" not in snap or "version" not in snap:
-        raise ValueError(f"checkpoint {path!r} is not an rnnsweep learner checkpoint")
-    return snap
+        learner = Learner(saved_spec)
+        learner.restore(saved.snapshot)
+    except (ValueError, TypeError, KeyError) as error:
+        raise checkpoint_file.CheckpointError(
+            f"checkpoint {source} does not fit its run: {error}"
+        ) from None
+    return learner
 
 
 def load_checkpoint(path: str, spec: LearnerSpec | None = None) -> Learner:
     """Rebuild a learner from a checkpoint file; a corrupt or mismatched file is refused."""
-    snap = read_checkpoint(path)
-    saved = LearnerSpec(**snap["spec"])
-    if spec is not None and asdict(spec) != asdict(saved):
-        raise ValueError(
-            f"checkpoint {path!r} belongs to another run: {asdict(saved)} != {asdict(spec)}"
-        )
-    learner = Learner(saved)
-    learner.restore(snap)
-    return learner
+    return learner_from(checkpoint_file.read(path), checkpoint_file.describe(path), spec)

@@ -4,9 +4,12 @@ A pack is one or more trials stepped together as a ``Population`` (``pack: N`` i
 members share the task, cell, estimator and structure, and differ in seed and continuous
 hyperparameters). The driver calls ``advance`` repeatedly; each call steps the pack for about
 ``seconds`` (whole report intervals, so stopping never splits a step) and returns, per trial,
-the reports made, a checkpoint (the member's snapshot, which is a lone learner's, as bytes,
-every ``checkpoint_every`` steps, so that the driver can keep it even when the checkpoint
-directory is on another machine) and the trial's state. ``drop`` stops members the driver
+the reports made, a checkpoint (the member's snapshot, which is a lone learner's, as the bytes
+of a ``checkpoint_file``, every ``checkpoint_every`` steps, so that the driver can keep it even
+when the checkpoint directory is on another machine) and the trial's state. Checkpoints come
+and go as bytes that are only ever read by ``checkpoint_file.decode`` (never unpickled); a
+member whose checkpoint is refused is left out of the pack and reported ``failed`` with the
+reason by the next ``advance``, while the others run. ``drop`` stops members the driver
 pruned; when half the pack is gone it is rebuilt without them. Chunks keep the actor free of
 threads: a dead actor shows as an error on the pending call. The device is taken from Ray's GPU
 assignment (``cuda`` when the actor was given a GPU), else the CPU.
@@ -14,18 +17,11 @@ assignment (``cuda`` when the actor was given a GPU), else the CPU.
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from typing import Any
 
-
-def to_bytes(snapshot: dict[str, Any]) -> bytes:
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(snapshot, buffer)
-    return buffer.getvalue()
+from rnnsweep.algorithms import checkpoint_file
 
 
 class LearnerHost:
@@ -44,6 +40,7 @@ class LearnerHost:
         self.population = None
         self.trials: list[int] = []  # trial number of each member, in pack order
         self.reported: set[int] = set()  # members whose end was already returned
+        self.refused: dict[int, str] = {}  # trial -> why its checkpoint was refused
         self.steps = 0
         self.checkpoint_every = 0
         self.next_checkpoint = 0
@@ -61,11 +58,11 @@ class LearnerHost:
         members: list[tuple[int, dict[str, Any], bytes | None]],
         steps: int,
         checkpoint_every: int,
+        names: dict[int, str] | None = None,
     ) -> dict[str, Any]:
         """Build (or restore) the pack ``[(trial, learner spec, checkpoint or None), ...]``;
-        returns ``{"step": steps already done, "device": ...}``."""
-        import torch
-
+        ``names`` says how messages name a trial's checkpoint (its file). Returns ``{"step":
+        steps already done, "device": ..., "refused": {trial: reason}}``."""
         from rnnsweep.algorithms.learner import LearnerSpec
         from rnnsweep.algorithms.population import Population
 
@@ -73,26 +70,46 @@ class LearnerHost:
         # driver then sees the start's error), and a GPU must not hold two packs at once.
         self.release()
         device = self.device()
-        specs, snaps = [], []
-        for _, spec, checkpoint in members:
+        names = names or {}
+        trials, specs, snaps, refused = [], [], [], {}
+        for trial, spec, checkpoint in members:
+            snap = None
+            if checkpoint is not None:
+                source = names.get(trial, f"of trial {trial}")
+                try:
+                    snap = checkpoint_file.decode(checkpoint, source).snapshot
+                except checkpoint_file.CheckpointError as error:
+                    refused[trial] = str(error)
+                    continue
+            trials.append(trial)
             specs.append(LearnerSpec(**{**spec, "device": device}))
-            snaps.append(
-                None
-                if checkpoint is None
-                else torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=False)
-            )
-        self.population = Population(specs, snaps)
-        self.trials = [trial for trial, _, _ in members]
+            snaps.append(snap)
+        self.population = Population(specs, snaps) if specs else None
+        self.trials, self.refused = trials, refused
         self.reported = set()
         self.steps, self.checkpoint_every = steps, checkpoint_every
-        done = self.population.counters["t"]
+        done = self.population.counters["t"] if self.population is not None else 0
         self.next_checkpoint = (done // checkpoint_every + 1) * checkpoint_every
-        return {"step": done, "device": device}
+        return {"step": done, "device": device, "refused": dict(refused)}
 
     def advance(self, seconds: float = 1.0) -> dict[str, Any]:
         """Step for about ``seconds``; per trial: reports, maybe a checkpoint, its state."""
+        failed = {
+            trial: {
+                "trial": trial,
+                "reports": [],
+                "checkpoint": None,
+                "state": "failed",
+                "summary": None,
+                "reason": reason,
+            }
+            for trial, reason in self.refused.items()
+        }
+        self.refused = {}
         pop = self.population
         if pop is None:
+            if failed:
+                return {"members": failed, "step": 0}
             raise RuntimeError("advance() before start()")
         trials = list(self.trials)
         reports: dict[int, list[dict[str, Any]]] = {t: [] for t in trials}
@@ -109,7 +126,7 @@ class LearnerHost:
         due = done >= self.next_checkpoint or finished
         if due:
             self.next_checkpoint = (done // self.checkpoint_every + 1) * self.checkpoint_every
-        results: dict[int, dict[str, Any]] = {}
+        results: dict[int, dict[str, Any]] = failed
         ends = [i for i, trial in enumerate(trials) if pop.diverged[i] or finished]
         wanted = [i for i, t in enumerate(trials) if t not in self.reported and (due or i in ends)]
         snaps = dict(zip(wanted, pop.snapshots(wanted), strict=True))
@@ -118,12 +135,10 @@ class LearnerHost:
                 continue
             diverged = pop.diverged[i]
             state = "diverged" if diverged else "done" if finished else "running"
-            checkpoint = to_bytes(snaps[i]) if i in snaps else None
             results[trial] = {
                 "trial": trial,
                 "reports": reports[trial],
-                "checkpoint": checkpoint,
-                "checkpoint_step": snaps[i]["counters"]["t"] if checkpoint else None,
+                "checkpoint": checkpoint_file.encode(snaps[i]) if i in snaps else None,
                 "state": state,
                 "summary": summaries[i] if state != "running" else None,
             }
@@ -154,6 +169,7 @@ class LearnerHost:
         self.population = None
         self.trials = []
         self.reported = set()
+        self.refused = {}
         if self.device() == "cuda":
             import torch
 

@@ -24,6 +24,7 @@ import os
 import sys
 from typing import Any
 
+from rnnsweep.algorithms.atomic_file import write_atomic
 from rnnsweep.orchestrator import sweep_store
 
 LOSS, BIAS_TRUNC, BIAS_NOISE, BEST = (
@@ -149,7 +150,7 @@ def write_report(
         written.append(name)
     summary["figures"] = list(written)
     summary["skipped"] = skipped
-    sweep_store.write_atomic(
+    write_atomic(
         os.path.join(out, SUMMARY), (json.dumps(summary, indent=2, default=str) + "\n").encode()
     )
     written.append(SUMMARY)

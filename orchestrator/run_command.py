@@ -9,7 +9,6 @@ with no metric step written twice.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sys
@@ -17,11 +16,12 @@ from typing import Any
 
 import yaml
 
+from rnnsweep.algorithms import checkpoint_file
+from rnnsweep.algorithms.atomic_file import write_atomic
 from rnnsweep.algorithms.learner import (
     Learner,
     LearnerSpec,
-    load_checkpoint,
-    read_checkpoint,
+    learner_from,
     save_checkpoint,
     split_settings,
     unused_settings,
@@ -55,13 +55,7 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
 
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
@@ -104,16 +98,16 @@ def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
 def build_learner(args) -> tuple[Learner, dict[str, Any]]:
     """A new learner from the arguments, or the one in ``--resume`` (plus its saved extras)."""
     if args.resume:
-        snap = read_checkpoint(args.resume)
-        saved = snap["spec"]
+        saved = checkpoint_file.read(args.resume)
+        saved_spec = saved.snapshot["spec"]
         for flag, key in (("task", "task"), ("estimator", "estimator"), ("cell", "cell")):
             given = getattr(args, flag)
-            if given is not None and given != saved[key]:
+            if given is not None and given != saved_spec.get(key):
                 raise ValueError(
                     f"--{flag} {given} contradicts the checkpoint {args.resume!r} "
-                    f"({key} = {saved[key]})"
+                    f"({key} = {saved_spec.get(key)})"
                 )
-        return load_checkpoint(args.resume), dict(snap.get("extra") or {})
+        return learner_from(saved, checkpoint_file.describe(args.resume)), dict(saved.extra)
     base: dict[str, Any] = {}
     if args.config:
         base = load_run_config(args.config, args.estimator)

@@ -152,7 +152,7 @@ def status_command(args) -> int:
 
 
 def best_command(args) -> int:
-    from rnnsweep.orchestrator.driver import sweep_summary
+    from rnnsweep.orchestrator.stores import sweep_summary
 
     state_dir, record = sweep_store.read_record(args.state_dir, args.name)
     spec = record["spec"]

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any
 
+from rnnsweep.algorithms.atomic_file import write_atomic
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 # The default tracking URI has one home, tracking.py; the name stays importable from here.
@@ -43,14 +44,6 @@ def default_optuna_url(state_dir: str) -> str:
     return f"sqlite:///{os.path.join(state_dir, 'optuna.db')}"
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def write_record(state_dir: str, name: str, record: dict[str, Any]) -> None:

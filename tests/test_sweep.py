@@ -96,6 +96,7 @@ def test_sweep_completes_with_mlflow_children(ray_session, storage_url, tmp_path
     summary = Driver(spec, str(tmp_path), workers=2).run()
     study, trials = _check_sweep(spec, str(tmp_path))
     assert summary["states"] == {"COMPLETE": 3}
+    assert study.user_attrs == {}  # the sweep's metadata lives in its record alone
     for trial in trials:
         assert trial.value == _plain_value(spec, trial)  # through Ray, Optuna and MLflow
     _, record = sweep_store.read_record(str(tmp_path), spec.name)
@@ -103,23 +104,20 @@ def test_sweep_completes_with_mlflow_children(ray_session, storage_url, tmp_path
     assert parent.info.status == "FINISHED" and parent.data.tags["rnnsweep.sweep"] == "t"
 
 
-class KillingDriver(Driver):
-    """Kills the actor of trial 0 after its first checkpoint, ``kills`` times."""
+class ActorKiller:
+    """A driver hook: kills the actor of trial 0 after each of its checkpoints before the end,
+    ``kills`` times (a real fault: the actor's process dies)."""
 
-    kills = 1
+    def __init__(self, kills: int = 1) -> None:
+        self.kills = kills
 
-    def _handle(self, run, result):
-        super()._handle(run, result)
-        if (
-            run.number == 0
-            and result["checkpoint"] is not None
-            and self.kills > 0
-            and (result["state"] == "running")
-        ):
-            import ray
+    def __call__(self, event) -> None:
+        if event.kind == "checkpoint" and event.number == 0 and event.step < STEPS:
+            if self.kills > 0 and event.actor is not None:
+                import ray
 
-            self.kills -= 1
-            ray.kill(run.actor)
+                self.kills -= 1
+                ray.kill(event.actor)
 
 
 def _packed_spec(**overrides):
@@ -142,18 +140,21 @@ def test_packed_sweep_equals_plain_runs(ray_session, tmp_path):
         assert trial.value == _plain_value(spec, trial)  # each member, as if run alone
 
 
-class PruningDriver(Driver):
-    """Prunes trial 1 at its first report."""
+def _pruning_trial_1():
+    """An Optuna pruner that prunes trial 1 at its first report."""
+    import optuna
 
-    def _handle(self, run, result):
-        if run.number == 1:
-            run.trial.should_prune = lambda: True
-        super()._handle(run, result)
+    class PruneTrial1(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return trial.number == 1
+
+    return PruneTrial1()
 
 
 def test_pruned_member_leaves_the_rest_of_its_pack_undisturbed(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
-    summary = PruningDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.05).run()
+    driver = Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.05, pruner=_pruning_trial_1())
+    summary = driver.run()
     assert summary["states"] == {"COMPLETE": 2, "PRUNED": 1}
     study, trials = _check_sweep(spec, str(tmp_path))
     assert [t.user_attrs["pack"] for t in trials] == [[0, 1, 2]] * 3
@@ -170,9 +171,9 @@ def test_pruned_member_leaves_the_rest_of_its_pack_undisturbed(ray_session, tmp_
 
 def test_killed_pack_restarts_all_its_members_from_checkpoints(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
-    driver = KillingDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.02)
-    driver.run()
-    assert driver.kills == 0
+    killer = ActorKiller()
+    Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=killer).run()
+    assert killer.kills == 0
     study, trials = _check_sweep(spec, str(tmp_path))
     for trial in trials:
         assert trial.state.name == "COMPLETE" and trial.user_attrs["retries"] == 1
@@ -182,9 +183,9 @@ def test_killed_pack_restarts_all_its_members_from_checkpoints(ray_session, tmp_
 
 def test_killed_actor_restarts_from_checkpoint(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=2))
-    driver = KillingDriver(spec, str(tmp_path), workers=2, chunk_seconds=0.02)
-    driver.run()
-    assert driver.kills == 0
+    killer = ActorKiller()
+    Driver(spec, str(tmp_path), workers=2, chunk_seconds=0.02, on_event=killer).run()
+    assert killer.kills == 0
     study, trials = _check_sweep(spec, str(tmp_path))
     first = study.trials[0]
     assert first.state.name == "COMPLETE" and first.user_attrs["retries"] == 1
@@ -193,9 +194,8 @@ def test_killed_actor_restarts_from_checkpoint(ray_session, tmp_path):
 
 def test_actor_dying_past_max_retries_fails_the_trial_and_the_sweep_goes_on(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=3, max_retries=1))
-    driver = KillingDriver(spec, str(tmp_path), workers=2, chunk_seconds=0.02)
-    driver.kills = 5
-    summary = driver.run()
+    killer = ActorKiller(kills=5)
+    summary = Driver(spec, str(tmp_path), workers=2, chunk_seconds=0.02, on_event=killer).run()
     study, trials = _check_sweep(spec, str(tmp_path))
     first = study.trials[0]
     assert first.state.name == "FAIL"
@@ -410,23 +410,24 @@ def test_status_best_and_run_back(ray_session, tmp_path, capsys):
     assert "no sweep named 'nope'" in capsys.readouterr().err
 
 
-class InterruptingDriver(Driver):
-    """Stops the sweep (as Ctrl-C would) once every trial has a checkpoint past step 0."""
+class Interrupter:
+    """A driver hook: stops the sweep (as Ctrl-C would) once every running trial has a
+    checkpoint past step 0."""
 
-    def _handle(self, run, result):
-        super()._handle(run, result)
+    def __init__(self) -> None:
+        self.checkpointed: set[int] = set()
 
-        def checkpointed(number):
-            return os.path.exists(sweep_store.checkpoint_path(self.state_dir, self.name, number))
-
-        if self.running and all(checkpointed(n) for n in self.running):
-            raise KeyboardInterrupt
+    def __call__(self, event) -> None:
+        if event.kind == "checkpoint":
+            self.checkpointed.add(event.number)
+            if event.running and event.running <= self.checkpointed:
+                raise KeyboardInterrupt
 
 
 def test_interrupted_packed_sweep_resumes_in_packs_from_checkpoints(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
     with pytest.raises(KeyboardInterrupt):
-        InterruptingDriver(spec, str(tmp_path), workers=1, chunk_seconds=0.02).run()
+        Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=Interrupter()).run()
     study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
     left = [t for t in study.get_trials() if t.state.name == "RUNNING"]
     assert len(left) == 3 and all(0 < t.user_attrs["checkpoint_step"] < STEPS for t in left)
@@ -439,14 +440,12 @@ def test_interrupted_packed_sweep_resumes_in_packs_from_checkpoints(ray_session,
 
 def test_a_failed_start_leaves_the_actor_without_a_pack(tmp_path):
     """Reused actors: the previous pack must not be advanced in the failed one's place."""
-    import io
     from dataclasses import asdict
 
-    import torch
-
+    from rnnsweep.algorithms import checkpoint_file
     from rnnsweep.algorithms.learner import LearnerSpec
     from rnnsweep.orchestrator.actors import LearnerHost
-    from rnnsweep.orchestrator.driver import checkpoint_step
+    from rnnsweep.orchestrator.stores import checkpoint_step
 
     class Host(LearnerHost):
         def device(self):
@@ -458,45 +457,120 @@ def test_a_failed_start_leaves_the_actor_without_a_pack(tmp_path):
     result = host.advance(0.05)
     assert set(result["members"]) == {0, 1}
     snapshot = host.population.snapshots([0])[0]
-    buffer = io.BytesIO()
-    torch.save(snapshot, buffer)
-    assert checkpoint_step(buffer.getvalue()) == snapshot["counters"]["t"] > 0
+    data = checkpoint_file.encode(snapshot)
+    assert checkpoint_step(data) == snapshot["counters"]["t"] > 0
     assert checkpoint_step(None) == 0
     fresh = {**spec, "seed": 3}
     with pytest.raises(ValueError, match="same step"):  # one at its step, one fresh
-        host.start([(5, spec, buffer.getvalue()), (6, fresh, None)], 400, 100)
+        host.start([(5, spec, data), (6, fresh, None)], 400, 100)
     with pytest.raises(RuntimeError, match=r"advance\(\) before start\(\)"):
         host.advance(0.05)
 
 
-class DyingInBegin(Driver):
-    """Interrupted inside ``_begin`` of trial ``number``: after its MLflow run is opened
-    (``after_run``) or before anything is recorded for it."""
+def _dying_at(kind: str, number: int):
+    """A driver hook: the driver is interrupted at event ``kind`` of trial ``number``."""
 
-    number, after_run = 1, True
-
-    def _child_tracker(self, study, number, *args):
-        tracker = super()._child_tracker(study, number, *args)
-        if number == self.number and self.after_run:
+    def hook(event) -> None:
+        if event.kind == kind and event.number == number:
             raise KeyboardInterrupt
-        return tracker
 
-    def _begin(self, study, trial, *args):
-        if trial.number == self.number and not self.after_run:
-            raise KeyboardInterrupt
-        super()._begin(study, trial, *args)
+    return hook
 
 
 def test_resume_after_a_kill_inside_begin_keeps_one_run_per_trial(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=3, workers=1, estimators=["uoro"], search={}))
     with pytest.raises(KeyboardInterrupt):  # trial 1: MLflow run open, its id not recorded
-        DyingInBegin(spec, str(tmp_path), workers=1).run()
-    second = DyingInBegin(spec, str(tmp_path), workers=1)
-    second.number, second.after_run = 2, False  # trial 2: asked, nothing recorded
-    with pytest.raises(KeyboardInterrupt):
+        Driver(spec, str(tmp_path), workers=1, on_event=_dying_at("run_opened", 1)).run()
+    second = Driver(spec, str(tmp_path), workers=1, on_event=_dying_at("asked", 2))
+    with pytest.raises(KeyboardInterrupt):  # trial 2: asked, nothing recorded
         second.run(resume=True)
     Driver(spec, str(tmp_path), workers=1).run(resume=True)
     study, trials = _check_sweep(spec, str(tmp_path))  # one MLflow child per trial
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     for trial in trials:
+        assert trial.value == _plain_value(spec, trial)
+
+
+class Payload:
+    """Unpickled by anything but a weights-only loader, it creates the file ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _rewrapped(data: bytes, body_change=None, **header_change) -> bytes:
+    """A checkpoint file's bytes with its body and/or header fields changed (and its payload's
+    checksum kept valid): the documented layout of ``checkpoint_file``."""
+    import hashlib
+    import io
+    import struct
+
+    import torch
+
+    from rnnsweep.algorithms import checkpoint_file
+
+    header = checkpoint_file.read_header(data, "test")
+    payload = data[header.payload_start :]
+    if body_change is not None:
+        body = torch.load(io.BytesIO(payload), weights_only=True)
+        body_change(body)
+        buffer = io.BytesIO()
+        torch.save(body, buffer)
+        payload = buffer.getvalue()
+    fields = {
+        "format": header.format,
+        "step": header.step,
+        "payload_bytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        **header_change,
+    }
+    text = json.dumps(fields).encode()
+    return checkpoint_file.MAGIC + struct.pack("<I", len(text)) + text + payload
+
+
+def test_a_refused_checkpoint_fails_only_its_trial_on_resume(ray_session, tmp_path):
+    spec = spec_.load_spec_dict(
+        _spec_dict(
+            trials=5,
+            workers=1,
+            pack=4,
+            estimators=["uoro"],
+            search={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        )
+    )
+    with pytest.raises(KeyboardInterrupt):
+        Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=Interrupter()).run()
+    study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING"] * 4
+    path = {n: sweep_store.checkpoint_path(str(tmp_path), "t", n) for n in range(4)}
+    data = {n: open(path[n], "rb").read() for n in range(4)}
+    marker = tmp_path / "pwned"
+    with open(path[1], "wb") as handle:  # truncated: caught by the driver (length, checksum)
+        handle.write(data[1][: len(data[1]) // 2])
+    with open(path[2], "wb") as handle:  # another format version: caught by the driver
+        handle.write(_rewrapped(data[2], format=3))
+    with open(path[3], "wb") as handle:  # a valid header around pickled code: by the actor
+        handle.write(
+            _rewrapped(data[3], lambda body: body.update(last_probe={"p": Payload(str(marker))}))
+        )
+
+    summary = Driver(spec, str(tmp_path), workers=1).run(resume=True)
+    study, trials = _check_sweep(spec, str(tmp_path))
+    assert summary["states"] == {"COMPLETE": 2, "FAIL": 3}
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "FAIL", "COMPLETE"]
+    reasons = {t.number: t.user_attrs["fail_reason"] for t in trials if t.state.name == "FAIL"}
+    assert reasons[1].startswith(f"checkpoint {path[1]!r} of trial 1 is truncated: ")
+    assert reasons[2].startswith(f"checkpoint {path[2]!r} of trial 2 has format version 3; ")
+    assert reasons[3].startswith(f"checkpoint {path[3]!r} of trial 3 holds pickled objects")
+    assert not marker.exists()
+    _, record = sweep_store.read_record(str(tmp_path), "t")
+    client = _mlflow(record["tracking_uri"])
+    for number, reason in reasons.items():
+        run = client.get_run(trials[number].user_attrs["mlflow_run_id"])
+        assert run.info.status == "FAILED" and run.data.tags["reason"] == reason
+        assert run.data.tags["optuna_state"] == "FAIL"
+    for trial in (trials[0], trials[4]):  # the others went on, as if never interrupted
         assert trial.value == _plain_value(spec, trial)

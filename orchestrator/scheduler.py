@@ -1,0 +1,258 @@
+"""Where a sweep's trials run: the actor pool on Ray, the queue, packing and retries.
+
+``Running`` is one trial between Optuna's ask and tell: queued, or in a pack (``Group``) on a
+``LearnerHost`` actor. ``fill`` gives queued trials to free actors, up to ``pack`` trials that
+can share one (the same pack key: task, cell, estimator, structure; and the same steps done);
+each pack has one ``advance`` call in flight, and ``wait`` returns the calls that ended: a
+result, a failed call, or a dead actor. An actor that dies is replaced; ``actor_died`` says
+which of its trials go again (from their last checkpoints, at the front of the queue) and
+which have used up their ``max_retries``. The scheduler writes no store: its callers record
+what it decides.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rnnsweep.orchestrator.actors import LearnerHost
+from rnnsweep.orchestrator.progress_table import TrialRow
+from rnnsweep.orchestrator.tracking import Tracker
+
+
+@dataclass
+class Running:
+    """A trial asked of Optuna and not yet told: queued for an actor, or in a pack on one."""
+
+    number: int
+    trial: Any  # optuna.trial.Trial
+    estimator: str
+    settings: dict[str, Any]
+    learner_spec: dict[str, Any]
+    tracker: Tracker
+    last_logged: int
+    reported: set[int]
+    row: TrialRow
+    pack_key: str = ""  # trials with equal keys (and steps done) can share a pack
+    pack_limit: int = 1  # the most trials its pack may hold
+    checkpoint: bytes | None = None  # to start from (queued trials)
+    group: Group | None = None
+    retries: int = 0
+    restart_from: int = 0  # steps done at the (re)start
+
+    @property
+    def actor(self) -> Any:
+        return self.group.actor if self.group is not None else None
+
+
+@dataclass
+class Group:
+    """One actor's pack: its trials, and its one call in flight."""
+
+    actor: Any
+    members: dict[int, Running]
+    future: Any = None
+    start_future: Any = None
+
+
+@dataclass
+class Outcome:
+    """A pack's call that ended: its ``result``, or ``died`` (the actor's error), or
+    ``error`` (why the call failed: the trials fail, the actor lives on)."""
+
+    group: Group
+    result: dict[str, Any] | None = None
+    died: Exception | None = None
+    error: str = ""
+
+
+class Scheduler:
+    """The actor pool and the queue of one sweep. ``names(number)`` says how messages name a
+    trial's checkpoint."""
+
+    def __init__(
+        self, spec: Any, workers: int, chunk_seconds: float, names: Callable[[int], str]
+    ) -> None:
+        self.spec, self.workers, self.chunk_seconds, self.names = (
+            spec,
+            workers,
+            chunk_seconds,
+            names,
+        )
+        self.started_ray = False
+        self.queue: list[Running] = []  # waiting for an actor
+        self.groups: list[Group] = []  # packs on actors
+        self.idle: list[Any] = []
+        self.actors: list[Any] = []
+
+    # -- the pool ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start Ray (a private local instance unless ``RAY_ADDRESS`` names one) and the
+        ``workers`` actors."""
+        import ray
+
+        if not ray.is_initialized():
+            quiet = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init(**quiet)
+            else:
+                cpus = max(1, int(round(self.workers * self.spec.resources.cpus)))
+                # "local": a private instance, never one that happens to run on this machine.
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
+            self.started_ray = True
+        for _ in range(self.workers):
+            self.idle.append(self._new_actor())
+
+    def stop(self) -> None:
+        """Stop the Ray this scheduler started; on a shared instance, kill its actors."""
+        import ray
+
+        if self.started_ray:
+            ray.shutdown()
+        else:  # on a shared instance, give the actors' resources back
+            for actor in self.actors:
+                ray.kill(actor)
+
+    def _new_actor(self) -> Any:
+        import ray
+
+        res = self.spec.resources
+        host = ray.remote(LearnerHost).options(
+            num_cpus=res.cpus, num_gpus=res.gpus, max_restarts=0, max_concurrency=1
+        )
+        actor = host.remote(max(1, int(res.cpus)))
+        self.actors.append(actor)
+        return actor
+
+    # -- the queue ---------------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        """An actor is free and no trial waits for one: time to ask Optuna for more."""
+        return len(self.groups) < self.workers and not self.queue
+
+    def enqueue(self, runs: list[Running], front: bool = False) -> None:
+        if front:
+            self.queue[:0] = runs
+        else:
+            self.queue.extend(runs)
+
+    def unqueue(self, run: Running) -> None:
+        if run in self.queue:
+            self.queue.remove(run)
+
+    def fill(self) -> list[Group]:
+        """Give queued trials to free actors, up to ``pack`` trials that can share one each:
+        same pack key (task, cell, estimator, structure) and the same steps done. Returns the
+        packs started."""
+        started = []
+        while self.queue and len(self.groups) < self.workers:
+            first = self.queue[0]
+            members = [
+                run
+                for run in self.queue
+                if (run.pack_key, run.restart_from) == (first.pack_key, first.restart_from)
+            ][: first.pack_limit]
+            for run in members:
+                self.queue.remove(run)
+            started.append(self._dispatch(members))
+        return started
+
+    def _dispatch(self, members: list[Running]) -> Group:
+        """Start a pack on an actor without waiting: an actor runs its calls in order, so the
+        first ``advance`` follows ``start``; a failed start surfaces on that future."""
+        actor = self.idle.pop() if self.idle else self._new_actor()
+        group = Group(actor, {run.number: run for run in members})
+        self.groups.append(group)
+        group.start_future = actor.start.remote(
+            [(run.number, run.learner_spec, run.checkpoint) for run in members],
+            self.spec.steps,
+            self.spec.checkpoint_every,
+            {run.number: self.names(run.number) for run in members},
+        )
+        group.future = actor.advance.remote(self.chunk_seconds)
+        for run in members:
+            run.group, run.checkpoint = group, None
+        return group
+
+    # -- calls in flight ---------------------------------------------------------------------
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        """The packs' calls that ended within ``timeout`` seconds (at most one)."""
+        import ray
+
+        futures = {g.future: g for g in self.groups if g.future is not None}
+        ready, _ = ray.wait(list(futures), num_returns=1, timeout=timeout)
+        outcomes = []
+        for future in ready:
+            group = futures[future]
+            group.future = None
+            if group not in self.groups:
+                continue
+            try:
+                outcomes.append(Outcome(group, result=ray.get(future)))
+            except ray.exceptions.RayActorError as error:
+                outcomes.append(Outcome(group, died=error))
+            except ray.exceptions.RayTaskError as task_error:
+                cause = task_error.cause
+                try:  # a failed start is the real cause of a failed first advance
+                    ray.get(group.start_future)
+                except ray.exceptions.RayTaskError as start_error:
+                    cause = start_error.cause
+                except ray.exceptions.RayActorError as actor_error:
+                    outcomes.append(Outcome(group, died=actor_error))
+                    continue
+                outcomes.append(Outcome(group, error=f"error: {cause!r}"[:500]))
+        return outcomes
+
+    def next_chunk(self, group: Group) -> None:
+        """The pack's next ``advance``, sent before its result is recorded (the actor
+        computes meanwhile)."""
+        group.future = group.actor.advance.remote(self.chunk_seconds)
+
+    def drop(self, group: Group, numbers: list[int]) -> None:
+        """Stop trials of a pack (e.g. pruned); the others go on."""
+        group.actor.drop.remote(numbers)
+
+    def release(self, group: Group) -> None:
+        """A pack with no trial left: its actor takes the next one (after its current call)."""
+        if group in self.groups:
+            self.groups.remove(group)
+        if group.actor in self.actors and group.actor not in self.idle:
+            self.idle.append(group.actor)
+
+    def actor_died(self, group: Group, error: Exception) -> tuple[list[Running], list[Running]]:
+        """Replace the pack's actor; returns its trials ``(again, exhausted)``: those to run
+        again from their last checkpoints, those past ``max_retries`` (to fail with
+        ``died_reason``). Each has its ``retries`` counted."""
+        import ray
+
+        if group in self.groups:
+            self.groups.remove(group)
+        if group.actor in self.actors:
+            self.actors.remove(group.actor)
+        try:
+            ray.kill(group.actor)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        again, exhausted = [], []
+        for run in list(group.members.values()):
+            run.group = None
+            run.retries += 1
+            (exhausted if run.retries > self.spec.max_retries else again).append(run)
+        group.members.clear()
+        return again, exhausted
+
+    def died_reason(self, run: Running, error: Exception) -> str:
+        return (
+            f"actor died {run.retries} times (max_retries {self.spec.max_retries}): "
+            f"{type(error).__name__}: {_last_line(error)}"
+        )
+
+
+def _last_line(error: Exception) -> str:
+    """The most telling line of a Ray error (its root cause comes last)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
