@@ -138,8 +138,12 @@ class Driver:
         opener.start()
         try:
             self.scheduler.start()
-        finally:
+        except BaseException:
             opener.join()
+            if not errors:
+                self.stores.close("FAILED")
+            raise
+        opener.join()
         if errors:
             self.scheduler.stop()
             raise errors[0]

@@ -12,6 +12,9 @@
 - Checkpoints ``DIR/checkpoints/NAME/trial-N.pt`` (``checkpoint_file``'s format), written
   atomically, read back with their header, length and checksum verified, never deserialized.
 
+One driver at a time writes them: ``open`` takes the sweep's lease (``sweep_lease``) before
+anything else, ``close`` gives it back.
+
 A trial's end goes to MLflow first (its queue drained, the run closed), then to Optuna: a
 driver killed in between leaves a RUNNING trial that ``resume`` redoes from its last
 checkpoint, never a finished trial with metrics missing.
@@ -29,6 +32,7 @@ from rnnsweep.algorithms import checkpoint_file
 from rnnsweep.algorithms.atomic_file import write_atomic
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator.sweep_lease import SweepLease
 from rnnsweep.orchestrator.tracking import Tracker, child_run
 
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
@@ -63,11 +67,21 @@ class SweepStores:
         self.experiment_id = ""
         self.study: Any = None
         self.parent: Tracker | None = None
+        self.lease = SweepLease(state_dir, self.name)
 
     # -- the sweep ---------------------------------------------------------------------------
 
     def open(self, resume: bool) -> None:
-        """Create the sweep's study, parent run and record, or (``resume``) open them."""
+        """Take the sweep's lease, then create its study, parent run and record, or
+        (``resume``) open them; a failure gives the lease back."""
+        self.lease.acquire()
+        try:
+            self._open(resume)
+        except BaseException:
+            self.lease.release()
+            raise
+
+    def _open(self, resume: bool) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -131,15 +145,19 @@ class SweepStores:
         )
 
     def close(self, status: str, summary: dict[str, Any] | None = None) -> None:
-        """Close the parent run (``status`` as MLflow says it), with the summary's metrics."""
-        if self.parent is None:
-            return
-        if summary is not None:
-            best = {f"best_{e}": v["value"] for e, v in summary["best"].items()}
-            self.parent.log_metrics(0, best)
-            states = {f"trials_{k.lower()}": v for k, v in summary["states"].items()}
-            self.parent.log_metrics(0, states)
-        self.parent.close(status)
+        """Close the parent run (``status`` as MLflow says it), with the summary's metrics,
+        and give the lease back."""
+        try:
+            if self.parent is None:
+                return
+            if summary is not None:
+                best = {f"best_{e}": v["value"] for e, v in summary["best"].items()}
+                self.parent.log_metrics(0, best)
+                states = {f"trials_{k.lower()}": v for k, v in summary["states"].items()}
+                self.parent.log_metrics(0, states)
+            self.parent.close(status)
+        finally:
+            self.lease.release()
 
     # -- trials ------------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
 """Where a sweep's state lives, and opening it.
 
 A sweep ``NAME`` in state directory ``DIR`` has a record ``DIR/sweeps/NAME.json`` (its resolved
-spec, Optuna storage URL and MLflow tracking URI), an Optuna study named ``NAME`` (SQLite
-``DIR/optuna.db`` by default, PostgreSQL on a cluster), an MLflow experiment named ``NAME``
-(SQLite ``DIR/mlflow.db`` by default) and checkpoints under ``DIR/checkpoints/NAME/``. Every
-command that reads or writes sweep state goes through here.
+spec, Optuna storage URL, MLflow tracking URI, experiment and parent run ids: the one home of
+the sweep's metadata), an Optuna study named ``NAME`` (SQLite ``DIR/optuna.db`` by default,
+PostgreSQL on a cluster), an MLflow experiment named ``NAME`` (SQLite ``DIR/mlflow.db`` by
+default) and checkpoints under ``DIR/checkpoints/NAME/``. Every command finds sweep state
+through here; the driver writes it through ``stores``.
 """
 
 from __future__ import annotations

@@ -574,3 +574,21 @@ def test_a_refused_checkpoint_fails_only_its_trial_on_resume(ray_session, tmp_pa
         assert run.data.tags["optuna_state"] == "FAIL"
     for trial in (trials[0], trials[4]):  # the others went on, as if never interrupted
         assert trial.value == _plain_value(spec, trial)
+
+
+def test_a_second_driver_of_a_running_sweep_is_refused(ray_session, tmp_path):
+    from rnnsweep.orchestrator.sweep_lease import SweepLease
+
+    spec = spec_.load_spec_dict(_spec_dict(trials=1, workers=1))
+    holder = SweepLease(str(tmp_path), "t")
+    holder.acquire()  # as a running driver holds it
+    try:
+        with pytest.raises(ValueError, match=f"sweep 't' is being driven by pid {os.getpid()} on "):
+            Driver(spec, str(tmp_path), workers=1).run()
+        assert not os.path.exists(sweep_store.record_path(str(tmp_path), "t"))  # nothing made
+    finally:
+        holder.release()
+    assert Driver(spec, str(tmp_path), workers=1).run()["states"] == {"COMPLETE": 1}
+    after = SweepLease(str(tmp_path), "t")
+    after.acquire()  # the finished driver gave the lease back
+    after.release()
