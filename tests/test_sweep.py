@@ -13,6 +13,7 @@ import time
 
 import pytest
 import yaml
+from ray_processes import kill, ray_processes
 
 from rnnsweep.algorithms.learner import Learner
 from rnnsweep.orchestrator import spec as spec_
@@ -230,47 +231,6 @@ def test_diverging_trial_fails_with_its_reason_without_retry(ray_session, tmp_pa
     assert "retries" not in trial.user_attrs
 
 
-def _ray_processes(temp_root: str) -> list[int]:
-    """Pids of processes started for the Ray instance whose RAY_TMPDIR is ``temp_root``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read().decode(errors="replace")
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                environ = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        if (
-            temp_root in cmdline
-            or f"RAY_TMPDIR={temp_root}\0" in environ
-            or _has_open_file(entry, temp_root)
-        ):
-            found.append(int(entry))
-    return found
-
-
-def _has_open_file(pid: str, root: str) -> bool:
-    """Ray's agents rename themselves and drop the environment, but keep their logs open."""
-    try:
-        return any(
-            os.readlink(f"/proc/{pid}/fd/{fd}").startswith(root)
-            for fd in os.listdir(f"/proc/{pid}/fd")
-        )
-    except OSError:
-        return False
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
 def _launch_subprocess(spec_path, state_dir, temp_root):
     env = {**os.environ, "RAY_TMPDIR": temp_root}
     env.pop("RAY_ADDRESS", None)
@@ -335,7 +295,7 @@ def test_driver_killed_mid_sweep_then_resumed(ray_session, storage_url, tmp_path
         assert main(["resume", "t", "--state-dir", str(state_dir)]) == 0
         study, trials = _check_sweep(spec, str(state_dir))
     finally:
-        _kill(_ray_processes(temp_root))
+        kill(ray_processes(temp_root))
     assert all(t.state.name == "COMPLETE" for t in trials)
     for trial in trials:
         assert trial.value == _plain_value(spec, trial)
@@ -349,7 +309,7 @@ def test_normal_exit_leaves_no_ray_process(tmp_path):
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
     time.sleep(1.0)
-    assert _ray_processes(temp_root) == []
+    assert ray_processes(temp_root) == []
 
 
 def test_bad_spec_exits_2_and_creates_nothing(tmp_path, capsys):
