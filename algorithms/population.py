@@ -41,17 +41,14 @@ from torch import Tensor
 
 from rnnsweep.algorithms import checkpoint, kalman, kalman_step, optimizer, pack_state
 from rnnsweep.algorithms.estimator import check_step, get_estimator, resolve_hyper, start
-from rnnsweep.algorithms.learner import (
+from rnnsweep.algorithms.learner import divergence, make_report, plan, summarize
+from rnnsweep.algorithms.learner_spec import (
     CHECKPOINT_VERSION,
     PROBE_METRICS,
-    Learner,
     LearnerSpec,
-    divergence,
-    make_report,
-    plan,
     split_settings,
-    summarize,
 )
+from rnnsweep.algorithms.member import Member
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.signs import stream_seeds
 from rnnsweep.tasks import make_task
@@ -132,11 +129,11 @@ class Population:
         if len(snapshots) != len(specs):
             raise ValueError(f"{len(snapshots)} snapshots for {len(specs)} members")
         self.specs = list(specs)
-        self._assemble(_lone_learners(self.specs, snapshots))
+        self._assemble(_members(self.specs, snapshots))
 
     # -- construction -----------------------------------------------------------------------
 
-    def _assemble(self, members: list[Learner]) -> None:
+    def _assemble(self, members: list[Member]) -> None:
         lead = members[0]
         self.pack, self.width = len(members), lead.batch
         self.streams = self.pack * self.width
@@ -303,7 +300,7 @@ class Population:
         self._clipping = any(r["clip"] > 0 for r in rows)
         return hyper
 
-    def _probe(self, member: Learner, snap: dict[str, Any]) -> Any:
+    def _probe(self, member: Member, snap: dict[str, Any]) -> Any:
         if member.probe is None:
             return None
         from rnnsweep.algorithms import probe
@@ -608,20 +605,20 @@ class Population:
             return list(range(self.pack))
         snaps = self.snapshots(live)
         self.specs = [self.specs[i] for i in live]
-        self._assemble(_lone_learners(self.specs, snaps))
+        self._assemble(_members(self.specs, snaps))
         return live
 
 
-def _lone_learners(
+def _members(
     specs: Sequence[LearnerSpec], snapshots: Sequence[dict[str, Any] | None]
-) -> list[Learner]:
-    """Each member as the lone learner it stands for, restored where a snapshot is given.
+) -> list[Member]:
+    """Each member's fresh state, restored where a snapshot is given.
 
     Built on the CPU (where all streams generate), so that packing changes nothing about what
     a member computes."""
     members = []
     for spec, snap in zip(specs, snapshots, strict=True):
-        member = Learner(replace(spec, device="cpu"))
+        member = Member(replace(spec, device="cpu"))
         if snap is not None:
             member.restore(snap)
         members.append(member)
