@@ -1,24 +1,27 @@
 """The online learner: one task stream, a cell, a readout, an estimator and an optimizer.
 
-Every step: ``x_t, y_t`` from the stream -> the estimator's step (cell forward, readout, loss,
-gradient estimate) -> every ``update_every`` steps, the mean of the accumulated gradients is
-clipped to global norm ``clip`` and applied by the optimizer (``sgd``, ``adam``) at the rate
-``lr / (1 + lr_decay sqrt(t))`` — or, with ``optimizer = kalman``, the extended Kalman filter
-over the parameters takes the step from the estimator's influence. Losses are accumulated on
-the device; every ``log_every`` steps (the only host synchronisation) the learner reports its
-running loss, bits per character where the task counts characters, gradient norm and
-stream-steps per second, and checks for divergence: a non-finite loss or parameter ends the
-run with ``diverged = True`` and a reason, never an exception.
+A ``Learner`` is a population of one: ``Learner(spec)`` wraps ``Population([spec])``
+(``rnnsweep.algorithms.population``, the one stepping engine) and shows its single member as a
+lone learner. Every step: ``x_t, y_t`` from the stream -> the estimator's step (cell forward,
+readout, loss, gradient estimate) -> every ``update_every`` steps, the mean of the accumulated
+gradients is clipped to global norm ``clip`` and applied by the optimizer (``sgd``, ``adam``)
+at the rate ``lr / (1 + lr_decay sqrt(t))`` — or, with ``optimizer = kalman``, the extended
+Kalman filter over the parameters takes the step from the estimator's influence. Losses are
+accumulated on the device; every ``log_every`` steps (the only host synchronisation) the
+learner reports its running loss, bits per character where the task counts characters,
+gradient norm and stream-steps per second, and checks for divergence: a non-finite loss or
+parameter ends the run with ``diverged = True`` and a reason, never an exception.
 
 ``snapshot()`` / ``restore()`` cover the whole state (parameters, optimizer or filter,
 estimator state, stream position and RNG, probe, counters), so that a restored learner
-continues bit-for-bit like one never interrupted. ``final_loss`` is the mean loss (nats) over
-the last 10% of the planned steps.
+continues bit-for-bit like one never interrupted; the snapshot is the population's member
+snapshot (``member.Member`` builds and reads it). ``final_loss`` is the mean loss (nats) over
+the last 10% of the planned steps. The settings (``LearnerSpec``, ``split_settings`` and their
+tables) live in ``learner_spec`` and are re-exported here.
 """
+
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -26,8 +29,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnsweep.algorithms import kalman_step, optimizer
-from rnnsweep.algorithms.estimator import check_step
 from rnnsweep.algorithms.learner_spec import (
     CHECKPOINT_VERSION,
     CHOICES,
@@ -40,8 +41,8 @@ from rnnsweep.algorithms.learner_spec import (
     LearnerSpec,
     split_settings,
 )
-from rnnsweep.algorithms.member import Member
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.population import Population
 
 __all__ = [  # the settings names are re-exported from learner_spec, where they live
     "CHECKPOINT_VERSION",
@@ -54,122 +55,66 @@ __all__ = [  # the settings names are re-exported from learner_spec, where they 
     "PROBE_METRICS",
     "Learner",
     "LearnerSpec",
-    "divergence",
     "load_checkpoint",
-    "make_report",
-    "plan",
     "read_checkpoint",
     "save_checkpoint",
     "split_settings",
-    "summarize",
 ]
+PACK_ONLY = ("pack_steps_per_sec",)  # report fields that mean something only for a pack
 
 
-class Learner(Member):
-    """One online learner; build it from a ``LearnerSpec`` (validated before any work)."""
+class Learner:
+    """One online learner, a ``Population`` of one (``population``); build it from a
+    ``LearnerSpec`` (validated before any work).
+
+    ``params`` are views of the population's row 0 (``theta [P]``, ``readout [o, n + 1]``);
+    ``counters`` is a lone learner's (``t``, ``updates``, ``pending``, ``planned``,
+    ``tail_steps``, ``diverged``, ``reason``, ``elapsed``); ``config`` its resolved settings;
+    ``stream`` the population's stream of ``batch`` rows.
+    """
 
     def __init__(self, spec: LearnerSpec) -> None:
-        super().__init__(spec)
-        self._checked = False
+        self.spec = spec
+        self._engine(Population([spec]))
 
-    # -- stepping ---------------------------------------------------------------------------
+    def _engine(self, population: Population) -> None:
+        self.population = population
+        self.config: dict[str, Any] = population.member_config[0]
+        self.task, self.cell = population.task, population.cell
+        self.loss_kind = population.loss_kind
+        self.batch, self.dtype, self.device = population.width, population.dtype, population.device
+        self.stream = population.stream
+        self._params = Params(population.params.theta[0], population.params.readout[0])
 
-    def _apply(self, grad: Params) -> None:
-        cfg, c = self.config, self.counters
-        if cfg["update_every"] > 1:
-            for acc, g in zip(self.grad_acc, grad, strict=True):
-                acc.add_(g)
-            c["pending"] += 1
-            if c["pending"] < cfg["update_every"]:
-                return
-            grads = [acc.div_(cfg["update_every"]) for acc in self.grad_acc]
-        else:
-            grads = list(grad)
-        if self.task.readout is not None:
-            grads = grads[:1]
-        norm = optimizer.clip_(grads, cfg["clip"])
-        self.sums[2] += norm
-        lr = optimizer.learning_rate(cfg["lr"], cfg["lr_decay"], c["updates"])
-        targets = list(self.params)[: len(grads)]
-        optimizer.update(
-            self.opt_state,
-            targets,
-            grads,
-            lr,
-            beta1=cfg["beta1"],
-            beta2=cfg["beta2"],
-            eps=cfg["adam_eps"],
-        )
-        c["updates"] += 1
-        if cfg["update_every"] > 1:
-            for acc in self.grad_acc:
-                acc.zero_()
-            c["pending"] = 0
+    @property
+    def params(self) -> Params:
+        """The parameters (those it diverged with, once stopped)."""
+        frozen = self.population.frozen.get(0)
+        return Params(*frozen["params"]) if frozen is not None else self._params
 
-    def step(self) -> Tensor:
-        """One time step of all streams; returns the per-stream loss ``[B]``."""
-        c = self.counters
-        x, y = self.stream.next()
-        if not self._checked:
-            check_step(self.cell, self.params, self.loss_kind, self.batch, x, y)
-            self._checked = True
-        if self.probe is not None and self.probe.wants(c["t"]):
-            s_prev = self.est_state.traj.state[0].clone()
-            report = self.probe.observe(self.params, s_prev, x[0], y[0], c["t"])
-            if report:
-                self.last_probe = {k: report[k] for k in PROBE_METRICS}
-                self.last_probe["probe_step"] = report["step"]
-        if self.filter is not None:
-            cfg = self.config
-            obs = cfg["obs_noise"] if cfg["obs_noise"] >= 0 else None
-            result, new = kalman_step.filtered_step(
-                self.estimator,
-                self.params,
-                self.est_state,
-                self.filter,
-                x,
-                y,
-                process_noise=cfg["process_noise"],
-                obs_noise=obs,
-            )
-            self.params.theta.copy_(new.theta)
-            if self.task.readout is None:
-                self.params.readout.copy_(new.readout)
-            c["updates"] += 1
-        else:
-            result = self.estimator.step(self.params, self.est_state, x, y)
-            if result.grad is not None:
-                self._apply(result.grad)
-        loss = result.loss
-        self.stream.observe(loss)
-        total = loss.sum()
-        self.sums[0] += total
-        if c["t"] >= c["planned"] - c["tail_steps"]:
-            self.sums[1] += total
-        c["t"] += 1
-        return loss
+    @property
+    def counters(self) -> dict[str, Any]:
+        """A copy of the counters; the population owns them."""
+        pop = self.population
+        if 0 in pop.frozen:
+            return dict(pop.frozen[0]["counters"])
+        return {
+            **pop.counters,
+            "diverged": pop.diverged[0],
+            "reason": pop.reasons[0],
+            "elapsed": pop.elapsed[0],
+        }
 
-    def _report(self, steps: int, seconds: float) -> dict[str, Any]:
-        c = self.counters
-        window_loss = float(self.sums[0]) / (steps * self.batch)
-        grad_norm = float(self.sums[2]) / max(1, steps)
-        self.sums[0] = 0.0
-        self.sums[2] = 0.0
-        report = make_report(
-            self.task,
-            c,
-            self.config,
-            window_loss,
-            grad_norm,
-            steps * self.batch / max(seconds, 1e-9),
-            self.stream.curriculum,
-            self.last_probe,
-        )
-        finite = all(bool(torch.isfinite(p).all()) for p in self.params)
-        reason = divergence(window_loss, finite, c["t"])
-        if reason:
-            c["diverged"], c["reason"] = True, reason
-        return report
+    @property
+    def step(self) -> Callable[[], Tensor]:
+        """One time step of the ``batch`` streams: ``step() -> loss [batch]``. Assigning a
+        callable (e.g. one that records the loss around the original) makes ``run`` step
+        through it."""
+        return self.population.step
+
+    @step.setter
+    def step(self, step: Callable[[], Tensor]) -> None:
+        self.population.step = step
 
     def run(
         self,
@@ -177,106 +122,24 @@ class Learner(Member):
         on_report: Callable[[dict[str, Any]], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
-        """Step until ``steps`` steps in total are done (a restored learner continues)."""
-        c = self.counters
-        plan(c, steps)
-        log_every = self.config["log_every"]
-        while c["t"] < steps and not c["diverged"]:
-            begin, t0 = c["t"], time.perf_counter()
-            chunk = min(log_every - c["t"] % log_every, steps - c["t"])
-            try:
-                for _ in range(chunk):
-                    self.step()
-            except torch.OutOfMemoryError:
-                raise  # the device's limit, not the learner's numerics: the caller decides
-            except (RuntimeError, torch.linalg.LinAlgError) as error:  # e.g. a failed Cholesky
-                c["diverged"], c["reason"] = True, f"numerical failure at step {c['t']}: {error}"
-                break
-            seconds = time.perf_counter() - t0
-            c["elapsed"] += seconds
-            report = self._report(c["t"] - begin, seconds)
-            if on_report is not None:
-                on_report(report)
-            if should_stop is not None and should_stop():
-                break
-        return self.summary()
+        """Step until ``steps`` steps in total are done (a restored learner continues);
+        ``on_report(report)`` every ``log_every`` steps; returns ``summary()``."""
+
+        def report(_: int, fields: dict[str, Any]) -> None:
+            on_report({k: v for k, v in fields.items() if k not in PACK_ONLY})
+
+        return self.population.run(steps, report if on_report else None, should_stop)[0]
 
     def summary(self) -> dict[str, Any]:
-        return summarize(self.task, self.counters, float(self.sums[1]), self.batch, self.last_probe)
+        return self.population.summaries()[0]
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.population.snapshots()[0]
 
     def restore(self, snap: dict[str, Any]) -> None:
-        super().restore(snap)
-        self._checked = False
-
-
-def plan(counters: dict[str, Any], steps: int) -> None:
-    """Fix a run's length (and its tail, the last 10%); a restored run keeps its own."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if counters["planned"] and counters["planned"] != steps:
-        raise ValueError(f"this run was planned for {counters['planned']} steps, not {steps}")
-    counters["planned"] = steps
-    counters["tail_steps"] = max(1, steps // 10)
-
-
-def make_report(
-    task: Any,
-    counters: dict[str, Any],
-    config: dict[str, Any],
-    loss: float,
-    grad_norm: float,
-    rate: float,
-    curriculum: dict[str, float],
-    last_probe: dict[str, Any],
-) -> dict[str, Any]:
-    """One report: window loss (and bpc), gradient norm, stream-steps/s, rate, curriculum, probe."""
-    report = {
-        "step": counters["t"],
-        "loss": loss,
-        "grad_norm": grad_norm,
-        "steps_per_sec": rate,
-        "lr": optimizer.learning_rate(config["lr"], config["lr_decay"], counters["updates"]),
-    }
-    if task.bits_per_char:
-        report["bpc"] = loss / math.log(2)
-    if task.name == "copy" or curriculum:
-        report.update({f"curriculum_{k}": v for k, v in curriculum.items()})
-    report.update(last_probe)
-    return report
-
-
-def divergence(loss: float, finite_params: bool, step: int) -> str:
-    """Why a run diverged at ``step`` (a non-finite loss or parameter), or ``""``."""
-    if not math.isfinite(loss):
-        return f"non-finite loss at step {step}"
-    if not finite_params:
-        return f"non-finite parameters at step {step}"
-    return ""
-
-
-def summarize(
-    task: Any, counters: dict[str, Any], tail_sum: float, batch: int, last_probe: dict[str, Any]
-) -> dict[str, Any]:
-    """A run's summary from its counters and the summed loss of its tail (last 10% of steps)."""
-    c = counters
-    done_tail = max(0, min(c["tail_steps"], c["t"] - (c["planned"] - c["tail_steps"])))
-    final = tail_sum / (done_tail * batch) if done_tail else float("nan")
-    summary = {
-        "final_loss": final,
-        "steps": c["t"],
-        "planned_steps": c["planned"],
-        "steps_per_sec": c["t"] * batch / c["elapsed"] if c["elapsed"] else 0.0,
-        "diverged": c["diverged"],
-        "reason": c["reason"],
-        "unit": task.unit,
-        "references": dict(task.references),
-    }
-    if task.bits_per_char:
-        summary["final_bpc"] = final / math.log(2)
-    for key in ("bias", "variance", "cosine", "staleness"):
-        summary[key] = last_probe.get(key)
-    return summary
-
+        """Continue from ``snap``; another version, run specification (the device aside) or
+        any mismatched field is refused with a ``ValueError`` naming it."""
+        self._engine(Population([self.spec], [snap]))
 
 def save_checkpoint(learner: Learner, path: str, extra: dict[str, Any] | None = None) -> None:
     """Write the learner's snapshot (and ``extra``, e.g. a tracking run id) atomically."""

@@ -1,5 +1,9 @@
 """A packed population: many online learners of one kind, stepped as one batched learner.
 
+The one stepping engine: a lone ``learner.Learner`` is a population of one. Each member's
+fresh state is built by ``member.Member`` and packed here; stepping, the optimizer's apply,
+the run loop, reports and snapshots all happen here.
+
 Members share what fixes the computation's shape (``pack_key``): task and its settings, cell,
 hidden size, dtype, device, estimator and its hyperparameters, optimizer kind, ``update_every``,
 ``batch`` (b, streams per member), ``log_every`` and the filter's covariance structure. Each
@@ -31,6 +35,7 @@ others go on undisturbed; ``compact()`` rebuilds the pack without the frozen mem
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -41,7 +46,6 @@ from torch import Tensor
 
 from rnnsweep.algorithms import checkpoint, kalman, kalman_step, optimizer, pack_state
 from rnnsweep.algorithms.estimator import check_step, get_estimator, resolve_hyper, start
-from rnnsweep.algorithms.learner import divergence, make_report, plan, summarize
 from rnnsweep.algorithms.learner_spec import (
     CHECKPOINT_VERSION,
     PROBE_METRICS,
@@ -634,3 +638,72 @@ def _moved(tree: Any, device: torch.device | str) -> Any:
     if isinstance(tree, list):
         return [_moved(v, device) for v in tree]
     return tree
+
+
+def plan(counters: dict[str, Any], steps: int) -> None:
+    """Fix a run's length (and its tail, the last 10%); a restored run keeps its own."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if counters["planned"] and counters["planned"] != steps:
+        raise ValueError(f"this run was planned for {counters['planned']} steps, not {steps}")
+    counters["planned"] = steps
+    counters["tail_steps"] = max(1, steps // 10)
+
+
+def make_report(
+    task: Any,
+    counters: dict[str, Any],
+    config: dict[str, Any],
+    loss: float,
+    grad_norm: float,
+    rate: float,
+    curriculum: dict[str, float],
+    last_probe: dict[str, Any],
+) -> dict[str, Any]:
+    """One report: window loss (and bpc), gradient norm, stream-steps/s, rate, curriculum, probe."""
+    report = {
+        "step": counters["t"],
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "steps_per_sec": rate,
+        "lr": optimizer.learning_rate(config["lr"], config["lr_decay"], counters["updates"]),
+    }
+    if task.bits_per_char:
+        report["bpc"] = loss / math.log(2)
+    if task.name == "copy" or curriculum:
+        report.update({f"curriculum_{k}": v for k, v in curriculum.items()})
+    report.update(last_probe)
+    return report
+
+
+def divergence(loss: float, finite_params: bool, step: int) -> str:
+    """Why a run diverged at ``step`` (a non-finite loss or parameter), or ``""``."""
+    if not math.isfinite(loss):
+        return f"non-finite loss at step {step}"
+    if not finite_params:
+        return f"non-finite parameters at step {step}"
+    return ""
+
+
+def summarize(
+    task: Any, counters: dict[str, Any], tail_sum: float, batch: int, last_probe: dict[str, Any]
+) -> dict[str, Any]:
+    """A run's summary from its counters and the summed loss of its tail (last 10% of steps)."""
+    c = counters
+    done_tail = max(0, min(c["tail_steps"], c["t"] - (c["planned"] - c["tail_steps"])))
+    final = tail_sum / (done_tail * batch) if done_tail else float("nan")
+    summary = {
+        "final_loss": final,
+        "steps": c["t"],
+        "planned_steps": c["planned"],
+        "steps_per_sec": c["t"] * batch / c["elapsed"] if c["elapsed"] else 0.0,
+        "diverged": c["diverged"],
+        "reason": c["reason"],
+        "unit": task.unit,
+        "references": dict(task.references),
+    }
+    if task.bits_per_char:
+        summary["final_bpc"] = final / math.log(2)
+    for key in ("bias", "variance", "cosine", "staleness"):
+        summary[key] = last_probe.get(key)
+    return summary
