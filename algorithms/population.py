@@ -27,10 +27,15 @@ floating-point reassociation (tests hold it to 1e-12 in float64), and a member's
 lone learner's snapshot: it can leave a pack, continue alone, or join another pack at its step.
 
 The step loop never synchronises with the device: per-member window loss, tail loss and gradient
-norm accumulate in ``sums [pack, 3]``; every ``log_every`` steps one transfer brings them back
-for the members' reports and the divergence check. A diverged or stopped (pruned) member is
-frozen: its snapshot is kept as it was, its rows are zeroed and its rate masked to 0, so the
-others go on undisturbed; ``compact()`` rebuilds the pack without the frozen members.
+norm accumulate in ``sums [pack, 3]`` (each step's losses, and a lone member's squared gradient
+norms, go to device rings of ``RING`` steps first, added to ``sums`` in one operation per ring);
+every ``log_every`` steps one transfer brings them back for the members' reports and the
+divergence check. A lone member (pack 1) that updates every step without clipping takes the
+same update in the fewest operations: in place on its parameters, at a float rate, with no
+allocation and no settings looked up (the single-stream cost, ``benchmarks/step_cost``).
+A diverged or stopped (pruned) member is frozen: its snapshot is kept as it was, its rows are
+zeroed and its rate masked to 0, so the others go on undisturbed; ``compact()`` rebuilds the
+pack without the frozen members.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ PER_MEMBER = (
     "probe_horizon",
 )
 SHARED_COUNTERS = ("t", "updates", "pending", "planned", "tail_steps")
+RING = 64  # steps of per-stream losses (and gradient norms) kept on the device between folds
 Report = Callable[[int, dict[str, Any]], None]
 
 
@@ -234,9 +240,62 @@ class Population:
         self.frozen: dict[int, dict[str, Any]] = {}
         self.hyper = self._member_hyper()
         self._checked = False
+        self._prepare_step()
         frozen = [i for i, d in enumerate(self.diverged) if d]
         if frozen:
             self._freeze(frozen, [self.reasons[i] for i in frozen], dict(enumerate(snaps)))
+
+    def _prepare_step(self) -> None:
+        """The step's buffers and constants, so that its hot path allocates nothing and looks
+        up no settings: the loss ring ``[RING, pack b]`` and the squared-gradient-norm ring
+        ``[RING, 2]`` (|g_theta|^2, |g_readout|^2 of a lone member), both folded into ``sums``
+        by ``_fold``; and, for a lone member updating every step without clipping (``_lone``),
+        its rate's terms as floats and its parameters, moments and step count as the tensors
+        the in-place update takes."""
+        dev, c = self.device, self.counters
+        self._tail_from = c["planned"] - c["tail_steps"]  # the first step of the tail
+        self._loss_ring = torch.zeros(RING, self.streams, dtype=self.dtype, device=dev)
+        self._loss_slots = self._loss_ring.unbind(0)
+        self._norm_ring = torch.zeros(RING, 2, dtype=self.dtype, device=dev)
+        self._norm_slots = [(row[0], row[1]) for row in self._norm_ring.unbind(0)]
+        self._ring_k = self._norm_k = 0  # steps in each ring since its last fold
+        cfg = self.member_config[0]
+        self._lone = (
+            self.pack == 1
+            and self.optimizer in optimizer.OPTIMIZERS
+            and cfg["update_every"] == 1
+            and not self._clipping
+        )
+        if not self._lone:
+            return
+        self._trained_count = 1 if self.fixed_readout else 2
+        self._targets = list(self.est_params)[: self._trained_count]  # views of row 0
+        self._lr, self._lr_decay = float(cfg["lr"]), float(cfg["lr_decay"])
+        self._adam = (float(cfg["beta1"]), float(cfg["beta2"]), float(cfg["adam_eps"]))
+        self._fused = optimizer.adam_path() == "fused"
+        self._moments = (
+            [m[0] for m in self.opt_state.m],
+            [v[0] for v in self.opt_state.v],
+        )
+        count = torch.full((1,), float(self.flat_opt.t), dtype=torch.float32, device=dev)
+        self._count, self._counts = count, [count] * self._trained_count
+
+    def _fold(self) -> None:
+        """Add the rings' steps to ``sums`` (window and, past ``_tail_from``, tail loss; the
+        gradient norms ``sqrt(|g_theta|^2 + |g_readout|^2)``) and empty them. The step folds
+        when a ring is full and at the tail's first step, so a ring never straddles it."""
+        if self._ring_k:
+            k = self._ring_k
+            rows = self._loss_ring[:k].view(k, self.pack, self.width).sum(2)
+            total = rows.to(torch.float64).sum(0)
+            self.sums[:, 0] += total
+            if self.counters["t"] - k >= self._tail_from:
+                self.sums[:, 1] += total
+            self._ring_k = 0
+        if self._norm_k:
+            norms = self._norm_ring[: self._norm_k].sum(1).sqrt_()
+            self.sums[:, 2] += norms.to(torch.float64).sum()
+            self._norm_k = 0
 
     def _views(self, flat: Tensor) -> Params:
         """``flat [pack, Q]`` (or its theta region) as ``Params`` views."""
@@ -338,6 +397,32 @@ class Population:
         return h["live_lr"] / (1.0 + h["lr_decay"] * updates**0.5)
 
     def _apply(self, grad: Params) -> None:
+        if self._lone:  # the same update in the fewest operations: in place, at a float rate
+            g_theta, g_readout = grad
+            slot_theta, slot_readout = self._norm_slots[self._norm_k]
+            torch.dot(g_theta, g_theta, out=slot_theta)
+            if not self.fixed_readout:
+                flat_readout = g_readout.reshape(-1)
+                torch.dot(flat_readout, flat_readout, out=slot_readout)
+            self._norm_k += 1
+            c = self.counters
+            lr = self._lr / (1.0 + self._lr_decay * c["updates"] ** 0.5)
+            t = self.flat_opt.t = self.opt_state.t = self.flat_opt.t + 1
+            if self.optimizer == "adam":
+                self._count.add_(1.0)
+                beta1, beta2, eps = self._adam
+                m, v = self._moments
+                grads = grad[: self._trained_count]
+                optimizer.adam_(
+                    self._targets, grads, m, v, self._counts, t, lr, beta1, beta2, eps, self._fused
+                )
+            else:
+                for p, g in zip(self._targets, grad, strict=False):
+                    p.sub_(g, alpha=lr)
+            c["updates"] += 1
+            if self._norm_k == RING:
+                self._fold()
+            return
         cfg, c, h = self.config, self.counters, self.hyper
         g_theta, g_readout = grad
         if self.pack == 1:  # shared layout: already the mean over the member's streams
@@ -411,11 +496,12 @@ class Population:
                 self._apply(result.grad)
         loss = result.loss
         self.stream.observe(loss)
-        total = loss.view(self.pack, self.width).sum(1)
-        self.sums[:, 0] += total
-        if c["t"] >= c["planned"] - c["tail_steps"]:
-            self.sums[:, 1] += total
-        c["t"] += 1
+        t = c["t"]
+        if self._ring_k == RING or t == self._tail_from:
+            self._fold()
+        self._loss_slots[self._ring_k].copy_(loss)
+        self._ring_k += 1
+        c["t"] = t + 1
         return loss
 
     def _observe_probes(self, x: Tensor, y: Tensor) -> None:
@@ -433,6 +519,7 @@ class Population:
 
     def _reports(self, steps: int, seconds: float) -> dict[int, dict[str, Any]]:
         """Each live member's report for the last ``steps`` steps (one host transfer)."""
+        self._fold()
         c, b = self.counters, self.width
         finite = torch.isfinite(self.flat).all(1)
         window = self.sums[:, 0] / (steps * b)
@@ -478,7 +565,9 @@ class Population:
         ``on_report(member, report)`` is called for each live member every ``log_every`` steps.
         """
         c = self.counters
+        self._fold()  # steps taken before the plan are judged by the plan they were taken under
         plan(c, steps)
+        self._tail_from = c["planned"] - c["tail_steps"]
         log_every = self.config["log_every"]
         while c["t"] < steps and len(self.frozen) < self.pack:
             begin, t0 = c["t"], time.perf_counter()
@@ -531,6 +620,7 @@ class Population:
         self.sums[members] = 0.0
         self.hyper["live"][members] = 0.0
         self.hyper["live_lr"][members] = 0.0
+        self._lone = False  # a frozen row keeps its zero rate: the masked update takes over
         self._sync_stream_params()
         for name, obj in self._states():
             packed, member = self._templates[name]
@@ -545,6 +635,7 @@ class Population:
     def snapshots(self, members: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Members' snapshots, each a lone ``Learner``'s (``Learner.restore`` reads it)."""
         members = list(range(self.pack)) if members is None else list(members)
+        self._fold()
         trees = {"opt_state": None, "filter": None}
         trees.update((name, checkpoint.snapshot(obj)) for name, obj in self._states())
         out = []
@@ -585,6 +676,7 @@ class Population:
 
     def summaries(self) -> list[dict[str, Any]]:
         """Each member's ``Learner.summary()`` (frozen members as they were when frozen)."""
+        self._fold()
         tails = self.sums[:, 1].tolist()
         out = []
         for i in range(self.pack):
