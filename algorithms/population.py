@@ -246,19 +246,18 @@ class Population:
             self._freeze(frozen, [self.reasons[i] for i in frozen], dict(enumerate(snaps)))
 
     def _prepare_step(self) -> None:
-        """The step's buffers and constants, so that its hot path allocates nothing and looks
-        up no settings: the loss ring ``[RING, pack b]`` and the squared-gradient-norm ring
-        ``[RING, 2]`` (|g_theta|^2, |g_readout|^2 of a lone member), both folded into ``sums``
-        by ``_fold``; and, for a lone member updating every step without clipping (``_lone``),
-        its rate's terms as floats and its parameters, moments and step count as the tensors
-        the in-place update takes."""
+        """The step's buffers and constants, so that its hot path looks up no settings: the
+        loss ring ``[RING, pack b]`` and a lone member's per-tensor gradient norms (at most
+        ``RING`` steps of ``(|g_theta|, |g_readout|)``), both folded into ``sums`` by ``_fold``;
+        and, for a lone member updating every step without clipping (``_lone``), its rate's
+        terms as floats and its parameters and moments as the tensors the in-place update
+        takes."""
         dev, c = self.device, self.counters
         self._tail_from = c["planned"] - c["tail_steps"]  # the first step of the tail
         self._loss_ring = torch.zeros(RING, self.streams, dtype=self.dtype, device=dev)
         self._loss_slots = self._loss_ring.unbind(0)
-        self._norm_ring = torch.zeros(RING, 2, dtype=self.dtype, device=dev)
-        self._norm_slots = [(row[0], row[1]) for row in self._norm_ring.unbind(0)]
-        self._ring_k = self._norm_k = 0  # steps in each ring since its last fold
+        self._ring_k = 0  # steps in the loss ring since its last fold
+        self._norms: list[Tensor] = []
         cfg = self.member_config[0]
         self._lone = (
             self.pack == 1
@@ -277,12 +276,22 @@ class Population:
             [m[0] for m in self.opt_state.m],
             [v[0] for v in self.opt_state.v],
         )
-        count = torch.full((1,), float(self.flat_opt.t), dtype=torch.float32, device=dev)
-        self._count, self._counts = count, [count] * self._trained_count
+        self._counts: list[list[Tensor]] = []  # Adam's step counts t, t + 1, ... as tensors
+        self._count_k = 0
+
+    def _next_counts(self, t: int) -> list[Tensor]:
+        """The fused Adam kernel's step count ``t`` (float32 ``[1]``, once per trained tensor),
+        from a table of ``RING`` counts made on the device in one operation."""
+        if self._count_k == len(self._counts):
+            values = torch.arange(t, t + RING, dtype=torch.float32, device=self.device)
+            self._counts = [[c] * self._trained_count for c in values.view(RING, 1).unbind(0)]
+            self._count_k = 0
+        self._count_k += 1
+        return self._counts[self._count_k - 1]
 
     def _fold(self) -> None:
         """Add the rings' steps to ``sums`` (window and, past ``_tail_from``, tail loss; the
-        gradient norms ``sqrt(|g_theta|^2 + |g_readout|^2)``) and empty them. The step folds
+        global gradient norms ``||(|g_theta|, |g_readout|)||``) and empty them. The step folds
         when a ring is full and at the tail's first step, so a ring never straddles it."""
         if self._ring_k:
             k = self._ring_k
@@ -292,10 +301,11 @@ class Population:
             if self.counters["t"] - k >= self._tail_from:
                 self.sums[:, 1] += total
             self._ring_k = 0
-        if self._norm_k:
-            norms = self._norm_ring[: self._norm_k].sum(1).sqrt_()
+        if self._norms:
+            per_tensor = torch.stack(self._norms).view(-1, self._trained_count)
+            norms = torch.linalg.vector_norm(per_tensor, dim=1)
             self.sums[:, 2] += norms.to(torch.float64).sum()
-            self._norm_k = 0
+            self._norms = []
 
     def _views(self, flat: Tensor) -> Params:
         """``flat [pack, Q]`` (or its theta region) as ``Params`` views."""
@@ -398,29 +408,23 @@ class Population:
 
     def _apply(self, grad: Params) -> None:
         if self._lone:  # the same update in the fewest operations: in place, at a float rate
-            g_theta, g_readout = grad
-            slot_theta, slot_readout = self._norm_slots[self._norm_k]
-            torch.dot(g_theta, g_theta, out=slot_theta)
-            if not self.fixed_readout:
-                flat_readout = g_readout.reshape(-1)
-                torch.dot(flat_readout, flat_readout, out=slot_readout)
-            self._norm_k += 1
+            grads = grad[: self._trained_count]
+            self._norms.extend([torch.linalg.vector_norm(g) for g in grads])
             c = self.counters
             lr = self._lr / (1.0 + self._lr_decay * c["updates"] ** 0.5)
             t = self.flat_opt.t = self.opt_state.t = self.flat_opt.t + 1
             if self.optimizer == "adam":
-                self._count.add_(1.0)
                 beta1, beta2, eps = self._adam
                 m, v = self._moments
-                grads = grad[: self._trained_count]
+                counts = self._next_counts(t)
                 optimizer.adam_(
-                    self._targets, grads, m, v, self._counts, t, lr, beta1, beta2, eps, self._fused
+                    self._targets, grads, m, v, counts, t, lr, beta1, beta2, eps, self._fused
                 )
             else:
-                for p, g in zip(self._targets, grad, strict=False):
+                for p, g in zip(self._targets, grads, strict=True):
                     p.sub_(g, alpha=lr)
             c["updates"] += 1
-            if self._norm_k == RING:
+            if len(self._norms) == RING * self._trained_count:
                 self._fold()
             return
         cfg, c, h = self.config, self.counters, self.hyper
