@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnsweep.tasks.stream import Stream
+from rnnsweep.tasks.stream import Stream, buffered_step
 
 
 class PackedStream:
@@ -65,9 +65,6 @@ class PackedStream:
     def _gather(self) -> None:
         self._x = self._to_device(torch.cat([s._x for s in self.members], dim=1))
         self._y = self._to_device(torch.cat([s._y for s in self.members], dim=1))
-        # the chunk's steps as views, taken in one call: ``next()`` only picks one
-        self._steps_x, self._steps_y = self._x.unbind(0), self._y.unbind(0)
-        self._symbols = self._x.dim() == 2
 
     def _to_device(self, buffer: Tensor) -> Tensor:
         if self.device.type == "cuda":
@@ -91,8 +88,7 @@ class PackedStream:
         t = self._offset
         self._offset += 1
         self.step += 1
-        x = self._steps_x[t]  # buffered_step(self._x, self._y, t, self._eye), from the views
-        return (self._eye.index_select(0, x) if self._symbols else x), self._steps_y[t]
+        return buffered_step(self._x, self._y, t, self._eye)
 
     def _settle(self) -> None:
         """Read every member's pending device values (a curriculum's loss) in one transfer."""
