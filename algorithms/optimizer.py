@@ -174,21 +174,7 @@ def adam_unit_steps(
     if adam_path(fused) == "fused":
         # a fill, not a copy from the host: no synchronisation on a GPU
         count = [torch.full((1,), float(t), dtype=torch.float32, device=g.device) for g in grads]
-        torch._fused_adam_(
-            steps,
-            [g.contiguous() for g in grads],  # the kernel walks dense memory
-            list(m),
-            list(v),
-            [],
-            count,
-            lr=1.0,
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=0.0,
-            eps=eps,
-            amsgrad=False,
-            maximize=False,
-        )
+        _fused_adam(steps, grads, m, v, count, 1.0, beta1, beta2, eps)
         return steps
     correction1 = 1.0 - beta1**t
     correction2_sqrt = (1.0 - beta2**t) ** 0.5
@@ -198,3 +184,67 @@ def adam_unit_steps(
         denom = (v_.sqrt() / correction2_sqrt).add_(eps)
         step.addcdiv_(m_, denom, value=-1.0 / correction1)
     return steps
+
+
+def adam_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    m: Sequence[Tensor],
+    v: Sequence[Tensor],
+    count: Sequence[Tensor],
+    t: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    fused: bool | None = None,
+) -> None:
+    """One Adam update of ``params`` in place at the float rate ``lr``, all hyperparameters
+    shared (a lone learner's case, in the fewest operations):
+
+        m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2,
+        theta <- theta - lr (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps),
+
+    at update ``t`` (the fused kernel reads it from ``count``, one float32 ``[1]`` per tensor on
+    its device that the caller keeps at ``t``). Fused as ``adam_unit_steps``, else public
+    operations equal to it to 1e-12."""
+    if adam_path(fused) == "fused":
+        _fused_adam(params, grads, m, v, count, lr, beta1, beta2, eps)
+        return
+    correction1 = 1.0 - beta1**t
+    correction2_sqrt = (1.0 - beta2**t) ** 0.5
+    for p, g, m_, v_ in zip(params, grads, m, v, strict=True):
+        m_.lerp_(g, 1.0 - beta1)
+        v_.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        denom = (v_.sqrt() / correction2_sqrt).add_(eps)
+        p.addcdiv_(m_, denom, value=-lr / correction1)
+
+
+def _fused_adam(
+    out: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    m: Sequence[Tensor],
+    v: Sequence[Tensor],
+    count: Sequence[Tensor],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """``out <- out - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`` with m and v
+    advanced in place: torch's fused Adam kernel, the package's one private torch API."""
+    torch._fused_adam_(
+        list(out),
+        [g.contiguous() for g in grads],  # the kernel walks dense memory
+        list(m),
+        list(v),
+        [],
+        list(count),
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=0.0,
+        eps=eps,
+        amsgrad=False,
+        maximize=False,
+    )

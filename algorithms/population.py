@@ -1,5 +1,9 @@
 """A packed population: many online learners of one kind, stepped as one batched learner.
 
+The one stepping engine: a lone ``learner.Learner`` is a population of one. Each member's
+fresh state is built by ``member.Member`` and packed here; stepping, the optimizer's apply,
+the run loop, reports and snapshots all happen here.
+
 Members share what fixes the computation's shape (``pack_key``): task and its settings, cell,
 hidden size, dtype, device, estimator and its hyperparameters, optimizer kind, ``update_every``,
 ``batch`` (b, streams per member), ``log_every`` and the filter's covariance structure. Each
@@ -24,14 +28,20 @@ floating-point reassociation (tests hold it to 1e-12 in float64), and a member's
 lone learner's snapshot: it can leave a pack, continue alone, or join another pack at its step.
 
 The step loop never synchronises with the device: per-member window loss, tail loss and gradient
-norm accumulate in ``sums [pack, 3]``; every ``log_every`` steps one transfer brings them back
-for the members' reports and the divergence check. A diverged or stopped (pruned) member is
-frozen: its snapshot is kept as it was, its rows are zeroed and its rate masked to 0, so the
-others go on undisturbed; ``compact()`` rebuilds the pack without the frozen members.
+norm accumulate in ``sums [pack, 3]`` (each step's losses, and a lone member's squared gradient
+norms, go to device rings of ``RING`` steps first, added to ``sums`` in one operation per ring);
+every ``log_every`` steps one transfer brings them back for the members' reports and the
+divergence check. A lone member (pack 1) that updates every step without clipping takes the
+same update in the fewest operations: in place on its parameters, at a float rate, with no
+allocation and no settings looked up (the single-stream cost, ``benchmarks/step_cost``).
+A diverged or stopped (pruned) member is frozen: its snapshot is kept as it was, its rows are
+zeroed and its rate masked to 0, so the others go on undisturbed; ``compact()`` rebuilds the
+pack without the frozen members.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -42,17 +52,13 @@ from torch import Tensor
 
 from rnnsweep.algorithms import checkpoint, kalman, kalman_step, optimizer, pack_state
 from rnnsweep.algorithms.estimator import check_step, get_estimator, resolve_hyper, start
-from rnnsweep.algorithms.learner import (
+from rnnsweep.algorithms.learner_spec import (
     CHECKPOINT_VERSION,
     PROBE_METRICS,
-    Learner,
     LearnerSpec,
-    divergence,
-    make_report,
-    plan,
     split_settings,
-    summarize,
 )
+from rnnsweep.algorithms.member import Member
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.settings import PER_MEMBER
 from rnnsweep.algorithms.signs import stream_seeds
@@ -60,6 +66,7 @@ from rnnsweep.tasks import make_task
 from rnnsweep.tasks.packed_stream import PackedStream
 
 SHARED_COUNTERS = ("t", "updates", "pending", "planned", "tail_steps")
+RING = 64  # steps of per-stream losses (and gradient norms) kept on the device between folds
 Report = Callable[[int, dict[str, Any]], None]
 
 
@@ -118,11 +125,11 @@ class Population:
         if len(snapshots) != len(specs):
             raise ValueError(f"{len(snapshots)} snapshots for {len(specs)} members")
         self.specs = list(specs)
-        self._assemble(_lone_learners(self.specs, snapshots))
+        self._assemble(_members(self.specs, snapshots))
 
     # -- construction -----------------------------------------------------------------------
 
-    def _assemble(self, members: list[Learner]) -> None:
+    def _assemble(self, members: list[Member]) -> None:
         lead = members[0]
         self.pack, self.width = len(members), lead.batch
         self.streams = self.pack * self.width
@@ -219,9 +226,72 @@ class Population:
         self.frozen: dict[int, dict[str, Any]] = {}
         self.hyper = self._member_hyper()
         self._checked = False
+        self._prepare_step()
         frozen = [i for i, d in enumerate(self.diverged) if d]
         if frozen:
             self._freeze(frozen, [self.reasons[i] for i in frozen], dict(enumerate(snaps)))
+
+    def _prepare_step(self) -> None:
+        """The step's buffers and constants, so that its hot path looks up no settings: the
+        loss ring ``[RING, pack b]`` and a lone member's per-tensor gradient norms (at most
+        ``RING`` steps of ``(|g_theta|, |g_readout|)``), both folded into ``sums`` by ``_fold``;
+        and, for a lone member updating every step without clipping (``_lone``), its rate's
+        terms as floats and its parameters and moments as the tensors the in-place update
+        takes."""
+        dev, c = self.device, self.counters
+        self._tail_from = c["planned"] - c["tail_steps"]  # the first step of the tail
+        self._loss_ring = torch.zeros(RING, self.streams, dtype=self.dtype, device=dev)
+        self._loss_slots = self._loss_ring.unbind(0)
+        self._ring_k = 0  # steps in the loss ring since its last fold
+        self._norms: list[Tensor] = []
+        cfg = self.member_config[0]
+        self._lone = (
+            self.pack == 1
+            and self.optimizer in optimizer.OPTIMIZERS
+            and cfg["update_every"] == 1
+            and not self._clipping
+        )
+        if not self._lone:
+            return
+        self._trained_count = 1 if self.fixed_readout else 2
+        self._targets = list(self.est_params)[: self._trained_count]  # views of row 0
+        self._lr, self._lr_decay = float(cfg["lr"]), float(cfg["lr_decay"])
+        self._adam = (float(cfg["beta1"]), float(cfg["beta2"]), float(cfg["adam_eps"]))
+        self._fused = optimizer.adam_path() == "fused"
+        self._moments = (
+            [m[0] for m in self.opt_state.m],
+            [v[0] for v in self.opt_state.v],
+        )
+        self._counts: list[list[Tensor]] = []  # Adam's step counts t, t + 1, ... as tensors
+        self._count_k = 0
+
+    def _next_counts(self, t: int) -> list[Tensor]:
+        """The fused Adam kernel's step count ``t`` (float32 ``[1]``, once per trained tensor),
+        from a table of ``RING`` counts made on the device in one operation."""
+        if self._count_k == len(self._counts):
+            values = torch.arange(t, t + RING, dtype=torch.float32, device=self.device)
+            self._counts = [[c] * self._trained_count for c in values.view(RING, 1).unbind(0)]
+            self._count_k = 0
+        self._count_k += 1
+        return self._counts[self._count_k - 1]
+
+    def _fold(self) -> None:
+        """Add the rings' steps to ``sums`` (window and, past ``_tail_from``, tail loss; the
+        global gradient norms ``||(|g_theta|, |g_readout|)||``) and empty them. The step folds
+        when a ring is full and at the tail's first step, so a ring never straddles it."""
+        if self._ring_k:
+            k = self._ring_k
+            rows = self._loss_ring[:k].view(k, self.pack, self.width).sum(2)
+            total = rows.to(torch.float64).sum(0)
+            self.sums[:, 0] += total
+            if self.counters["t"] - k >= self._tail_from:
+                self.sums[:, 1] += total
+            self._ring_k = 0
+        if self._norms:
+            per_tensor = torch.stack(self._norms).view(-1, self._trained_count)
+            norms = torch.linalg.vector_norm(per_tensor, dim=1)
+            self.sums[:, 2] += norms.to(torch.float64).sum()
+            self._norms = []
 
     def _views(self, flat: Tensor) -> Params:
         """``flat [pack, Q]`` (or its theta region) as ``Params`` views."""
@@ -289,7 +359,7 @@ class Population:
         self._clipping = any(r["clip"] > 0 for r in rows)
         return hyper
 
-    def _probe(self, member: Learner, snap: dict[str, Any]) -> Any:
+    def _probe(self, member: Member, snap: dict[str, Any]) -> Any:
         if member.probe is None:
             return None
         from rnnsweep.algorithms import probe
@@ -323,6 +393,26 @@ class Population:
         return h["live_lr"] / (1.0 + h["lr_decay"] * updates**0.5)
 
     def _apply(self, grad: Params) -> None:
+        if self._lone:  # the same update in the fewest operations: in place, at a float rate
+            grads = grad[: self._trained_count]
+            self._norms.extend([torch.linalg.vector_norm(g) for g in grads])
+            c = self.counters
+            lr = self._lr / (1.0 + self._lr_decay * c["updates"] ** 0.5)
+            t = self.flat_opt.t = self.opt_state.t = self.flat_opt.t + 1
+            if self.optimizer == "adam":
+                beta1, beta2, eps = self._adam
+                m, v = self._moments
+                counts = self._next_counts(t)
+                optimizer.adam_(
+                    self._targets, grads, m, v, counts, t, lr, beta1, beta2, eps, self._fused
+                )
+            else:
+                for p, g in zip(self._targets, grads, strict=True):
+                    p.sub_(g, alpha=lr)
+            c["updates"] += 1
+            if len(self._norms) == RING * self._trained_count:
+                self._fold()
+            return
         cfg, c, h = self.config, self.counters, self.hyper
         g_theta, g_readout = grad
         if self.pack == 1:  # shared layout: already the mean over the member's streams
@@ -396,11 +486,12 @@ class Population:
                 self._apply(result.grad)
         loss = result.loss
         self.stream.observe(loss)
-        total = loss.view(self.pack, self.width).sum(1)
-        self.sums[:, 0] += total
-        if c["t"] >= c["planned"] - c["tail_steps"]:
-            self.sums[:, 1] += total
-        c["t"] += 1
+        t = c["t"]
+        if self._ring_k == RING or t == self._tail_from:
+            self._fold()
+        self._loss_slots[self._ring_k].copy_(loss)
+        self._ring_k += 1
+        c["t"] = t + 1
         return loss
 
     def _observe_probes(self, x: Tensor, y: Tensor) -> None:
@@ -418,6 +509,7 @@ class Population:
 
     def _reports(self, steps: int, seconds: float) -> dict[int, dict[str, Any]]:
         """Each live member's report for the last ``steps`` steps (one host transfer)."""
+        self._fold()
         c, b = self.counters, self.width
         finite = torch.isfinite(self.flat).all(1)
         window = self.sums[:, 0] / (steps * b)
@@ -463,7 +555,9 @@ class Population:
         ``on_report(member, report)`` is called for each live member every ``log_every`` steps.
         """
         c = self.counters
+        self._fold()  # steps taken before the plan are judged by the plan they were taken under
         plan(c, steps)
+        self._tail_from = c["planned"] - c["tail_steps"]
         log_every = self.config["log_every"]
         while c["t"] < steps and len(self.frozen) < self.pack:
             begin, t0 = c["t"], time.perf_counter()
@@ -516,6 +610,7 @@ class Population:
         self.sums[members] = 0.0
         self.hyper["live"][members] = 0.0
         self.hyper["live_lr"][members] = 0.0
+        self._lone = False  # a frozen row keeps its zero rate: the masked update takes over
         self._sync_stream_params()
         for name, obj in self._states():
             packed, member = self._templates[name]
@@ -530,6 +625,7 @@ class Population:
     def snapshots(self, members: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Members' snapshots, each a lone ``Learner``'s (``Learner.restore`` reads it)."""
         members = list(range(self.pack)) if members is None else list(members)
+        self._fold()
         trees = {"opt_state": None, "filter": None}
         trees.update((name, checkpoint.snapshot(obj)) for name, obj in self._states())
         out = []
@@ -570,6 +666,7 @@ class Population:
 
     def summaries(self) -> list[dict[str, Any]]:
         """Each member's ``Learner.summary()`` (frozen members as they were when frozen)."""
+        self._fold()
         tails = self.sums[:, 1].tolist()
         out = []
         for i in range(self.pack):
@@ -594,20 +691,20 @@ class Population:
             return list(range(self.pack))
         snaps = self.snapshots(live)
         self.specs = [self.specs[i] for i in live]
-        self._assemble(_lone_learners(self.specs, snaps))
+        self._assemble(_members(self.specs, snaps))
         return live
 
 
-def _lone_learners(
+def _members(
     specs: Sequence[LearnerSpec], snapshots: Sequence[dict[str, Any] | None]
-) -> list[Learner]:
-    """Each member as the lone learner it stands for, restored where a snapshot is given.
+) -> list[Member]:
+    """Each member's fresh state, restored where a snapshot is given.
 
     Built on the CPU (where all streams generate), so that packing changes nothing about what
     a member computes."""
     members = []
     for spec, snap in zip(specs, snapshots, strict=True):
-        member = Learner(replace(spec, device="cpu"))
+        member = Member(replace(spec, device="cpu"))
         if snap is not None:
             member.restore(snap)
         members.append(member)
@@ -623,3 +720,72 @@ def _moved(tree: Any, device: torch.device | str) -> Any:
     if isinstance(tree, list):
         return [_moved(v, device) for v in tree]
     return tree
+
+
+def plan(counters: dict[str, Any], steps: int) -> None:
+    """Fix a run's length (and its tail, the last 10%); a restored run keeps its own."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if counters["planned"] and counters["planned"] != steps:
+        raise ValueError(f"this run was planned for {counters['planned']} steps, not {steps}")
+    counters["planned"] = steps
+    counters["tail_steps"] = max(1, steps // 10)
+
+
+def make_report(
+    task: Any,
+    counters: dict[str, Any],
+    config: dict[str, Any],
+    loss: float,
+    grad_norm: float,
+    rate: float,
+    curriculum: dict[str, float],
+    last_probe: dict[str, Any],
+) -> dict[str, Any]:
+    """One report: window loss (and bpc), gradient norm, stream-steps/s, rate, curriculum, probe."""
+    report = {
+        "step": counters["t"],
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "steps_per_sec": rate,
+        "lr": optimizer.learning_rate(config["lr"], config["lr_decay"], counters["updates"]),
+    }
+    if task.bits_per_char:
+        report["bpc"] = loss / math.log(2)
+    if task.name == "copy" or curriculum:
+        report.update({f"curriculum_{k}": v for k, v in curriculum.items()})
+    report.update(last_probe)
+    return report
+
+
+def divergence(loss: float, finite_params: bool, step: int) -> str:
+    """Why a run diverged at ``step`` (a non-finite loss or parameter), or ``""``."""
+    if not math.isfinite(loss):
+        return f"non-finite loss at step {step}"
+    if not finite_params:
+        return f"non-finite parameters at step {step}"
+    return ""
+
+
+def summarize(
+    task: Any, counters: dict[str, Any], tail_sum: float, batch: int, last_probe: dict[str, Any]
+) -> dict[str, Any]:
+    """A run's summary from its counters and the summed loss of its tail (last 10% of steps)."""
+    c = counters
+    done_tail = max(0, min(c["tail_steps"], c["t"] - (c["planned"] - c["tail_steps"])))
+    final = tail_sum / (done_tail * batch) if done_tail else float("nan")
+    summary = {
+        "final_loss": final,
+        "steps": c["t"],
+        "planned_steps": c["planned"],
+        "steps_per_sec": c["t"] * batch / c["elapsed"] if c["elapsed"] else 0.0,
+        "diverged": c["diverged"],
+        "reason": c["reason"],
+        "unit": task.unit,
+        "references": dict(task.references),
+    }
+    if task.bits_per_char:
+        summary["final_bpc"] = final / math.log(2)
+    for key in ("bias", "variance", "cosine", "staleness"):
+        summary[key] = last_probe.get(key)
+    return summary

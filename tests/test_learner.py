@@ -126,6 +126,25 @@ def test_final_loss_is_mean_of_last_tenth():
     assert summary["final_loss"] == pytest.approx(sum(losses[90:]) / 10, rel=1e-12)
 
 
+def test_final_loss_and_window_loss_across_device_ring_folds():
+    # 150 steps in one report window: the losses pass through the step's device ring (folded
+    # every 64 steps and at the tail's first step, 135) on their way to the sums.
+    learner = Learner(_spec("uoro", log_every=1000))
+    losses, reports = [], []
+    original = learner.step
+
+    def recording_step():
+        loss = original()
+        losses.append(float(loss.mean()))
+        return loss
+
+    learner.step = recording_step
+    summary = learner.run(150, on_report=reports.append)
+    assert [r["step"] for r in reports] == [150]
+    assert reports[0]["loss"] == pytest.approx(sum(losses) / 150, rel=1e-12)
+    assert summary["final_loss"] == pytest.approx(sum(losses[135:]) / 15, rel=1e-12)
+
+
 @pytest.mark.parametrize(
     "settings,message",
     [

@@ -67,6 +67,34 @@ def test_public_path_matches_the_formula_without_the_kernel() -> None:
             torch.testing.assert_close(x, z, rtol=0, atol=1e-12)
 
 
+def _in_place(fused: bool, lr: float = 0.01, steps: int = 25) -> list[list[torch.Tensor]]:
+    """Parameters after each of ``steps`` in-place ``adam_`` updates from zero."""
+    params = [torch.zeros(shape, dtype=F64) for shape in SHAPES]
+    m = [torch.zeros(shape, dtype=F64) for shape in SHAPES]
+    v = [torch.zeros(shape, dtype=F64) for shape in SHAPES]
+    count = [torch.zeros(1) for _ in SHAPES]
+    out = []
+    for t in range(1, steps + 1):
+        for c in count:
+            c.add_(1.0)
+        optimizer.adam_(params, _grads(t), m, v, count, t, lr, BETA1, BETA2, EPS, fused=fused)
+        out.append([p.clone() for p in params])
+    return out
+
+
+@pytest.mark.parametrize("fused", [pytest.param(True, marks=needs_fused), False])
+def test_in_place_adam_at_a_float_rate_matches_the_formula(fused: bool) -> None:
+    lr, position = 0.01, [torch.zeros(shape, dtype=F64) for shape in SHAPES]
+    reference = []
+    for steps in _textbook([_grads(t) for t in range(1, 26)]):
+        position = [p + lr * s for p, s in zip(position, steps, strict=True)]
+        reference.append(position)
+    for a, r in zip(_in_place(fused, lr), reference, strict=True):
+        for x, z in zip(a, r, strict=True):
+            torch.testing.assert_close(x, z, rtol=0, atol=1e-12)
+    assert float(reference[-1][0].abs().max()) > 0.1  # the parameters moved
+
+
 def test_the_switch_chooses_the_path(monkeypatch) -> None:
     available = "fused" if FUSED_ADAM_AVAILABLE else "public"
     monkeypatch.delenv(FUSED_ADAM_ENV, raising=False)

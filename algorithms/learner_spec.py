@@ -1,0 +1,144 @@
+"""A run's specification (``LearnerSpec``) and the resolution of its settings.
+
+``split_settings`` routes a spec's flat ``settings`` to the learner, its estimator and its task,
+fills in the defaults of the settings table (``rnnsweep.algorithms.settings``: the learning
+rates by optimizer and estimator among them) and refuses unknown keys (with a did-you-mean),
+keys that do not apply and bad values with a ``ValueError`` naming them. Below every part of
+the engine (``member``, ``population``) and the ``Learner`` facade, which all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rnnsweep.algorithms import checkpoint_file
+from rnnsweep.algorithms.estimator import get_estimator, resolve_hyper
+from rnnsweep.algorithms.settings import (
+    HYPER_KEYS,
+    KALMAN_RULES,
+    LEARNER_KEYS,
+    RUN_KEYS,
+    SETTINGS,
+    applies,
+    default_optimizer,
+    did_you_mean,
+    hyper_defaults,
+    lr_default,
+    not_applying,
+)
+from rnnsweep.tasks import make_task
+from rnnsweep.tasks.registry import task_setting_entries
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "DTYPES",
+    "KALMAN_RULES",
+    "PROBE_METRICS",
+    "LearnerSpec",
+    "split_settings",
+    "unused_settings",
+]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CHECKPOINT_VERSION = checkpoint_file.FORMAT  # a snapshot's layout is the file's body
+PROBE_METRICS = ("bias", "variance", "cosine", "staleness")
+
+
+@dataclass
+class LearnerSpec:
+    """Everything that defines a run; ``settings`` holds learner, estimator and task keys."""
+
+    task: str
+    estimator: str
+    cell: str = "tanh"
+    hidden: int = 32
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
+    """Route ``spec.settings`` to (learner, estimator, task) settings; validate every key.
+
+    Keys, types, bounds and defaults come from the settings table
+    (``rnnsweep.algorithms.settings``) and the task's declared settings. Returns
+    ``(learner, estimator_hyper, task_settings, estimator_name, optimizer)``. Unknown keys (with
+    a did-you-mean), hyperparameters of other estimators and bad values raise ``ValueError``
+    naming them.
+    """
+    name = KALMAN_RULES.get(spec.estimator, spec.estimator)
+    estimator = get_estimator(name)
+    if name == "bptt":
+        raise ValueError("estimator 'bptt' is offline (a reference): use tbptt to learn online")
+    for key in RUN_KEYS:
+        SETTINGS[key].check(getattr(spec, key))
+    task_entries = {entry.name: entry for entry in task_setting_entries(spec.task)}
+    learner = {key: SETTINGS[key].default for key in LEARNER_KEYS}
+    est_keys, task_keys = {}, {}
+    for key, value in spec.settings.items():
+        mine = key in HYPER_KEYS and spec.estimator in (SETTINGS[key].estimators or ())
+        owners = [
+            owner
+            for owner, known in (
+                ("learner", key in LEARNER_KEYS),
+                (f"estimator {name}", mine),
+                (f"task {spec.task}", key in task_entries),
+            )
+            if known
+        ]
+        if not owners:
+            if key in HYPER_KEYS:
+                raise ValueError(not_applying(key, spec.estimator, ""))
+            if key in RUN_KEYS:
+                raise ValueError(
+                    f"setting {key!r} is not a --set key: use --{key} (in a sweep: {key} at the "
+                    "top level)"
+                )
+            known = sorted(
+                set(LEARNER_KEYS) | set(hyper_defaults(spec.estimator)) | set(task_entries)
+            )
+            hint = did_you_mean(key, known + [k for k in HYPER_KEYS if k not in known])
+            raise ValueError(f"unknown setting {key!r}{hint} (known: {', '.join(known)})")
+        if len(owners) > 1:
+            raise ValueError(f"setting {key!r} is ambiguous: it belongs to {' and '.join(owners)}")
+        if owners[0] == "learner":
+            learner[key] = SETTINGS[key].check(value)
+        elif owners[0].startswith("estimator"):
+            est_keys[key] = value
+        else:
+            task_keys[key] = value
+    resolve_hyper(estimator, est_keys)
+    for key, value in make_task(spec.task, **task_keys).learner_defaults.items():
+        if key not in spec.settings:
+            learner[key] = value
+    opt = learner["optimizer"] or default_optimizer(spec.estimator)
+    learner["optimizer"] = opt
+    if spec.estimator in KALMAN_RULES and opt != "kalman":
+        raise ValueError(
+            f"{spec.estimator} learns with the Kalman filter; optimizer={opt} "
+            f"contradicts it (use estimator {name} for {opt})"
+        )
+    if opt == "kalman" and estimator.influence is None:
+        raise ValueError(f"optimizer kalman needs an estimator with an influence, not {name!r}")
+    if learner["lr"] is None:
+        learner["lr"] = lr_default(opt, name)
+    if learner["probe_every"] and learner["probe_window"] > learner["probe_every"]:
+        raise ValueError("setting 'probe_window' must not exceed 'probe_every'")
+    return learner, est_keys, task_keys, name, opt
+
+
+def unused_settings(spec: LearnerSpec, optimizer: str) -> list[str]:
+    """Messages for the keys of ``spec.settings`` that its learner would not use (``beta1``
+    with sgd, ``process_noise`` without the filter); ``rnnsweep run --set`` refuses them."""
+    task_keys = {entry.name for entry in task_setting_entries(spec.task)}
+    return [
+        not_applying(key, spec.estimator, optimizer)
+        for key in spec.settings
+        if key in SETTINGS
+        and key not in task_keys
+        and not applies(SETTINGS[key], spec.estimator, optimizer)
+    ]
