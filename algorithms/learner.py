@@ -16,8 +16,9 @@ parameter ends the run with ``diverged = True`` and a reason, never an exception
 estimator state, stream position and RNG, probe, counters), so that a restored learner
 continues bit-for-bit like one never interrupted; the snapshot is the population's member
 snapshot (``member.Member`` builds and reads it). ``final_loss`` is the mean loss (nats) over
-the last 10% of the planned steps. The settings (``LearnerSpec``, ``split_settings`` and their
-tables) live in ``learner_spec`` and are re-exported here.
+the last 10% of the planned steps. The run's specification (``LearnerSpec``,
+``split_settings``) lives in ``learner_spec`` and is re-exported here; every setting's type,
+default and bounds in the settings table (``rnnsweep.algorithms.settings``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -139,9 +140,17 @@ def _site_dirs() -> list[str]:
 
 
 def test_a_built_wheel_in_a_fresh_venv_runs_gradcheck_and_a_sweep(tmp_path):
+    # Built from a copy of the tracked files: no build/ left in the checkout, none reused.
+    source = tmp_path / "source"
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for name in filter(None, (f.decode() for f in files)):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
     dist = tmp_path / "dist"
     code, out = _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, ROOT], tmp_path
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, source], tmp_path
     )
     assert code == 0, out
     (wheel,) = dist.glob("rnnsweep-*.whl")
