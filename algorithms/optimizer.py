@@ -171,18 +171,9 @@ def adam_unit_steps(
     float64, tests/test_optimizer.py).
     """
     steps = [g.new_zeros(g.shape) for g in grads]
-    if adam_path(fused) == "fused":
-        # a fill, not a copy from the host: no synchronisation on a GPU
-        count = [torch.full((1,), float(t), dtype=torch.float32, device=g.device) for g in grads]
-        _fused_adam(steps, grads, m, v, count, 1.0, beta1, beta2, eps)
-        return steps
-    correction1 = 1.0 - beta1**t
-    correction2_sqrt = (1.0 - beta2**t) ** 0.5
-    for step, g, m_, v_ in zip(steps, grads, m, v, strict=True):
-        m_.lerp_(g, 1.0 - beta1)
-        v_.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        denom = (v_.sqrt() / correction2_sqrt).add_(eps)
-        step.addcdiv_(m_, denom, value=-1.0 / correction1)
+    # a fill, not a copy from the host: no synchronisation on a GPU
+    count = [torch.full((1,), float(t), dtype=torch.float32, device=g.device) for g in grads]
+    adam_(steps, grads, m, v, count, t, 1.0, beta1, beta2, eps, fused)  # 0 - 1 * step
     return steps
 
 
