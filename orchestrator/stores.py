@@ -188,7 +188,9 @@ class SweepStores:
                 checkpoint = self.read_checkpoint(frozen.number)
             except checkpoint_file.CheckpointError as error:
                 checkpoint, refused = None, str(error)
-            if "estimator" in attrs:
+            # record_settings writes three attributes, one transaction each: a driver killed
+            # between them leaves some, and only all three make the trial's settings.
+            if all(key in attrs for key in ("estimator", "settings", "seed")):
                 estimator, settings = attrs["estimator"], attrs["settings"]
             else:
                 estimator, settings = spec_.suggest(self.spec, trial)

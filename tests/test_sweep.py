@@ -451,6 +451,27 @@ def test_resume_after_a_kill_inside_begin_keeps_one_run_per_trial(ray_session, t
         assert trial.value == _plain_value(spec, trial)
 
 
+def test_resume_after_a_kill_between_a_trials_attributes(ray_session, tmp_path):
+    """A driver killed between writing a trial's ``estimator`` and its ``settings`` (one
+    storage transaction each) leaves the first alone: resume suggests the settings again."""
+    import optuna
+
+    search = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    spec = spec_.load_spec_dict(_spec_dict(trials=2, workers=1, estimators=["uoro"], search=search))
+    with pytest.raises(KeyboardInterrupt):  # trial 1: asked, nothing recorded yet
+        Driver(spec, str(tmp_path), workers=1, on_event=_dying_at("asked", 1)).run()
+    study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
+    (running,) = [t for t in study.get_trials() if t.state.name == "RUNNING"]
+    optuna.trial.Trial(study, running._trial_id).set_user_attr("estimator", "uoro")
+    Driver(spec, str(tmp_path), workers=1).run(resume=True)
+    study, trials = _check_sweep(spec, str(tmp_path))
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    assert trials[1].user_attrs["settings"]["lr"] == trials[1].params["lr"]
+    assert trials[1].user_attrs["seed"] == spec.seed + 1
+    for trial in trials:
+        assert trial.value == _plain_value(spec, trial)
+
+
 class Payload:
     """Unpickled by anything but a weights-only loader, it creates the file ``marker``."""
 
