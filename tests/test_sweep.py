@@ -115,10 +115,24 @@ class ActorKiller:
     def __call__(self, event) -> None:
         if event.kind == "checkpoint" and event.number == 0 and event.step < STEPS:
             if self.kills > 0 and event.actor is not None:
-                import ray
-
                 self.kills -= 1
-                ray.kill(event.actor)
+                _kill_and_wait(event.actor)
+
+
+def _kill_and_wait(actor, seconds: float = 60.0) -> None:
+    """``ray.kill`` lands asynchronously; under load the trial could otherwise run on to its
+    end first. The hook runs in the driver's thread, so no new chunk starts meanwhile."""
+    import ray
+
+    ray.kill(actor)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.pid.remote(), timeout=seconds)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the killed actor is still alive")
 
 
 def _packed_spec(**overrides):
