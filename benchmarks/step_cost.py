@@ -10,9 +10,9 @@ B in {1, 64}, each estimator's step (forward + influence update + gradient) is d
 
 Rows with ``path: "learner"`` time the whole online learner's step (``Learner.step``: the
 task stream's next sample, the estimator's step, clipping and Adam, the loss bookkeeping) at
-B=1 on the ``add`` task, against the same estimator's step alone on the same cell, parameters
-and sample (``ratio_to_estimator``: the learner's own overhead) and against a plain forward
-step on them (``ratio_to_forward``).
+B=1 on the ``add`` task, against the same estimator's step alone on the same cell and sample,
+with parameters drawn alike (``ratio_to_estimator``: the learner's own overhead), and against a
+plain forward step on them (``ratio_to_forward``).
 
 All timings are interleaved (forward, pass, each estimator, repeated) and each ratio is the
 median over repeats, so that a noisy neighbour slows numerator and denominator alike.
@@ -87,8 +87,12 @@ def _setup(n: int, batch: int, seed: int = 0):
 
 
 def forward_step(n: int, batch: int) -> Callable[[], object]:
-    cell, params, x, y = _setup(n, batch)
-    traj = TanhTrajectory(cell, "ce", batch, torch.float32, "cpu")
+    return _forward(*_setup(n, batch))
+
+
+def _forward(cell, params, x, y) -> Callable[[], object]:
+    """Cell, readout and cross-entropy loss of one step of ``x.shape[0]`` streams."""
+    traj = TanhTrajectory(cell, "ce", x.shape[0], torch.float32, "cpu")
     blocks = unit_blocks(cell, params.theta)
 
     def step() -> object:
@@ -128,19 +132,16 @@ def learner_steps(name: str, n: int) -> dict[str, Callable[[], object]]:
     params = init_params(cell, task.outputs, torch.Generator().manual_seed(1), torch.float32)
     x, y = learner.stream.next()
     est, state = start(name, cell, params, task.loss_kind, 1)
-    traj = TanhTrajectory(cell, task.loss_kind, 1, torch.float32, "cpu")
-    blocks = unit_blocks(cell, params.theta)
-
-    def forward() -> object:
-        traj.advance(blocks, x)
-        out = readout_.output(params.readout, traj.hb)
-        return torch.nn.functional.cross_entropy(out, y, reduction="none")
-
     return {
         "learner": learner.step,
         "estimator": lambda: est.step(params, state, x, y),
-        "forward": forward,
+        "forward": _forward(cell, params, x, y),
     }
+
+
+def _ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median over repeats of one timing over another, each pair from one repeat."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
 
 
 def measure_learner(names, n: int, repeats: int, calls: int, log) -> list[dict]:
@@ -158,12 +159,8 @@ def measure_learner(names, n: int, repeats: int, calls: int, log) -> list[dict]:
                 "path": "learner",
                 "hidden": n,
                 "batch": 1,
-                "ratio_to_estimator": statistics.median(
-                    w / e for w, e in zip(whole, est, strict=True)
-                ),
-                "ratio_to_forward": statistics.median(
-                    w / f for w, f in zip(whole, fwd, strict=True)
-                ),
+                "ratio_to_estimator": _ratio(whole, est),
+                "ratio_to_forward": _ratio(whole, fwd),
                 "us_per_stream_step": statistics.median(whole) * 1e6,
                 "estimator_us": statistics.median(est) * 1e6,
                 "forward_us": statistics.median(fwd) * 1e6,
@@ -206,12 +203,8 @@ def measure(hidden, batches, repeats: int, calls: int, generic: bool, log) -> li
                         "path": path,
                         "hidden": n,
                         "batch": batch,
-                        "ratio_to_forward": statistics.median(
-                            e / f for e, f in zip(est, fwd, strict=True)
-                        ),
-                        "ratio_to_pass": statistics.median(
-                            e / p for e, p in zip(est, floor, strict=True)
-                        ),
+                        "ratio_to_forward": _ratio(est, fwd),
+                        "ratio_to_pass": _ratio(est, floor),
                         "us_per_stream_step": statistics.median(est) / batch * 1e6,
                         "forward_us": statistics.median(fwd) * 1e6,
                         "pass_us": statistics.median(floor) * 1e6,

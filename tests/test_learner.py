@@ -111,9 +111,9 @@ def test_divergence_is_a_result_not_an_exception():
     assert summary["steps"] < 20000
 
 
-def test_final_loss_is_mean_of_last_tenth():
-    learner = Learner(_spec("uoro", optimizer="sgd", lr=0.0, log_every=10))
-    losses = []
+def _recorded(learner: Learner) -> list[float]:
+    """The mean loss of each step ``learner`` takes from now on (its ``step`` wrapped)."""
+    losses: list[float] = []
     original = learner.step
 
     def recording_step():
@@ -122,6 +122,12 @@ def test_final_loss_is_mean_of_last_tenth():
         return loss
 
     learner.step = recording_step
+    return losses
+
+
+def test_final_loss_is_mean_of_last_tenth():
+    learner = Learner(_spec("uoro", optimizer="sgd", lr=0.0, log_every=10))
+    losses = _recorded(learner)
     summary = learner.run(100)
     assert summary["final_loss"] == pytest.approx(sum(losses[90:]) / 10, rel=1e-12)
 
@@ -130,15 +136,7 @@ def test_final_loss_and_window_loss_across_device_ring_folds():
     # 150 steps in one report window: the losses pass through the step's device ring (folded
     # every 64 steps and at the tail's first step, 135) on their way to the sums.
     learner = Learner(_spec("uoro", log_every=1000))
-    losses, reports = [], []
-    original = learner.step
-
-    def recording_step():
-        loss = original()
-        losses.append(float(loss.mean()))
-        return loss
-
-    learner.step = recording_step
+    losses, reports = _recorded(learner), []
     summary = learner.run(150, on_report=reports.append)
     assert [r["step"] for r in reports] == [150]
     assert reports[0]["loss"] == pytest.approx(sum(losses) / 150, rel=1e-12)
