@@ -19,7 +19,7 @@ eps, ``adam_unit_steps`` computes the steps (torch's fused kernel where allowed:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -209,6 +209,40 @@ def adam_(
         v_.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         denom = (v_.sqrt() / correction2_sqrt).add_(eps)
         p.addcdiv_(m_, denom, value=-lr / correction1)
+
+
+def lone_stepper(
+    kind: str,
+    params: Sequence[Tensor],
+    m: Sequence[Tensor],
+    v: Sequence[Tensor],
+    beta1: float,
+    beta2: float,
+    eps: float,
+    fused: bool | None = None,
+) -> Callable[[Sequence[Tensor], Sequence[Tensor], int, float], None]:
+    """``step(grads, count, t, lr)``: ``adam_`` (or sgd's ``theta <- theta - lr g``) over fixed
+    ``params`` and moments with every argument but the gradients, the count and the rate bound
+    once: a lone learner's update, with the least work per call."""
+    params, m, v = list(params), list(m), list(v)
+    if kind == "sgd":
+
+        def sgd_step(grads: Sequence[Tensor], count: Sequence[Tensor], t: int, lr: float) -> None:
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(g, alpha=lr)
+
+        return sgd_step
+    if adam_path(fused) == "fused":
+
+        def fused_step(grads: Sequence[Tensor], count: Sequence[Tensor], t: int, lr: float) -> None:
+            _fused_adam(params, grads, m, v, count, lr, beta1, beta2, eps)
+
+        return fused_step
+
+    def public_step(grads: Sequence[Tensor], count: Sequence[Tensor], t: int, lr: float) -> None:
+        adam_(params, grads, m, v, count, t, lr, beta1, beta2, eps, fused=False)
+
+    return public_step
 
 
 def _fused_adam(

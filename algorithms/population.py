@@ -243,7 +243,7 @@ class Population:
         self._loss_ring = torch.zeros(RING, self.streams, dtype=self.dtype, device=dev)
         self._loss_slots = self._loss_ring.unbind(0)
         self._ring_k = 0  # steps in the loss ring since its last fold
-        self._norms: list[Tensor] = []
+        self._norm_k = 0  # steps in the gradient-norm ring since its last fold
         cfg = self.member_config[0]
         self._lone = (
             self.pack == 1
@@ -254,13 +254,19 @@ class Population:
         if not self._lone:
             return
         self._trained_count = 1 if self.fixed_readout else 2
+        # |g_theta|, |g_readout| of each step, written in place (no allocation, one fold)
+        self._norm_ring = torch.zeros(RING, self._trained_count, dtype=self.dtype, device=dev)
+        self._norm_slots = [list(row.unbind(0)) for row in self._norm_ring.unbind(0)]
         self._targets = list(self.est_params)[: self._trained_count]  # views of row 0
         self._lr, self._lr_decay = float(cfg["lr"]), float(cfg["lr_decay"])
-        self._adam = (float(cfg["beta1"]), float(cfg["beta2"]), float(cfg["adam_eps"]))
-        self._fused = optimizer.adam_path() == "fused"
-        self._moments = (
+        self._lone_update = optimizer.lone_stepper(
+            self.optimizer,
+            self._targets,
             [m[0] for m in self.opt_state.m],
             [v[0] for v in self.opt_state.v],
+            float(cfg["beta1"]),
+            float(cfg["beta2"]),
+            float(cfg["adam_eps"]),
         )
         self._counts: list[list[Tensor]] = []  # Adam's step counts t, t + 1, ... as tensors
         self._count_k = 0
@@ -287,11 +293,10 @@ class Population:
             if self.counters["t"] - k >= self._tail_from:
                 self.sums[:, 1] += total
             self._ring_k = 0
-        if self._norms:
-            per_tensor = torch.stack(self._norms).view(-1, self._trained_count)
-            norms = torch.linalg.vector_norm(per_tensor, dim=1)
+        if self._norm_k:
+            norms = torch.linalg.vector_norm(self._norm_ring[: self._norm_k], dim=1)
             self.sums[:, 2] += norms.to(torch.float64).sum()
-            self._norms = []
+            self._norm_k = 0
 
     def _views(self, flat: Tensor) -> Params:
         """``flat [pack, Q]`` (or its theta region) as ``Params`` views."""
@@ -395,22 +400,15 @@ class Population:
     def _apply(self, grad: Params) -> None:
         if self._lone:  # the same update in the fewest operations: in place, at a float rate
             grads = grad[: self._trained_count]
-            self._norms.extend([torch.linalg.vector_norm(g) for g in grads])
+            for g, slot in zip(grads, self._norm_slots[self._norm_k], strict=True):
+                torch.linalg.vector_norm(g, out=slot)
+            self._norm_k += 1
             c = self.counters
             lr = self._lr / (1.0 + self._lr_decay * c["updates"] ** 0.5)
             t = self.flat_opt.t = self.opt_state.t = self.flat_opt.t + 1
-            if self.optimizer == "adam":
-                beta1, beta2, eps = self._adam
-                m, v = self._moments
-                counts = self._next_counts(t)
-                optimizer.adam_(
-                    self._targets, grads, m, v, counts, t, lr, beta1, beta2, eps, self._fused
-                )
-            else:
-                for p, g in zip(self._targets, grads, strict=True):
-                    p.sub_(g, alpha=lr)
+            self._lone_update(grads, self._next_counts(t), t, lr)
             c["updates"] += 1
-            if len(self._norms) == RING * self._trained_count:
+            if self._norm_k == RING:
                 self._fold()
             return
         cfg, c, h = self.config, self.counters, self.hyper

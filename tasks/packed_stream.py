@@ -3,8 +3,9 @@
 Each member keeps its own ``Stream`` on the CPU (its seed, generator, curriculum, checkpointable
 state), exactly as if it ran alone. The members all stand at the same step and refill their
 ``CHUNK`` buffers at the same steps (multiples of ``CHUNK`` from step 0), so the packed stream
-concatenates the members' buffers once per chunk and ``next()`` only indexes the result: no
-per-member work on ordinary steps. Member streams' positions are brought up to date lazily,
+concatenates the members' buffers once per chunk, splits them into per-step views, and
+``next()`` only picks up the step's view: no per-member work and no tensor operation on
+ordinary steps (one, the one-hot lookup, for symbol tasks). Member streams' positions are brought up to date lazily,
 before a curriculum observes a loss and before a member's state is read.
 
 Member streams generate on the CPU (as every stream does); the packed buffer goes to the
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnsweep.tasks.stream import Stream, buffered_step
+from rnnsweep.tasks.stream import Stream
 
 
 class PackedStream:
@@ -55,6 +56,8 @@ class PackedStream:
         self._eye = first._eye.to(self.device)
         self._x: Tensor | None = None
         self._y: Tensor | None = None
+        self._rows: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] = ((), ())
+        self._symbols = False
         # the members whose streams keep a curriculum (most tasks have none)
         self._curricula = [
             i for i, s in enumerate(streams) if type(s).observe is not Stream.observe
@@ -65,6 +68,9 @@ class PackedStream:
     def _gather(self) -> None:
         self._x = self._to_device(torch.cat([s._x for s in self.members], dim=1))
         self._y = self._to_device(torch.cat([s._y for s in self.members], dim=1))
+        # each step's rows as views made once per chunk: next() only picks them up
+        self._rows = (self._x.unbind(0), self._y.unbind(0))
+        self._symbols = self._x.dim() == 2
 
     def _to_device(self, buffer: Tensor) -> Tensor:
         if self.device.type == "cuda":
@@ -88,7 +94,8 @@ class PackedStream:
         t = self._offset
         self._offset += 1
         self.step += 1
-        return buffered_step(self._x, self._y, t, self._eye)
+        x, y = self._rows[0][t], self._rows[1][t]
+        return (self._eye.index_select(0, x) if self._symbols else x), y
 
     def _settle(self) -> None:
         """Read every member's pending device values (a curriculum's loss) in one transfer."""
