@@ -5,8 +5,9 @@ state), exactly as if it ran alone. The members all stand at the same step and r
 ``CHUNK`` buffers at the same steps (multiples of ``CHUNK`` from step 0), so the packed stream
 concatenates the members' buffers once per chunk, splits them into per-step views, and
 ``next()`` only picks up the step's view: no per-member work and no tensor operation on
-ordinary steps (one, the one-hot lookup, for symbol tasks). Member streams' positions are brought up to date lazily,
-before a curriculum observes a loss and before a member's state is read.
+ordinary steps (one, the one-hot lookup, for symbol tasks). Member streams' positions are
+brought up to date lazily, before a curriculum observes a loss and before a member's state is
+read.
 
 Member streams generate on the CPU (as every stream does); the packed buffer goes to the
 device in one copy per chunk, from pinned memory and without blocking when the device is CUDA,
