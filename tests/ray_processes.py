@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 def ray_processes(temp_root: str) -> list[int]:
@@ -37,6 +38,17 @@ def _has_open_file(pid: str, root: str) -> bool:
         )
     except OSError:
         return False
+
+
+def wait_until_gone(temp_root: str, seconds: float) -> list[int]:
+    """Poll until no process of the instance under ``temp_root`` is left, or ``seconds`` pass;
+    returns those still alive (empty when all are gone)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = ray_processes(temp_root)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def kill(pids: list[int]) -> None:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from ray_processes import kill, ray_processes
+from ray_processes import kill, ray_processes, wait_until_gone
 
 from rnnsweep.algorithms.learner import Learner
 from rnnsweep.orchestrator import spec as spec_
@@ -322,8 +322,7 @@ def test_normal_exit_leaves_no_ray_process(tmp_path):
     proc = _launch_subprocess(spec_path, tmp_path / "state", temp_root)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
-    time.sleep(1.0)
-    assert ray_processes(temp_root) == []
+    assert wait_until_gone(temp_root, 10.0) == []
 
 
 def test_bad_spec_exits_2_and_creates_nothing(tmp_path, capsys):
