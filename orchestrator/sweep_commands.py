@@ -30,6 +30,7 @@ def launch_command(args) -> int:
         return 0
     state_dir = resolve_state_dir(args.state_dir or spec.storage.state_dir)
     if os.path.exists(sweep_store.record_path(state_dir, spec.name)):
+        _refuse_if_driven(*sweep_store.read_record(state_dir, spec.name))
         raise ValueError(
             f"sweep {spec.name!r} already exists in {state_dir}; continue it with "
             f"`rnnsweep resume {spec.name}` or launch with --name NEW_NAME"
@@ -97,15 +98,30 @@ def trial_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _refuse_if_driven(state_dir: str, record: dict[str, Any]) -> None:
+    """``LeaseHeld`` (exit 3) naming the driver that holds the sweep now, if one does."""
+    from rnnsweep.orchestrator.sweep_lease import held, read_holder
+
+    holder = read_holder(sweep_store.optuna_url(record["optuna_storage"]), record["name"])
+    timeout = _lease_timeout(record)
+    if holder is not None and not holder.free_because(timeout):
+        raise held(record["name"], holder, timeout)
+
+
+def _lease_timeout(record: dict[str, Any]) -> float:
+    from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
+
+    return record["spec"].get("lease_timeout", SWEEP_SETTINGS["lease_timeout"].default)
+
+
 def driver_state(record: dict[str, Any]) -> dict[str, Any]:
     """Whether a driver drives the sweep now, read from its lease (never taken here):
     ``running``, and the last holder's ``host``, ``pid`` and ``heartbeat_age_s`` (``None``
     when no driver of this version ever ran it)."""
     from rnnsweep.orchestrator.sweep_lease import read_holder
-    from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
 
     holder = read_holder(sweep_store.optuna_url(record["optuna_storage"]), record["name"])
-    timeout = record["spec"].get("lease_timeout", SWEEP_SETTINGS["lease_timeout"].default)
+    timeout = _lease_timeout(record)
     if holder is None:
         return {"running": False, "host": None, "pid": None, "heartbeat_age_s": None}
     return {

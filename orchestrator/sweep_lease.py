@@ -89,6 +89,17 @@ class Holder:
         return f"pid {self.pid} on {self.host}"
 
 
+def held(name: str, holder: Holder, timeout: float) -> LeaseHeld:
+    """The refusal a second driver of sweep ``name`` gets while ``holder`` drives it."""
+    wait = max(1.0, timeout - holder.age)
+    return LeaseHeld(
+        f"sweep {name!r} is being driven by {holder.who()} (heartbeat "
+        f"{duration_text(holder.age)} ago); stop that driver, or if it is gone (another "
+        f"machine), its lease can be taken over in {wait:.0f} s (lease_timeout {timeout:g} s): "
+        "try again then"
+    )
+
+
 def _table(metadata: Any) -> Any:
     import sqlalchemy as sa
 
@@ -226,13 +237,7 @@ class SweepLease:
                 return ""
             why = holder.free_because(self.timeout)
             if not why:
-                wait = max(1.0, self.timeout - holder.age)
-                raise LeaseHeld(
-                    f"sweep {self.name!r} is being driven by {holder.who()} (heartbeat "
-                    f"{duration_text(holder.age)} ago); stop that driver, or if it is gone "
-                    f"(another machine), its lease can be taken over in {wait:.0f} s "
-                    f"(lease_timeout {self.timeout:g} s): try again then"
-                )
+                raise held(self.name, holder, self.timeout)
             with self.engine.begin() as connection:
                 taken = connection.execute(
                     sa.update(table)
