@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -299,8 +300,12 @@ class SweepLease:
                         .where(table.c.sweep == self.name, table.c.token == self.token)
                         .values(token="", heartbeat=_now(connection.dialect.name))
                     )
-        except sa.exc.SQLAlchemyError:
-            pass  # unreachable: the heartbeat goes stale and the lease frees itself
+        except sa.exc.SQLAlchemyError as error:  # it frees itself once its heartbeat is stale
+            print(
+                f"the lease of sweep {self.name!r} was not released ({type(error).__name__}); "
+                f"another driver may take it over in {self.timeout:g} s",
+                file=sys.stderr,
+            )
         finally:
             self.token = ""
             self.engine.dispose()

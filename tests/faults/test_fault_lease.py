@@ -52,7 +52,9 @@ def _spec(storage_url: str | None = None, **overrides) -> dict:
         "pruner": "none",
         "sampler": "random",
         "checkpoint_every": 2000,
-        "workers": 1,
+        # both trials asked before any stop: a resumed sweep's sampler restarts from its
+        # seed, so a trial asked after a resume can repeat a parameter set (not this issue's)
+        "workers": 2,
     }
     if storage_url:
         spec["storage"] = {"optuna": storage_url}
@@ -75,8 +77,8 @@ def _rnnsweep(args: list[str], temp_root: str) -> subprocess.Popen:
     )
 
 
-def _wait_for_a_checkpointed_trial(proc: subprocess.Popen, state_dir: str) -> None:
-    """Until the driver has recorded a checkpoint of a running trial (its loop is running)."""
+def _wait_for_checkpointed_trials(proc: subprocess.Popen, state_dir: str) -> None:
+    """Until the driver has recorded a checkpoint of each of its two running trials."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         time.sleep(0.5)
@@ -85,10 +87,12 @@ def _wait_for_a_checkpointed_trial(proc: subprocess.Popen, state_dir: str) -> No
         if not os.path.exists(sweep_store.record_path(state_dir, "t")):
             continue
         study = sweep_store.load_study(record_checks.record_of(state_dir, "t"))
-        if any(
-            t.state.name == "RUNNING" and t.user_attrs.get("checkpoint_step", 0) > 0
+        checkpointed = [
+            t
             for t in study.get_trials()
-        ):
+            if t.state.name == "RUNNING" and t.user_attrs.get("checkpoint_step", 0) > 0
+        ]
+        if len(checkpointed) == 2:
             return
     pytest.fail("no trial was checkpointed in 300 s")
 
@@ -122,7 +126,7 @@ def test_a_second_driver_is_refused_and_sigterm_stops_the_first(
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
     try:
-        _wait_for_a_checkpointed_trial(proc, state_dir)
+        _wait_for_checkpointed_trials(proc, state_dir)
         holder = f"pid {proc.pid} on {socket.gethostname()} (heartbeat "
         capsys.readouterr()
         for second in (
@@ -152,7 +156,7 @@ def test_a_second_driver_is_refused_and_sigterm_stops_the_first(
     assert client.get_run(record["mlflow_parent_run_id"]).info.status == "KILLED"
     study = sweep_store.load_study(record)
     running = [t for t in study.get_trials() if t.state.name == "RUNNING"]
-    assert running
+    assert len(running) == 2  # both stopped mid-way
     for trial in running:  # its checkpoint kept, its child run KILLED
         path = sweep_store.checkpoint_path(state_dir, "t", trial.number)
         with open(path, "rb") as handle:
@@ -244,7 +248,7 @@ def test_status_after_sigkill_says_not_running_and_resume_takes_over_at_once(
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
     try:
-        _wait_for_a_checkpointed_trial(proc, state_dir)
+        _wait_for_checkpointed_trials(proc, state_dir)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
