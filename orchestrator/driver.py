@@ -114,8 +114,9 @@ class Driver:
             status = "FINISHED"
             return summary
         except KeyboardInterrupt:
+            # raised again after the clean-up, once its traceback is gone: the frames it holds
+            # may keep a half-read SQLite cursor, whose lock would block the lease's release
             status = "KILLED"
-            raise
         finally:
             for run in list(self.running.values()):
                 if not self.stores.lease_lost():  # else its new driver owns the runs
@@ -123,6 +124,7 @@ class Driver:
             self.stores.close(status, summary)
             self.scheduler.stop()
             restore_sigterm()
+        raise KeyboardInterrupt
 
     def _start(self, resume: bool) -> None:
         """Open the stores in a thread while this one starts Ray and the actors (their

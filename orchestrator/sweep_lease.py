@@ -302,7 +302,8 @@ class SweepLease:
                     )
         except sa.exc.SQLAlchemyError as error:  # it frees itself once its heartbeat is stale
             print(
-                f"the lease of sweep {self.name!r} was not released ({type(error).__name__}); "
+                f"the lease of sweep {self.name!r} was not released ({type(error).__name__}: "
+                f"{str(error).splitlines()[0]}); "
                 f"another driver may take it over in {self.timeout:g} s",
                 file=sys.stderr,
             )

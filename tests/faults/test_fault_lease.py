@@ -305,3 +305,37 @@ def test_run_stopped_by_a_signal_prints_its_checkpoint(signum, tmp_path):
         f"`rnnsweep run --resume {checkpoint}`"
     ) in out
     assert "final loss" not in out and "nan" not in out
+
+
+def test_a_driver_whose_lease_was_taken_over_stops_writing(ray_session, tmp_path):
+    import sqlalchemy as sa
+
+    from rnnsweep.orchestrator.sweep_lease import LeaseHeld
+
+    state_dir = str(tmp_path)
+    url = sweep_store.default_optuna_url(state_dir)
+    spec = spec_.load_spec_dict(_spec(steps=20000, lease_timeout=0.4))  # a beat every 0.1 s
+    thief = {"host": "thief.invalid", "pid": 1, "token": "f" * 32}
+    driver: Driver
+
+    def steal(event) -> None:  # at the first checkpoint, another driver takes the lease
+        if event.kind != "checkpoint" or driver.stores.lease_lost():
+            return
+        _rewrite_lease(url, heartbeat_age=0.0, **thief)
+        deadline = time.monotonic() + 60
+        while not driver.stores.lease_lost():
+            assert time.monotonic() < deadline, "the heartbeat never noticed"
+            time.sleep(0.05)
+
+    driver = Driver(spec, state_dir, workers=2, out=io.StringIO(), on_event=steal)
+    with pytest.raises(LeaseHeld, match="taken over by pid 1 on thief.invalid; this driver st"):
+        driver.run()
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        row = connection.execute(sa.text(f"SELECT host, pid, token FROM {TABLE}")).one()
+    engine.dispose()
+    assert tuple(row) == ("thief.invalid", 1, "f" * 32)  # left to its new holder
+    record = record_checks.record_of(state_dir, "t")
+    client = record_checks._client(record["tracking_uri"])
+    assert client.get_run(record["mlflow_parent_run_id"]).info.status == "RUNNING"
+    record_checks.metric_rows(record)  # nothing written twice
