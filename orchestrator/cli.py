@@ -107,6 +107,9 @@ STATUS_EXAMPLES = """\
 examples:
   rnnsweep status smoke
   rnnsweep status smoke --json | jq '.trials[] | select(.state == "COMPLETE")'
+
+It says whether a driver runs the sweep (host, pid, heartbeat age, from its lease); when none
+does, the trials it left RUNNING show as INTERRUPTED and `rnnsweep resume NAME` continues them.
 """
 BEST_EXAMPLES = """\
 examples:
