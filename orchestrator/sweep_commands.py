@@ -30,7 +30,7 @@ def launch_command(args) -> int:
         return 0
     state_dir = resolve_state_dir(args.state_dir or spec.storage.state_dir)
     if os.path.exists(sweep_store.record_path(state_dir, spec.name)):
-        _refuse_if_driven(*sweep_store.read_record(state_dir, spec.name))
+        _refuse_if_driven(sweep_store.read_record(state_dir, spec.name)[1])
         raise ValueError(
             f"sweep {spec.name!r} already exists in {state_dir}; continue it with "
             f"`rnnsweep resume {spec.name}` or launch with --name NEW_NAME"
@@ -98,7 +98,7 @@ def trial_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _refuse_if_driven(state_dir: str, record: dict[str, Any]) -> None:
+def _refuse_if_driven(record: dict[str, Any]) -> None:
     """``LeaseHeld`` (exit 3) naming the driver that holds the sweep now, if one does."""
     from rnnsweep.orchestrator.sweep_lease import held, read_holder
 
@@ -141,7 +141,9 @@ def _driver_line(driver: dict[str, Any], rows: list[dict[str, Any]], record, arg
             f"{duration_text(driver['heartbeat_age_s'])} ago)"
         )
     seen = driver["heartbeat_age_s"]
-    line = "driver not running" + (f" (last seen {duration_text(seen)} ago)" if seen else "")
+    line = "driver not running"
+    if seen is not None:
+        line += f" (last seen {duration_text(seen)} ago)"
     unfinished = len(rows) < record["spec"]["trials"] or any(
         r["state"] == "INTERRUPTED" for r in rows
     )

@@ -77,7 +77,9 @@ class Holder:
     age: float
 
     def free_because(self, timeout: float) -> str:
-        """Why the lease may be taken (a phrase), or ``""`` while its holder drives the sweep."""
+        """Why the lease may be taken (a phrase), or ``""`` while its holder drives the sweep.
+        (A dead holder's pid reused by another process on its host reads as alive: its lease
+        then frees itself at the timeout.)"""
         if not self.token:
             return "released"
         if self.age > timeout:
