@@ -13,8 +13,10 @@ import textwrap
 from collections.abc import Sequence
 
 from rnnsweep.orchestrator.device import resolve_device
+from rnnsweep.orchestrator.sweep_lease import LeaseHeld
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# 3: the sweep is being driven by another live driver (launch, resume); 130: interrupted
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
 
 GRADCHECK_EXAMPLES = """\
 examples:
@@ -86,16 +88,28 @@ examples:
   rnnsweep launch examples/smoke.yaml --workers 2       # a 2-minute laptop sweep
   rnnsweep launch examples/compare_add.yaml --dry-run   # validate, show the search space
   RAY_ADDRESS=auto rnnsweep launch examples/gpu_cluster.yaml   # on a Ray cluster's head
+
+exit status: 0 when the sweep ends, 2 on a bad spec, 3 when another live driver holds the
+sweep, 130 when stopped by Ctrl-C or SIGTERM (checkpoints kept: `rnnsweep resume NAME`).
 """
 RESUME_EXAMPLES = """\
 examples:
   rnnsweep resume smoke             # running trials continue from their checkpoints
   rnnsweep resume smoke --workers 2 --state-dir /data/sweeps
+
+One driver at a time: a second launch or resume exits 3 naming the holder (host, pid) and its
+heartbeat's age. A driver killed on this host is taken over at once; one on another machine
+once its heartbeat is older than the sweep's lease_timeout (60 s).
+exit status: 0 when the sweep ends, 2 on an unknown sweep, 3 when another live driver holds
+it, 130 when stopped by Ctrl-C or SIGTERM.
 """
 STATUS_EXAMPLES = """\
 examples:
   rnnsweep status smoke
   rnnsweep status smoke --json | jq '.trials[] | select(.state == "COMPLETE")'
+
+It says whether a driver runs the sweep (host, pid, heartbeat age, from its lease); when none
+does, the trials it left RUNNING show as INTERRUPTED and `rnnsweep resume NAME` continues them.
 """
 BEST_EXAMPLES = """\
 examples:
@@ -372,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except ValueError as error:
         print(f"rnnsweep {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_HELD if isinstance(error, LeaseHeld) else EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ from typing import Any, TextIO
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator.progress_table import ProgressTable, TrialRow
 from rnnsweep.orchestrator.scheduler import Group, Outcome, Running, Scheduler
+from rnnsweep.orchestrator.stop_signal import sigterm_as_interrupt
 from rnnsweep.orchestrator.stores import SweepStores, Unfinished, checkpoint_step, sweep_summary
+from rnnsweep.orchestrator.sweep_lease import LeaseHeld
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,11 @@ class Driver:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """Run the sweep (or ``resume`` it) to its end; returns ``sweep_summary``."""
+        """Run the sweep (or ``resume`` it) to its end; returns ``sweep_summary``. SIGTERM
+        stops it as Ctrl-C does (``KeyboardInterrupt``)."""
         self._start(resume)
         status, summary = "FAILED", None
+        restore_sigterm = sigterm_as_interrupt()  # after Ray's start: it sets its own
         try:
             if resume:
                 for unfinished in self.stores.unfinished():
@@ -92,6 +96,8 @@ class Driver:
                         unfinished.trial, unfinished.estimator, unfinished.settings, unfinished
                     )
             while True:
+                if self.stores.lease_lost():
+                    raise LeaseHeld(f"{self.stores.lease_lost()}; this driver stops")
                 self._started(self.scheduler.fill())
                 while self.scheduler.has_room() and self.stores.asked() < self.spec.trials:
                     # up to one pack's worth; those that cannot share a pack wait their turn
@@ -108,17 +114,25 @@ class Driver:
             status = "FINISHED"
             return summary
         except KeyboardInterrupt:
+            # raised again after the clean-up, once its traceback is gone: the frames it holds
+            # may keep a half-read SQLite cursor, whose lock would block the lease's release
             status = "KILLED"
-            raise
         finally:
             for run in list(self.running.values()):
-                run.tracker.close("KILLED")
+                if not self.stores.lease_lost():  # else its new driver owns the runs
+                    run.tracker.close("KILLED")
             self.stores.close(status, summary)
             self.scheduler.stop()
+            restore_sigterm()
+        raise KeyboardInterrupt
 
     def _start(self, resume: bool) -> None:
         """Open the stores in a thread while this one starts Ray and the actors (their
-        processes, MLflow's imports and store migrations overlap)."""
+        processes, MLflow's imports and store migrations overlap), under the sweep's lease,
+        taken first: a second driver is refused before it starts anything."""
+        self.stores.take_lease(resume)
+        if self.stores.takeover:
+            print(self.stores.takeover, file=self.out, flush=True)
         errors: list[Exception] = []
 
         def open_stores() -> None:

@@ -2,8 +2,9 @@
 
 Everything is validated before any work starts (unknown ``--set`` keys and bad values exit 2).
 Checkpoints are written atomically every ``--checkpoint-every`` steps, at the end, and on
-Ctrl-C; ``--resume PATH`` continues a checkpointed run bit-for-bit, in the same MLflow run,
-with no metric step written twice.
+Ctrl-C or SIGTERM (the path and the resume command are printed, exit 130); ``--resume PATH``
+continues a checkpointed run bit-for-bit, in the same MLflow run, with no metric step written
+twice.
 """
 
 from __future__ import annotations
@@ -196,14 +197,16 @@ def run_command(args) -> int:
     def stop_requested() -> bool:
         return interrupted[0]
 
-    previous = signal.getsignal(signal.SIGINT)
+    stops = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `kill` send
+    previous = {signum: signal.getsignal(signum) for signum in stops}
 
-    def on_sigint(signum, frame) -> None:  # finish the current report chunk, then stop
-        if interrupted[0]:
-            signal.signal(signal.SIGINT, previous)
+    def on_stop(signum, frame) -> None:  # finish the current report chunk, then stop
+        if interrupted[0]:  # a second one: as if we were not here
+            signal.signal(signum, previous[signum])
         interrupted[0] = True
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for signum in stops:
+        signal.signal(signum, on_stop)
     try:
         summary = learner.run(steps, on_report, stop_requested)
     except BaseException:
@@ -211,7 +214,8 @@ def run_command(args) -> int:
             tracker.close("FAILED")
         raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum in stops:
+            signal.signal(signum, previous[signum])
         progress.close()
     if args.checkpoint:
         if tracker is not None:
@@ -242,11 +246,16 @@ def run_command(args) -> int:
         tracker.close(status)
     if args.summary_json:
         write_json_atomic(args.summary_json, summary)
-    state = (
-        "diverged: " + summary["reason"]
-        if summary["diverged"]
-        else ("interrupted" if interrupted[0] else "done")
-    )
+    if interrupted[0] and not summary["diverged"]:
+        where = (
+            f"checkpoint {args.checkpoint}; continue with `rnnsweep run --resume "
+            f"{args.checkpoint}`"
+            if args.checkpoint
+            else "no --checkpoint was given, so it cannot be continued"
+        )
+        print(f"interrupted at step {summary['steps']}: {where}", file=sys.stderr)
+        return 130
+    state = "diverged: " + summary["reason"] if summary["diverged"] else "done"
     unit = "bpc" if learner.task.bits_per_char else "nats"
     final = summary.get("final_bpc", summary["final_loss"])
     print(
@@ -254,4 +263,4 @@ def run_command(args) -> int:
         f"{summary['steps_per_sec']:.0f} stream-steps/s",
         file=sys.stderr,
     )
-    return 130 if interrupted[0] else 0
+    return 0

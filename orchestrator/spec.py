@@ -164,6 +164,7 @@ class SweepSpec:
     resources: Resources = Resources()
     checkpoint_every: int = 1000
     max_retries: int = 2
+    lease_timeout: float = SWEEP_SETTINGS["lease_timeout"].default  # seconds
     workers: int = 1
     pack: int = 1
     storage: Storage = Storage()
@@ -191,6 +192,7 @@ class SweepSpec:
             "resources": dataclasses.asdict(self.resources),
             "checkpoint_every": self.checkpoint_every,
             "max_retries": self.max_retries,
+            "lease_timeout": self.lease_timeout,
             "workers": self.workers,
             "pack": self.pack,
             "storage": dataclasses.asdict(self.storage),
@@ -762,6 +764,7 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
         resources=Resources(cpus, gpus),
         checkpoint_every=checkpoint_every,
         max_retries=top.max_retries,
+        lease_timeout=top.lease_timeout,
         workers=top.workers,
         pack=top.pack,
         storage=Storage(**storage),

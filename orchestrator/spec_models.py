@@ -258,6 +258,7 @@ SweepModel = create_model(
         None,
     ),
     max_retries=_sweep("max_retries"),
+    lease_timeout=_sweep("lease_timeout"),
     workers=_sweep("workers"),
     pack=_sweep("pack"),
     storage=(Annotated[StorageModel, BeforeValidator(_none_is_empty)], StorageModel()),

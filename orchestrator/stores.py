@@ -12,8 +12,11 @@
 - Checkpoints ``DIR/checkpoints/NAME/trial-N.pt`` (``checkpoint_file``'s format), written
   atomically, read back with their header, length and checksum verified, never deserialized.
 
-One driver at a time writes them: ``open`` takes the sweep's lease (``sweep_lease``) before
-anything else, ``close`` gives it back.
+One driver at a time writes them: ``take_lease`` takes the sweep's single-writer lease, a
+row kept in the sweep's Optuna database (``sweep_lease``, so that drivers on two machines
+sharing one PostgreSQL exclude each other), before anything else is opened; ``close`` gives
+it back. A takeover of a stale lease is logged as a tag of the parent run
+(``rnnsweep.lease_takeover.<UTC time>``).
 
 A trial's end goes to MLflow first (its queue drained, the run closed), then to Optuna: a
 driver killed in between leaves a RUNNING trial that ``resume`` redoes from its last
@@ -67,19 +70,48 @@ class SweepStores:
         self.experiment_id = ""
         self.study: Any = None
         self.parent: Tracker | None = None
-        self.lease = SweepLease(state_dir, self.name)
+        self.lease: SweepLease | None = None
+        self.takeover = ""  # whose stale lease ``take_lease`` took over, and why
 
     # -- the sweep ---------------------------------------------------------------------------
 
+    def take_lease(self, resume: bool) -> None:
+        """Take the sweep's lease in its Optuna database (``LeaseHeld`` if a live driver
+        holds it); ``open`` comes next."""
+        import sqlalchemy as sa
+
+        if resume:
+            _, record = sweep_store.read_record(self.state_dir, self.name)
+            self.optuna_url = sweep_store.optuna_url(record["optuna_storage"])
+        self.lease = SweepLease(self.optuna_url, self.name, self.spec.lease_timeout)
+        try:
+            self.takeover = self.lease.acquire()
+        except sa.exc.SQLAlchemyError as error:
+            where = sa.engine.make_url(self.optuna_url).render_as_string(hide_password=True)
+            first = str(error).splitlines()[0]
+            raise ValueError(
+                f"cannot take the lease of sweep {self.name!r} in {where}: {first}"
+            ) from None
+
     def open(self, resume: bool) -> None:
-        """Take the sweep's lease, then create its study, parent run and record, or
-        (``resume``) open them; a failure gives the lease back."""
-        self.lease.acquire()
+        """Create the sweep's study, parent run and record, or (``resume``) open them, under
+        the lease ``take_lease`` took; a failure gives the lease back."""
         try:
             self._open(resume)
+            if self.takeover and self.parent is not None:
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                self.parent.set_tags({f"rnnsweep.lease_takeover.{stamp}": self.takeover})
         except BaseException:
-            self.lease.release()
+            self.release_lease()
             raise
+
+    def release_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+    def lease_lost(self) -> str:
+        """Whose takeover of the lease this driver found at its last heartbeat (or ``""``)."""
+        return self.lease.lost if self.lease is not None else ""
 
     def _open(self, resume: bool) -> None:
         import optuna
@@ -146,9 +178,9 @@ class SweepStores:
 
     def close(self, status: str, summary: dict[str, Any] | None = None) -> None:
         """Close the parent run (``status`` as MLflow says it), with the summary's metrics,
-        and give the lease back."""
+        and give the lease back; a driver whose lease was taken over writes nothing more."""
         try:
-            if self.parent is None:
+            if self.parent is None or self.lease_lost():
                 return
             if summary is not None:
                 best = {f"best_{e}": v["value"] for e, v in summary["best"].items()}
@@ -157,7 +189,7 @@ class SweepStores:
                 self.parent.log_metrics(0, states)
             self.parent.close(status)
         finally:
-            self.lease.release()
+            self.release_lease()
 
     # -- trials ------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ def launch_command(args) -> int:
         return 0
     state_dir = resolve_state_dir(args.state_dir or spec.storage.state_dir)
     if os.path.exists(sweep_store.record_path(state_dir, spec.name)):
+        _refuse_if_driven(sweep_store.read_record(state_dir, spec.name)[1])
         raise ValueError(
             f"sweep {spec.name!r} already exists in {state_dir}; continue it with "
             f"`rnnsweep resume {spec.name}` or launch with --name NEW_NAME"
@@ -97,9 +98,69 @@ def trial_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _refuse_if_driven(record: dict[str, Any]) -> None:
+    """``LeaseHeld`` (exit 3) naming the driver that holds the sweep now, if one does."""
+    from rnnsweep.orchestrator.sweep_lease import held, read_holder
+
+    holder = read_holder(sweep_store.optuna_url(record["optuna_storage"]), record["name"])
+    timeout = _lease_timeout(record)
+    if holder is not None and not holder.free_because(timeout):
+        raise held(record["name"], holder, timeout)
+
+
+def _lease_timeout(record: dict[str, Any]) -> float:
+    from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
+
+    return record["spec"].get("lease_timeout", SWEEP_SETTINGS["lease_timeout"].default)
+
+
+def driver_state(record: dict[str, Any]) -> dict[str, Any]:
+    """Whether a driver drives the sweep now, read from its lease (never taken here):
+    ``running``, and the last holder's ``host``, ``pid`` and ``heartbeat_age_s`` (``None``
+    when no driver of this version ever ran it)."""
+    from rnnsweep.orchestrator.sweep_lease import read_holder
+
+    holder = read_holder(sweep_store.optuna_url(record["optuna_storage"]), record["name"])
+    timeout = _lease_timeout(record)
+    if holder is None:
+        return {"running": False, "host": None, "pid": None, "heartbeat_age_s": None}
+    return {
+        "running": not holder.free_because(timeout),
+        "host": holder.host,
+        "pid": holder.pid,
+        "heartbeat_age_s": round(holder.age, 1),
+    }
+
+
+def _driver_line(driver: dict[str, Any], rows: list[dict[str, Any]], record, args) -> str:
+    from rnnsweep.orchestrator.sweep_lease import duration_text
+
+    if driver["running"]:
+        return (
+            f"driver running: pid {driver['pid']} on {driver['host']} (heartbeat "
+            f"{duration_text(driver['heartbeat_age_s'])} ago)"
+        )
+    seen = driver["heartbeat_age_s"]
+    line = "driver not running"
+    if seen is not None:
+        line += f" (last seen {duration_text(seen)} ago)"
+    unfinished = len(rows) < record["spec"]["trials"] or any(
+        r["state"] == "INTERRUPTED" for r in rows
+    )
+    if unfinished:
+        where = f" --state-dir {args.state_dir}" if args.state_dir else ""
+        line += f" — `rnnsweep resume {record['name']}{where}` continues it"
+    return line
+
+
 def status_command(args) -> int:
     state_dir, record = sweep_store.read_record(args.state_dir, args.name)
     rows = trial_rows(record)
+    driver = driver_state(record)
+    if not driver["running"]:  # RUNNING in Optuna, but no driver runs them
+        for row in rows:
+            if row["state"] == "RUNNING":
+                row["state"] = "INTERRUPTED"
     if args.json:
         print(
             json.dumps(
@@ -107,6 +168,7 @@ def status_command(args) -> int:
                     "name": record["name"],
                     "storage": record["optuna_storage"],
                     "tracking_uri": record["tracking_uri"],
+                    "driver": driver,
                     "trials": [
                         {
                             k: r[k]
@@ -132,10 +194,10 @@ def status_command(args) -> int:
     print(
         f"sweep {record['name']}: {len(rows)}/{spec['trials']} trials, task {spec['task']}, "
         f"{spec['steps']} steps each\nstorage {record['optuna_storage']}\n"
-        f"tracking {record['tracking_uri']}"
+        f"tracking {record['tracking_uri']}\n{_driver_line(driver, rows, record, args)}"
     )
     print(
-        f"{'trial':>5} {'state':<9} {'estimator':<18} {'value':>9} {'steps':>9}  "
+        f"{'trial':>5} {'state':<11} {'estimator':<18} {'value':>9} {'steps':>9}  "
         f"{'mlflow run':<32}  params"
     )
     for r in rows:
@@ -145,7 +207,7 @@ def status_command(args) -> int:
         )
         reason = f"  ({r['reason']})" if r["reason"] else ""
         print(
-            f"{r['number']:>5} {r['state']:<9} {r['estimator'] or '-':<18} {value:>9} "
+            f"{r['number']:>5} {r['state']:<11} {r['estimator'] or '-':<18} {value:>9} "
             f"{r['steps_done']:>9}  {r['mlflow_run_id'] or '-':<32}  {params}{reason}"
         )
     return 0

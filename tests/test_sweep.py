@@ -570,19 +570,26 @@ def test_a_refused_checkpoint_fails_only_its_trial_on_resume(ray_session, tmp_pa
         assert trial.value == _plain_value(spec, trial)
 
 
-def test_a_second_driver_of_a_running_sweep_is_refused(ray_session, tmp_path):
+def test_a_second_driver_of_a_running_sweep_is_refused(ray_session, tmp_path, capsys):
+    import socket
+
     from rnnsweep.orchestrator.sweep_lease import SweepLease
 
     spec = spec_.load_spec_dict(_spec_dict(trials=1, workers=1))
-    holder = SweepLease(str(tmp_path), "t")
-    holder.acquire()  # as a running driver holds it
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(_spec_dict(trials=1, workers=1)))
+    url = sweep_store.default_optuna_url(str(tmp_path))
+    holder = SweepLease(url, "t", timeout=60.0)
+    assert holder.acquire() == ""  # as a running driver (this live process) holds it
     try:
-        with pytest.raises(ValueError, match=f"sweep 't' is being driven by pid {os.getpid()} on "):
-            Driver(spec, str(tmp_path), workers=1).run()
+        assert main(["launch", str(spec_path), "--state-dir", str(tmp_path)]) == 3
+        err = capsys.readouterr().err
+        who = f"pid {os.getpid()} on {socket.gethostname()}"
+        assert f"error: sweep 't' is being driven by {who} (heartbeat " in err
         assert not os.path.exists(sweep_store.record_path(str(tmp_path), "t"))  # nothing made
     finally:
         holder.release()
     assert Driver(spec, str(tmp_path), workers=1).run()["states"] == {"COMPLETE": 1}
-    after = SweepLease(str(tmp_path), "t")
-    after.acquire()  # the finished driver gave the lease back
+    after = SweepLease(url, "t", timeout=60.0)
+    assert after.acquire() == ""  # the finished driver released it: no takeover
     after.release()
