@@ -13,6 +13,7 @@ import yaml
 
 from rnnsweep.orchestrator import sweep_store
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
+from rnnsweep.orchestrator.url_secrets import redact
 
 
 def launch_command(args) -> int:
@@ -105,8 +106,8 @@ def status_command(args) -> int:
             json.dumps(
                 {
                     "name": record["name"],
-                    "storage": record["optuna_storage"],
-                    "tracking_uri": record["tracking_uri"],
+                    "storage": redact(record["optuna_storage"]),
+                    "tracking_uri": redact(record["tracking_uri"]),
                     "trials": [
                         {
                             k: r[k]
@@ -131,8 +132,8 @@ def status_command(args) -> int:
     spec = record["spec"]
     print(
         f"sweep {record['name']}: {len(rows)}/{spec['trials']} trials, task {spec['task']}, "
-        f"{spec['steps']} steps each\nstorage {record['optuna_storage']}\n"
-        f"tracking {record['tracking_uri']}"
+        f"{spec['steps']} steps each\nstorage {redact(record['optuna_storage'])}\n"
+        f"tracking {redact(record['tracking_uri'])}"
     )
     print(
         f"{'trial':>5} {'state':<9} {'estimator':<18} {'value':>9} {'steps':>9}  "
