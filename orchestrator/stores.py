@@ -35,7 +35,7 @@ from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator import sweep_store
 from rnnsweep.orchestrator.sweep_lease import SweepLease
 from rnnsweep.orchestrator.tracking import Tracker, child_run
-from rnnsweep.orchestrator.url_secrets import connectable, redact
+from rnnsweep.orchestrator.url_secrets import connectable, redact, remember
 
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 
@@ -133,6 +133,8 @@ class SweepStores:
         self.parent.set_tags({"search_space": json.dumps(spec["search"])})
         self.parent_run_id = self.parent.run_id
         self.experiment_id = self.parent.experiment_id
+        remember(self.optuna_url)  # both opened: in-process readers of the record may use them
+        remember(self.tracking_uri)
         sweep_store.write_record(
             self.state_dir,
             self.name,

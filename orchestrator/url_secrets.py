@@ -35,18 +35,24 @@ def _split(url: str) -> tuple[str, str | None, str]:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``; remembers the full URL (in memory) so
-    that ``connectable`` can reverse it in this process. A URL without a password (a SQLite
-    path, ``http://host``) comes back unchanged."""
+    """``url`` with its password replaced by ``***`` (the password is kept in memory for
+    ``scrub``). A URL without a password (a SQLite path, ``http://host``) comes back
+    unchanged."""
     if not url or "://" not in url:
         return url
     user, password, host = _split(url)
     if password is None or password == REDACTED:
         return url
-    redacted = urlunsplit(urlsplit(url)._replace(netloc=_netloc(f"{user}:{REDACTED}", host)))
-    _full[redacted] = url
     _passwords.update({password, unquote(password)})  # as written, and as libraries quote it
-    return redacted
+    return urlunsplit(urlsplit(url)._replace(netloc=_netloc(f"{user}:{REDACTED}", host)))
+
+
+def remember(url: str) -> None:
+    """Keep ``url`` (in memory, this process only) as what ``connectable`` turns its redacted
+    form into: called once a store has been opened with it, so a wrong password is never kept."""
+    redacted = redact(url)
+    if redacted != url:
+        _full[redacted] = url
 
 
 def connectable(url: str) -> str:
