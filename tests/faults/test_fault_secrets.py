@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import record_checks
 import yaml
-from conftest import _pg_bin, _PrivateCluster
+from conftest import _pg_bin, _PrivateCluster, _unavailable
 from ray_processes import kill, ray_processes
 
 from rnnsweep.orchestrator import sweep_store
@@ -52,9 +53,12 @@ def password_server():
     """``(host:port, password)`` of a role that owns databases ``optuna`` and ``mlflow`` on a
     private cluster that requires its password."""
     bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("no PostgreSQL binaries (/usr/lib/postgresql/*/bin) for a password cluster")
-    cluster = _PasswordCluster(bindir)
+    if bindir is None:  # a skip here, an error under CI (which installs PostgreSQL)
+        _unavailable("no PostgreSQL binaries (/usr/lib/postgresql/*/bin) for a password cluster")
+    try:
+        cluster = _PasswordCluster(bindir)
+    except KeyError:
+        _unavailable("running as root and there is no 'postgres' user to run initdb as")
     try:
         cluster.url = cluster.start()
         password = f"S3cr3t-{secrets.token_hex(12)}"
@@ -87,6 +91,31 @@ def _cli(args: list[str], env: dict[str, str], cwd: str, timeout: float = 300):
         text=True,
         timeout=timeout,
     )
+
+
+def _children(pid: int) -> list[int]:
+    """Descendants of ``pid`` (from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return ""
 
 
 def test_password_never_written_and_taken_from_the_environment(
@@ -159,6 +188,28 @@ def test_password_never_written_and_taken_from_the_environment(
             status = json.loads(done.stdout)
             assert redacted in status["storage"] and redacted in status["tracking_uri"]
             assert [t["state"] for t in status["trials"]] == ["COMPLETE", "COMPLETE"]
+
+    # ui: the MLflow server it starts opens the store with PGPASSWORD (its command line has no
+    # password; it prints the runs table's address once it answers)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "rnnsweep.orchestrator.cli", "ui", "sec"]
+        + ["--state-dir", str(state), "--timeout", "240"],
+        env=with_env,
+        cwd=str(work),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        address = ui.stdout.readline()
+        server_lines = [_cmdline(pid) for pid in _children(ui.pid)]
+    finally:
+        ui.send_signal(signal.SIGTERM)  # the ui stops its server and exits 0
+        out, err = ui.communicate(timeout=120)
+    outputs += [address, out, err, *server_lines]
+    assert address.startswith("http://127.0.0.1:") and "#/experiments/" in address, err
+    assert any("--backend-store-uri" in line for line in server_lines), server_lines
+    assert ui.returncode == 0, err
 
     # ~/.pgpass (mode 0600, as libpq requires) instead of PGPASSWORD
     pgpass = home / ".pgpass"
