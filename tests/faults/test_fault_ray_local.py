@@ -13,7 +13,7 @@ import time
 import pytest
 import record_checks
 import yaml
-from ray_processes import kill, listening, ray_processes
+from ray_processes import kill, listening, ray_processes, wait_until_gone
 
 from rnnsweep.orchestrator import sweep_store
 
@@ -108,11 +108,7 @@ def test_local_ray_dies_with_a_killed_driver(running_sweep):
     assert len(before) >= 4, before  # GCS, raylet, agents, the actor's worker, ...
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed = time.monotonic()
-    left = before
-    while left and time.monotonic() - killed < 10:
-        time.sleep(0.2)
-        left = ray_processes(temp_root)
+    left = wait_until_gone(temp_root, 10)
     assert left == [], f"alive 10 s after the driver's SIGKILL: {[(p, _name(p)) for p in left]}"
 
     record = record_checks.record_of(state, "rl")
