@@ -385,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ValueError as error:
-        print(f"rnnsweep {args.command}: error: {error}", file=sys.stderr)
+        from rnnsweep.orchestrator.url_secrets import scrub
+
+        print(f"rnnsweep {args.command}: error: {scrub(str(error))}", file=sys.stderr)
         return EXIT_HELD if isinstance(error, LeaseHeld) else EXIT_USAGE
 
 

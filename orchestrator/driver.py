@@ -34,6 +34,8 @@ from rnnsweep.orchestrator.scheduler import Group, Outcome, Running, Scheduler
 from rnnsweep.orchestrator.stop_signal import sigterm_as_interrupt
 from rnnsweep.orchestrator.stores import SweepStores, Unfinished, checkpoint_step, sweep_summary
 from rnnsweep.orchestrator.sweep_lease import LeaseHeld
+from rnnsweep.orchestrator.sweep_store import open_error
+from rnnsweep.orchestrator.url_secrets import redact
 
 
 @dataclass(frozen=True)
@@ -141,12 +143,11 @@ class Driver:
             except (ValueError, KeyError) as error:
                 errors.append(error)
             except Exception as error:  # noqa: BLE001 - an unreachable or broken store
-                errors.append(
-                    ValueError(
-                        f"cannot open the sweep's stores (Optuna {self.stores.optuna_url}, "
-                        f"MLflow {self.stores.tracking_uri}): {type(error).__name__}: {error}"
-                    )
+                where = (
+                    f"the sweep's stores (Optuna {redact(self.stores.optuna_url)}, "
+                    f"MLflow {redact(self.stores.tracking_uri)})"
                 )
+                errors.append(ValueError(open_error(where, error)))
 
         opener = threading.Thread(target=open_stores, name="open-stores")
         opener.start()

@@ -148,6 +148,7 @@ def run_command(args) -> int:
     last_logged = -1
     if not args.no_mlflow:
         from rnnsweep.orchestrator.tracking import Tracker, default_tracking_uri
+        from rnnsweep.orchestrator.url_secrets import redact
 
         state_dir = resolve_state_dir(args.state_dir)
         uri = args.tracking_uri or default_tracking_uri(state_dir)
@@ -174,7 +175,7 @@ def run_command(args) -> int:
             }
         )
         extra["mlflow_run_id"] = tracker.run_id
-        print(f"MLflow run {tracker.run_id} at {uri}", file=sys.stderr)
+        print(f"MLflow run {tracker.run_id} at {redact(uri)}", file=sys.stderr)
 
     checkpoint_every = args.checkpoint_every
     progress = ProgressLine(steps, f"{learner.spec.estimator} on {learner.spec.task} ")

@@ -13,10 +13,12 @@ what it decides.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rnnsweep.orchestrator import local_ray
 from rnnsweep.orchestrator.actors import LearnerHost
 from rnnsweep.orchestrator.progress_table import TrialRow
 from rnnsweep.orchestrator.tracking import Tracker
@@ -82,6 +84,7 @@ class Scheduler:
             names,
         )
         self.started_ray = False
+        self.reaper: subprocess.Popen | None = None  # of the local instance it started
         self.queue: list[Running] = []  # waiting for an actor
         self.groups: list[Group] = []  # packs on actors
         self.idle: list[Any] = []
@@ -90,8 +93,8 @@ class Scheduler:
     # -- the pool ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start Ray (a private local instance unless ``RAY_ADDRESS`` names one) and the
-        ``workers`` actors."""
+        """Start Ray (a private local instance, ``local_ray``, unless ``RAY_ADDRESS`` names
+        one) and the ``workers`` actors."""
         import ray
 
         if not ray.is_initialized():
@@ -100,8 +103,7 @@ class Scheduler:
                 ray.init(**quiet)
             else:
                 cpus = max(1, int(round(self.workers * self.spec.resources.cpus)))
-                # "local": a private instance, never one that happens to run on this machine.
-                ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
+                self.reaper = local_ray.start(cpus, **quiet)
             self.started_ray = True
         for _ in range(self.workers):
             self.idle.append(self._new_actor())
@@ -112,6 +114,8 @@ class Scheduler:
 
         if self.started_ray:
             ray.shutdown()
+            if self.reaper is not None:
+                local_ray.stop(self.reaper)
         else:  # on a shared instance, give the actors' resources back
             for actor in self.actors:
                 ray.kill(actor)

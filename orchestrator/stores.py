@@ -1,7 +1,8 @@
 """The stores of one sweep, and the only code that writes them.
 
 - The sweep record ``DIR/sweeps/NAME.json`` (``sweep_store``) is the one home of the sweep's
-  metadata: its spec, the Optuna storage URL, the MLflow tracking URI, the MLflow experiment
+  metadata: its spec, the Optuna storage URL, the MLflow tracking URI (both with any password
+  redacted, ``url_secrets``: it comes from memory or the environment), the MLflow experiment
   and parent run ids and its creation time. Every command reads them there, ``resume``
   included. The Optuna study holds trials only; the parent run's params and tags are a view
   of the spec for the MLflow UI, written once and never read back.
@@ -37,6 +38,7 @@ from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator import sweep_store
 from rnnsweep.orchestrator.sweep_lease import SweepLease
 from rnnsweep.orchestrator.tracking import Tracker, child_run
+from rnnsweep.orchestrator.url_secrets import connectable, redact, remember
 
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 
@@ -82,7 +84,7 @@ class SweepStores:
 
         if resume:
             _, record = sweep_store.read_record(self.state_dir, self.name)
-            self.optuna_url = sweep_store.optuna_url(record["optuna_storage"])
+            self.optuna_url = sweep_store.study_url(record)
         self.lease = SweepLease(self.optuna_url, self.name, self.spec.lease_timeout)
         try:
             self.takeover = self.lease.acquire()
@@ -121,8 +123,9 @@ class SweepStores:
         pruner = self.pruner if self.pruner is not None else spec_.make_pruner(self.spec)
         if resume:
             _, record = sweep_store.read_record(self.state_dir, self.name)
-            self.optuna_url = sweep_store.optuna_url(record["optuna_storage"])
-            self.tracking_uri = record["tracking_uri"]
+            # the record's URLs are redacted: the password comes from memory or the environment
+            self.optuna_url = sweep_store.study_url(record)
+            self.tracking_uri = connectable(record["tracking_uri"])
             self.parent_run_id = record["mlflow_parent_run_id"]
             self.experiment_id = record["mlflow_experiment_id"]
             self.study = optuna.load_study(
@@ -137,7 +140,7 @@ class SweepStores:
             exists = False
         if exists:
             raise ValueError(
-                f"sweep {self.name!r} already exists in {self.optuna_url}; "
+                f"sweep {self.name!r} already exists in {redact(self.optuna_url)}; "
                 f"continue it with `rnnsweep resume {self.name}`"
             )
         self.study = optuna.create_study(
@@ -155,21 +158,23 @@ class SweepStores:
             tags={
                 "rnnsweep.sweep": self.name,
                 "optuna.study": self.name,
-                "optuna.storage": self.optuna_url,
+                "optuna.storage": redact(self.optuna_url),
             },
         )
         self.parent.log_params({k: v for k, v in spec.items() if k not in ("search", "storage")})
         self.parent.set_tags({"search_space": json.dumps(spec["search"])})
         self.parent_run_id = self.parent.run_id
         self.experiment_id = self.parent.experiment_id
+        remember(self.optuna_url)  # both opened: in-process readers of the record may use them
+        remember(self.tracking_uri)
         sweep_store.write_record(
             self.state_dir,
             self.name,
             {
                 "name": self.name,
-                "spec": spec,
-                "optuna_storage": self.optuna_url,
-                "tracking_uri": self.tracking_uri,
+                "spec": {**spec, "storage": {k: redact(v) for k, v in spec["storage"].items()}},
+                "optuna_storage": redact(self.optuna_url),
+                "tracking_uri": redact(self.tracking_uri),
                 "mlflow_parent_run_id": self.parent_run_id,
                 "mlflow_experiment_id": self.experiment_id,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

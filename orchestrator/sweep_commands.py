@@ -13,6 +13,7 @@ import yaml
 
 from rnnsweep.orchestrator import sweep_store
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
+from rnnsweep.orchestrator.url_secrets import redact
 
 
 def launch_command(args) -> int:
@@ -102,7 +103,7 @@ def _refuse_if_driven(record: dict[str, Any]) -> None:
     """``LeaseHeld`` (exit 3) naming the driver that holds the sweep now, if one does."""
     from rnnsweep.orchestrator.sweep_lease import held, read_holder
 
-    holder = read_holder(sweep_store.optuna_url(record["optuna_storage"]), record["name"])
+    holder = read_holder(sweep_store.study_url(record), record["name"])
     timeout = _lease_timeout(record)
     if holder is not None and not holder.free_because(timeout):
         raise held(record["name"], holder, timeout)
@@ -120,7 +121,7 @@ def driver_state(record: dict[str, Any]) -> dict[str, Any]:
     when no driver of this version ever ran it)."""
     from rnnsweep.orchestrator.sweep_lease import read_holder
 
-    holder = read_holder(sweep_store.optuna_url(record["optuna_storage"]), record["name"])
+    holder = read_holder(sweep_store.study_url(record), record["name"])
     timeout = _lease_timeout(record)
     if holder is None:
         return {"running": False, "host": None, "pid": None, "heartbeat_age_s": None}
@@ -166,8 +167,8 @@ def status_command(args) -> int:
             json.dumps(
                 {
                     "name": record["name"],
-                    "storage": record["optuna_storage"],
-                    "tracking_uri": record["tracking_uri"],
+                    "storage": redact(record["optuna_storage"]),
+                    "tracking_uri": redact(record["tracking_uri"]),
                     "driver": driver,
                     "trials": [
                         {
@@ -193,8 +194,8 @@ def status_command(args) -> int:
     spec = record["spec"]
     print(
         f"sweep {record['name']}: {len(rows)}/{spec['trials']} trials, task {spec['task']}, "
-        f"{spec['steps']} steps each\nstorage {record['optuna_storage']}\n"
-        f"tracking {record['tracking_uri']}\n{_driver_line(driver, rows, record, args)}"
+        f"{spec['steps']} steps each\nstorage {redact(record['optuna_storage'])}\n"
+        f"tracking {redact(record['tracking_uri'])}\n{_driver_line(driver, rows, record, args)}"
     )
     print(
         f"{'trial':>5} {'state':<11} {'estimator':<18} {'value':>9} {'steps':>9}  "

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from rnnsweep.algorithms.atomic_file import write_atomic
+from rnnsweep.orchestrator import url_secrets
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 # The default tracking URI has one home, tracking.py; the name stays importable from here.
@@ -72,10 +73,30 @@ def read_record(state_dir: str | None, name: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"sweep record {path} is unreadable: {error}") from None
 
 
+def study_url(record: dict[str, Any]) -> str:
+    """The URL to connect to the sweep's Optuna database with (the record's, redacted, with its
+    password from memory or the environment: ``url_secrets.connectable``)."""
+    return url_secrets.connectable(optuna_url(record["optuna_storage"]))
+
+
 def load_study(record: dict[str, Any]):
+    """The sweep's study; its storage URL as the record holds it, its password (if any) from
+    ``PGPASSWORD`` or ``~/.pgpass`` (``url_secrets``). ``ValueError`` if it cannot be opened."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(
-        study_name=record["name"], storage=optuna_url(record["optuna_storage"])
-    )
+    url = optuna_url(record["optuna_storage"])
+    try:
+        return optuna.load_study(study_name=record["name"], storage=url_secrets.connectable(url))
+    except KeyError:
+        where = url_secrets.redact(url)
+        raise ValueError(f"no study named {record['name']!r} in {where}") from None
+    except Exception as error:  # noqa: BLE001 - an unreachable store, a refused password
+        where = f"the Optuna study at {url_secrets.redact(url)}"
+        raise ValueError(open_error(where, error)) from None
+
+
+def open_error(what: str, error: BaseException) -> str:
+    """One line: ``what`` (its URLs redacted) cannot be opened, and why; no password in it."""
+    reason = (str(error).strip().splitlines() or [""])[0]
+    return url_secrets.scrub(f"cannot open {what}: {type(error).__name__}: {reason}")

@@ -35,17 +35,19 @@ def default_tracking_uri(state_dir: str) -> str:
 @functools.lru_cache(maxsize=8)
 def client(uri: str):
     """One ``MlflowClient`` per URI and process (creating one opens, and on first use
-    migrates, the store)."""
+    migrates, the store). ``uri`` may be redacted (``url_secrets``)."""
     import logging
 
     from mlflow.tracking import MlflowClient
+
+    from rnnsweep.orchestrator.url_secrets import connectable
 
     # MLflow's SQLite store logs its schema migrations at INFO on first use; keep stderr clean.
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=connectable(uri))
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 from rnnsweep.orchestrator import sweep_store, tracking
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
+from rnnsweep.orchestrator.url_secrets import connectable, redact, without_password
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -45,15 +46,15 @@ def ui_command(args) -> int:
         uri = tracking.default_tracking_uri(state_dir)
         page = "#/experiments"
     if uri.startswith(("http://", "https://")):
-        print(f"{uri.rstrip('/')}/{page}")
-        print(f"(tracking server {uri}; nothing started here)", file=sys.stderr)
+        print(f"{redact(uri).rstrip('/')}/{page}")
+        print(f"(tracking server {redact(uri)}; nothing started here)", file=sys.stderr)
         return 0
     _check_store(uri)
     port = choose_port(args.port)
     log_path = os.path.join(state_dir, "logs", f"mlflow-ui-{port}.log")
     base = f"http://{HOST}:{port}"
     print(
-        f"starting the MLflow UI at {base} on {uri} (log {log_path}); waiting for it to "
+        f"starting the MLflow UI at {base} on {redact(uri)} (log {log_path}); waiting for it to "
         "answer, usually 15-30 s ...",
         file=sys.stderr,
         flush=True,
@@ -111,6 +112,10 @@ def start_server(uri: str, port: int, log_path: str, artifacts: str) -> subproce
     # Job execution (GenAI evaluation workers) is not needed to browse runs; it would start
     # several more processes and slow the start-up down.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # a password goes to the server's environment, not its command line (``ps`` shows that)
+    uri, password = without_password(connectable(uri))
+    if password is not None:
+        env["PGPASSWORD"] = password
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             server_command(uri, port, artifacts),

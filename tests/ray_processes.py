@@ -1,9 +1,11 @@
-"""Find and kill the processes of one Ray instance, told apart by its temporary directory."""
+"""Find and kill the processes of one Ray instance, told apart by its temporary directory, and
+list the TCP ports they listen on."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 
@@ -57,3 +59,44 @@ def kill(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def listening(pids: list[int]) -> list[tuple[int, str, int]]:
+    """``(pid, address, port)`` of every TCP socket in LISTEN state that one of ``pids`` holds
+    (from ``/proc``: the socket inodes among its open files, looked up in its ``net/tcp{,6}``)."""
+    found = []
+    for pid in pids:
+        table = _listen_table(pid)
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in table:
+                found.append((pid, *table[link[8:-1]]))
+    return found
+
+
+def _listen_table(pid: int) -> dict[str, tuple[str, int]]:
+    """Socket inode -> (address, port) of the LISTEN sockets in ``pid``'s network namespace."""
+    table = {}
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            table[fields[9]] = (socket.inet_ntop(family, words), int(port, 16))
+    return table
