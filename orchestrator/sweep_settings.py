@@ -35,7 +35,8 @@ SWEEP_TABLE: tuple[Setting, ...] = (
         ),
     ),
     _sweep("max_retries", int, 2, "restarts of a trial whose actor died", low=0),
-    _sweep("workers", int, 1, "concurrent actors (trials, or packs of trials)", low=1),
+    # At most 1024: each worker is a Ray actor process started at launch; more is a typo.
+    _sweep("workers", int, 1, "concurrent actors (trials, or packs of trials)", low=1, high=1024),
     _sweep("pack", int, 1, "trials stepped together as one population per actor", low=1),
     _sweep("sampler", str, "tpe", "Optuna sampler", choices=SAMPLERS),
     _sweep("pruner", str, "median", "Optuna pruner (resources: learner steps)", choices=PRUNERS),

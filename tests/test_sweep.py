@@ -452,7 +452,8 @@ def _dying_at(kind: str, number: int):
 
 
 def test_resume_after_a_kill_inside_begin_keeps_one_run_per_trial(ray_session, tmp_path):
-    spec = spec_.load_spec_dict(_spec_dict(trials=3, workers=1, estimators=["uoro"], search={}))
+    search = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    spec = spec_.load_spec_dict(_spec_dict(trials=3, workers=1, estimators=["uoro"], search=search))
     with pytest.raises(KeyboardInterrupt):  # trial 1: MLflow run open, its id not recorded
         Driver(spec, str(tmp_path), workers=1, on_event=_dying_at("run_opened", 1)).run()
     second = Driver(spec, str(tmp_path), workers=1, on_event=_dying_at("asked", 2))
