@@ -129,6 +129,12 @@ class SweepStores:
         record, marked ``creating``."""
         import optuna
 
+        if os.path.exists(sweep_store.record_path(self.state_dir, self.name)):
+            sweep_store.read_record(self.state_dir, self.name)  # says if it is half-created
+            raise ValueError(
+                f"sweep {self.name!r} already exists in {self.state_dir}; continue it with "
+                f"`rnnsweep resume {self.name}`"
+            )
         tracking.check_store(self.tracking_uri)
         try:
             optuna.load_study(study_name=self.name, storage=self.optuna_url)

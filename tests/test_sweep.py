@@ -287,7 +287,10 @@ def test_driver_killed_mid_sweep_then_resumed(ray_session, storage_url, tmp_path
                 pytest.fail(f"driver ended before it was killed:\n{proc.stdout.read()}")
             if not os.path.exists(sweep_store.record_path(str(state_dir), "t")):
                 continue
-            study = sweep_store.load_study(sweep_store.read_record(str(state_dir), "t")[1])
+            _, record = sweep_store.read_record(str(state_dir), "t", creating=True)
+            if record["state"] == "creating":  # written first, before the study
+                continue
+            study = sweep_store.load_study(record)
             states = [t.state.name for t in study.get_trials()]
             checkpointed = [
                 t
