@@ -161,6 +161,9 @@ def test_a_sweep_half_created_by_a_killed_driver_is_finished(ray_session, tmp_pa
     capsys.readouterr()
     assert main(["launch", str(spec_path), "--state-dir", str(state_dir)]) == 2
     assert "already exists" in _one_error_line(capsys)
+    with pytest.raises(ValueError, match="sweep 'c' already exists in .*`rnnsweep resume c`"):
+        Driver(spec_.load_spec(str(spec_path)), str(state_dir), workers=1).run()
+    assert sweep_store.read_record(str(state_dir), "c")[1] == record  # untouched
 
 
 # -- 2. bad input: exit 2, one line, nothing created -----------------------------------------
