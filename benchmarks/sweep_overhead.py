@@ -31,8 +31,9 @@ def spec_dict(steps: int) -> dict:
         "steps": steps,
         "trials": 4,
         "estimators": ["uoro"],
-        "fixed": {"log_every": 1000, "lr": 1e-4},
-        "search": {},
+        "fixed": {"log_every": 1000},
+        # a float key, so that the 4 trials are 4 parameter sets (a sweep never repeats one)
+        "search": {"lr": {"type": "float", "low": 1e-4, "high": 1.0001e-4}},
         "sampler": "random",
         "pruner": "none",
         "checkpoint_every": max(1000, steps // 10),
@@ -63,7 +64,7 @@ def plain(steps: int) -> float:
     spec = spec_.load_spec_dict(spec_dict(steps))
     start = time.perf_counter()
     for number in range(spec.trials):
-        settings = {k: v for k, v in spec.fixed.items()}
+        settings = {**spec.fixed, "lr": 1e-4}
         Learner(spec_.learner_spec(spec, "uoro", settings, spec.seed + number)).run(steps)
     return time.perf_counter() - start
 

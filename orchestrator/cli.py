@@ -96,6 +96,7 @@ RESUME_EXAMPLES = """\
 examples:
   rnnsweep resume smoke             # running trials continue from their checkpoints
   rnnsweep resume smoke --workers 2 --state-dir /data/sweeps
+  rnnsweep resume smoke --restart-broken   # a lost checkpoint's trial starts again at 0
 
 One driver at a time: a second launch or resume exits 3 naming the holder (host, pid) and its
 heartbeat's age. A driver killed on this host is taken over at once; one on another machine
@@ -256,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sweep_parser("resume", "continue an interrupted sweep", RESUME_EXAMPLES)
     resume.add_argument("name")
     resume.add_argument("--workers", type=_positive_int)
+    resume.add_argument(
+        "--restart-broken",
+        action="store_true",
+        help="restart a trial whose checkpoint is missing or corrupt from step 0, in a new "
+        "MLflow run (default: that trial fails with the reason; the others go on)",
+    )
     resume.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "resume_command"))
 
     status = sweep_parser("status", "one row per trial of a sweep", STATUS_EXAMPLES)

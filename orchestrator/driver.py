@@ -45,8 +45,11 @@ class SweepEvent:
     ``kind``: ``"asked"`` (a trial is about to start: asked of Optuna, or found RUNNING by
     ``resume``; nothing is recorded for it yet), ``"run_opened"`` (its MLflow child run is
     open, its id not yet recorded in Optuna), ``"checkpoint"`` (a result of the trial with a
-    checkpoint is fully recorded; ``step`` is the checkpoint's). ``running``: the trials asked
-    and not yet told. ``actor``: the Ray actor hosting the trial, if any.
+    checkpoint is fully recorded; ``step`` is the checkpoint's), ``"creating"`` (a step of the
+    sweep's creation is written: ``stage`` is one of ``stores.CREATION_STAGES``, ``number`` is
+    -1; sent from the thread that opens the stores: what the hook raises there is raised again
+    in the driver's thread). ``running``: the trials asked and not yet told. ``actor``: the
+    Ray actor hosting the trial, if any.
 
     The hook runs in the driver's thread. Whatever it raises leaves the driver at that point
     (``KeyboardInterrupt`` is a Ctrl-C there, a driver killed there but for the stores'
@@ -59,6 +62,7 @@ class SweepEvent:
     running: frozenset[int]
     step: int = 0
     actor: Any = None
+    stage: str = ""
 
 
 @dataclass
@@ -73,6 +77,7 @@ class Driver:
     chunk_seconds: float = 1.0
     pruner: Any = None
     on_event: Callable[[SweepEvent], None] | None = None
+    restart_broken: bool = False  # resume: restart trials with a broken checkpoint from 0
 
     def __post_init__(self) -> None:
         os.makedirs(self.state_dir, exist_ok=True)
@@ -93,18 +98,28 @@ class Driver:
         restore_sigterm = sigterm_as_interrupt()  # after Ray's start: it sets its own
         try:
             if resume:
-                for unfinished in self.stores.unfinished():
+                for unfinished in self.stores.unfinished(self.restart_broken):
                     self._begin(
                         unfinished.trial, unfinished.estimator, unfinished.settings, unfinished
                     )
+            exhausted = False
             while True:
                 if self.stores.lease_lost():
                     raise LeaseHeld(f"{self.stores.lease_lost()}; this driver stops")
                 self._started(self.scheduler.fill())
-                while self.scheduler.has_room() and self.stores.asked() < self.spec.trials:
+                while (
+                    not exhausted
+                    and self.scheduler.has_room()
+                    and self.stores.asked() < self.spec.trials
+                ):
                     # up to one pack's worth; those that cannot share a pack wait their turn
                     for _ in range(min(self.spec.pack, self.spec.trials - self.stores.asked())):
-                        self._begin(*self.stores.ask())
+                        asked = self.stores.ask()
+                        if asked is None:
+                            exhausted = True
+                            self._exhausted()
+                            break
+                        self._begin(*asked)
                     self._started(self.scheduler.fill())
                 if not self.running:
                     break
@@ -135,11 +150,11 @@ class Driver:
         self.stores.take_lease(resume)
         if self.stores.takeover:
             print(self.stores.takeover, file=self.out, flush=True)
-        errors: list[Exception] = []
+        errors: list[BaseException] = []
 
         def open_stores() -> None:
             try:
-                self.stores.open(resume)
+                self.stores.open(resume, lambda stage: self._emit("creating", -1, stage=stage))
             except (ValueError, KeyError) as error:
                 errors.append(error)
             except Exception as error:  # noqa: BLE001 - an unreachable or broken store
@@ -148,6 +163,8 @@ class Driver:
                     f"MLflow {redact(self.stores.tracking_uri)})"
                 )
                 errors.append(ValueError(open_error(where, error)))
+            except BaseException as error:  # e.g. an on_event hook's KeyboardInterrupt
+                errors.append(error)
 
         opener = threading.Thread(target=open_stores, name="open-stores")
         opener.start()
@@ -162,6 +179,15 @@ class Driver:
         if errors:
             self.scheduler.stop()
             raise errors[0]
+
+    def _exhausted(self) -> None:
+        """A finite search space is fully tried: the trials left are not run as repeats."""
+        asked = self.stores.asked()
+        print(
+            f"search space exhausted after {asked} trials: every parameter set is tried; "
+            f"the {self.spec.trials - asked} trial(s) left are not run",
+            file=self.out,
+        )
 
     # -- trials ------------------------------------------------------------------------------
 
@@ -186,6 +212,8 @@ class Driver:
         if run_id is None:
             self.stores.record_settings(trial, estimator, settings)
         tracker = self.stores.open_run(trial, estimator, settings, run_id)
+        if resumed is not None and resumed.restarted:
+            tracker.set_tags({"rnnsweep.restarted": resumed.restarted})
         self._emit("run_opened", number)
         if run_id is None:
             self.stores.record_run(trial, tracker)
@@ -362,9 +390,11 @@ class Driver:
         if result["checkpoint"] is not None:
             self._emit("checkpoint", run.number, step, actor)
 
-    def _emit(self, kind: str, number: int, step: int = 0, actor: Any = None) -> None:
+    def _emit(
+        self, kind: str, number: int, step: int = 0, actor: Any = None, stage: str = ""
+    ) -> None:
         if self.on_event is not None:
-            self.on_event(SweepEvent(kind, number, frozenset(self.running), step, actor))
+            self.on_event(SweepEvent(kind, number, frozenset(self.running), step, actor, stage))
 
 
 def settings_for_display(settings: dict[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 SAMPLER_PACKAGES = {"cmaes": ("cmaes",), "gp": ("torch", "scipy")}
 # The probe section's keys: ``probe.samples`` is the learner's ``probe_samples``.
 PROBE_SETTINGS = {key.removeprefix("probe_"): key for key in PROBE_KEYS}
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 
@@ -665,9 +664,7 @@ def _check_values(
 
 def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
     top = spec_models.validate(d)  # structure, types, bounds and choices of the table's keys
-    name = top.name
-    if not NAME_PATTERN.match(name):
-        _fail("name", f"must match [A-Za-z0-9_.-]+ (letters, digits, _ . -), got {name!r}")
+    name = top.name  # checked by the model (sweep_name's rules)
     task = _choice(top.task, "task", task_names(), "task")
     task_keys = _task_entries(task)
     task_settings = _mapping(top.task_settings, "task_settings", tuple(task_keys))

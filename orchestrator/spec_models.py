@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from rnnsweep.algorithms.settings import PROBE_KEYS, SETTINGS, did_you_mean
+from rnnsweep.orchestrator import sweep_name
 from rnnsweep.orchestrator.spec_file import SpecError
 from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
 from rnnsweep.tasks.settings import Setting
@@ -97,6 +98,14 @@ def text(value: Any) -> str:
     return value
 
 
+def valid_name(value: Any) -> str:
+    """A sweep name (``sweep_name``'s rules)."""
+    wrong = sweep_name.problem(value)
+    if wrong:
+        raise _problem(wrong)
+    return value
+
+
 def choice(value: Any, choices: tuple[str, ...] | list[str], what: str) -> str:
     if not isinstance(value, str) or value not in choices:
         hint = did_you_mean(value, choices) if isinstance(value, str) else ""
@@ -114,7 +123,10 @@ def _entry_check(entry: Setting) -> Callable[[Any], Any]:
         if entry.nullable:
             return None if value is None else text(value)
         if entry.type is int:
-            return integer(value, entry.low)
+            number = integer(value, entry.low)
+            if entry.high is not None and number > entry.high:
+                raise _problem(f"must be an integer {entry.bounds_text()}, got {number}")
+            return number
         return real(value, entry.low, entry.low_open)
 
     return check
@@ -236,7 +248,7 @@ def _sweep(key: str) -> tuple[Any, Any]:
 SweepModel = create_model(
     "SweepModel",
     __config__=FORBID,
-    name=(Annotated[Any, AfterValidator(text)], ...),
+    name=(Annotated[Any, AfterValidator(valid_name)], ...),
     task=(Any, ...),
     task_settings=(Annotated[dict[str, Any], BeforeValidator(_none_is_empty)], {}),
     cell=_run("cell"),

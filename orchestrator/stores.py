@@ -13,6 +13,13 @@
 - Checkpoints ``DIR/checkpoints/NAME/trial-N.pt`` (``checkpoint_file``'s format), written
   atomically, read back with their header, length and checksum verified, never deserialized.
 
+A sweep is created record first: the record, marked ``"state": "creating"`` with a random
+``creation_id``, then the study, the MLflow experiment, the parent run (tagged
+``rnnsweep.creation``), then the record again with the run's ids, marked ``created``. A driver
+killed anywhere in between leaves a record that ``resume`` (or ``launch`` of the same spec)
+finishes: each step finds what an earlier attempt made. A creation that fails before the study
+exists removes its record (nothing else was made).
+
 One driver at a time writes them: ``take_lease`` takes the sweep's single-writer lease, a
 row kept in the sweep's Optuna database (``sweep_lease``, so that drivers on two machines
 sharing one PostgreSQL exclude each other), before anything else is opened; ``close`` gives
@@ -28,18 +35,23 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rnnsweep.algorithms import checkpoint_file
 from rnnsweep.algorithms.atomic_file import write_atomic
+from rnnsweep.orchestrator import search_space, sweep_store, tracking
 from rnnsweep.orchestrator import spec as spec_
-from rnnsweep.orchestrator import sweep_store
 from rnnsweep.orchestrator.sweep_lease import SweepLease
 from rnnsweep.orchestrator.tracking import Tracker, child_run
 from rnnsweep.orchestrator.url_secrets import connectable, redact, remember
 
+# The steps of a sweep's creation, in order, each reported to ``open``'s ``on_stage``.
+CREATION_STAGES = ("record", "study", "experiment", "parent_run")
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 
 
@@ -54,6 +66,7 @@ class Unfinished:
     checkpoint: bytes | None  # its last checkpoint, verified
     refused: str  # why its checkpoint was refused, or ""
     reported: set[int]  # steps already reported to Optuna
+    restarted: str = ""  # why it restarts from step 0 in a new run (--restart-broken), or ""
 
 
 class SweepStores:
@@ -72,6 +85,7 @@ class SweepStores:
         self.experiment_id = ""
         self.study: Any = None
         self.parent: Tracker | None = None
+        self.space: list[dict[str, Any]] | None = None  # a finite space's sets ([]: infinite)
         self.lease: SweepLease | None = None
         self.takeover = ""  # whose stale lease ``take_lease`` took over, and why
 
@@ -83,23 +97,25 @@ class SweepStores:
         import sqlalchemy as sa
 
         if resume:
-            _, record = sweep_store.read_record(self.state_dir, self.name)
+            _, record = sweep_store.read_record(self.state_dir, self.name, creating=True)
             self.optuna_url = sweep_store.study_url(record)
         self.lease = SweepLease(self.optuna_url, self.name, self.spec.lease_timeout)
         try:
             self.takeover = self.lease.acquire()
         except sa.exc.SQLAlchemyError as error:
-            where = sa.engine.make_url(self.optuna_url).render_as_string(hide_password=True)
             first = str(error).splitlines()[0]
             raise ValueError(
-                f"cannot take the lease of sweep {self.name!r} in {where}: {first}"
+                f"cannot take the lease of sweep {self.name!r} in {redact(self.optuna_url)}: "
+                f"{first}"
             ) from None
 
-    def open(self, resume: bool) -> None:
-        """Create the sweep's study, parent run and record, or (``resume``) open them, under
-        the lease ``take_lease`` took; a failure gives the lease back."""
+    def open(self, resume: bool, on_stage: Callable[[str], None] | None = None) -> None:
+        """Create the sweep's record, study and parent run, or (``resume``) open them (or
+        finish a half-created sweep), under the lease ``take_lease`` took; a failure gives the
+        lease back. ``on_stage(stage)`` is called after each step of a creation
+        (``CREATION_STAGES``)."""
         try:
-            self._open(resume)
+            self._open(resume, on_stage or (lambda stage: None))
             if self.takeover and self.parent is not None:
                 stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
                 self.parent.set_tags({f"rnnsweep.lease_takeover.{stamp}": self.takeover})
@@ -115,24 +131,49 @@ class SweepStores:
         """Whose takeover of the lease this driver found at its last heartbeat (or ``""``)."""
         return self.lease.lost if self.lease is not None else ""
 
-    def _open(self, resume: bool) -> None:
+    def _open(self, resume: bool, on_stage: Callable[[str], None]) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = spec_.make_sampler(self.spec, self.spec.seed)
-        pruner = self.pruner if self.pruner is not None else spec_.make_pruner(self.spec)
-        if resume:
-            _, record = sweep_store.read_record(self.state_dir, self.name)
-            # the record's URLs are redacted: the password comes from memory or the environment
-            self.optuna_url = sweep_store.study_url(record)
-            self.tracking_uri = connectable(record["tracking_uri"])
-            self.parent_run_id = record["mlflow_parent_run_id"]
-            self.experiment_id = record["mlflow_experiment_id"]
-            self.study = optuna.load_study(
-                study_name=self.name, storage=self.optuna_url, sampler=sampler, pruner=pruner
-            )
-            self.parent = Tracker(self.tracking_uri, self.name, run_id=self.parent_run_id)
+        if not resume:
+            record = self._new_record()
+            on_stage("record")
+            try:
+                self._create(record, on_stage)
+            except BaseException:
+                if self.study is None:  # nothing made but the record: as if never launched
+                    os.remove(sweep_store.record_path(self.state_dir, self.name))
+                raise
             return
+        _, record = sweep_store.read_record(self.state_dir, self.name, creating=True)
+        # the record's URLs are redacted: the password comes from memory or the environment
+        self.optuna_url = sweep_store.study_url(record)
+        self.tracking_uri = connectable(record["tracking_uri"])
+        if record.get("state") == "creating":  # a driver stopped while creating the sweep
+            self._create(record, on_stage)
+            return
+        self.parent_run_id = record["mlflow_parent_run_id"]
+        self.experiment_id = record["mlflow_experiment_id"]
+        self.study = optuna.load_study(
+            study_name=self.name, storage=self.optuna_url, pruner=self._pruner()
+        )
+        self._seed_sampler()
+        self.parent = Tracker(self.tracking_uri, self.name, run_id=self.parent_run_id)
+        remember(self.optuna_url)  # both opened: in-process readers of the record may use them
+        remember(self.tracking_uri)
+
+    def _new_record(self) -> dict[str, Any]:
+        """Check that the stores can take a new sweep (creating nothing), then write its
+        record, marked ``creating``."""
+        import optuna
+
+        if os.path.exists(sweep_store.record_path(self.state_dir, self.name)):
+            sweep_store.read_record(self.state_dir, self.name)  # says if it is half-created
+            raise ValueError(
+                f"sweep {self.name!r} already exists in {self.state_dir}; continue it with "
+                f"`rnnsweep resume {self.name}`"
+            )
+        tracking.check_store(self.tracking_uri)
         try:
             optuna.load_study(study_name=self.name, storage=self.optuna_url)
             exists = True
@@ -140,23 +181,56 @@ class SweepStores:
             exists = False
         if exists:
             raise ValueError(
-                f"sweep {self.name!r} already exists in {redact(self.optuna_url)}; "
-                f"continue it with `rnnsweep resume {self.name}`"
+                f"sweep {self.name!r} already exists in {redact(self.optuna_url)} "
+                f"without a record in {self.state_dir}; launch it with --name NEW_NAME"
             )
-        self.study = optuna.create_study(
-            study_name=self.name,
-            storage=self.optuna_url,
-            direction=self.spec.objective.direction,
-            sampler=sampler,
-            pruner=pruner,
+        record = {
+            "name": self.name,
+            "state": "creating",
+            "creation_id": uuid.uuid4().hex,
+            "spec": sweep_store.recorded_spec(self.spec.to_dict()),
+            "optuna_storage": redact(self.optuna_url),
+            "tracking_uri": redact(self.tracking_uri),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        sweep_store.write_record(self.state_dir, self.name, record)
+        return record
+
+    def _create(self, record: dict[str, Any], on_stage: Callable[[str], None]) -> None:
+        """Create what the record (marked ``creating``) names and is not there yet: the
+        study, the MLflow experiment, the parent run (found by the record's
+        ``creation_id``); then mark the record ``created``. Each step is idempotent, so a
+        driver killed at any point leaves a sweep that ``resume`` (or ``launch`` of the same
+        spec) finishes."""
+        import optuna
+
+        try:
+            self.study = optuna.load_study(
+                study_name=self.name, storage=self.optuna_url, pruner=self._pruner()
+            )
+        except KeyError:
+            self.study = optuna.create_study(
+                study_name=self.name,
+                storage=self.optuna_url,
+                direction=self.spec.objective.direction,
+                pruner=self._pruner(),
+            )
+        self._seed_sampler()
+        on_stage("study")
+        uri = self.tracking_uri
+        experiment = tracking.experiment_id(
+            tracking.client(uri), self.name, tracking.artifact_location(uri, self.name)
         )
-        spec = self.spec.to_dict()
+        on_stage("experiment")
+        spec = record["spec"]
         self.parent = Tracker(
-            self.tracking_uri,
+            uri,
             self.name,
             run_name=self.name,
+            run_id=tracking.parent_run(uri, experiment, record["creation_id"]),
             tags={
                 "rnnsweep.sweep": self.name,
+                "rnnsweep.creation": record["creation_id"],
                 "optuna.study": self.name,
                 "optuna.storage": redact(self.optuna_url),
             },
@@ -165,21 +239,25 @@ class SweepStores:
         self.parent.set_tags({"search_space": json.dumps(spec["search"])})
         self.parent_run_id = self.parent.run_id
         self.experiment_id = self.parent.experiment_id
+        on_stage("parent_run")
         remember(self.optuna_url)  # both opened: in-process readers of the record may use them
         remember(self.tracking_uri)
-        sweep_store.write_record(
-            self.state_dir,
-            self.name,
-            {
-                "name": self.name,
-                "spec": {**spec, "storage": {k: redact(v) for k, v in spec["storage"].items()}},
-                "optuna_storage": redact(self.optuna_url),
-                "tracking_uri": redact(self.tracking_uri),
-                "mlflow_parent_run_id": self.parent_run_id,
-                "mlflow_experiment_id": self.experiment_id,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-        )
+        record = {
+            **record,
+            "state": "created",
+            "mlflow_parent_run_id": self.parent_run_id,
+            "mlflow_experiment_id": self.experiment_id,
+        }
+        sweep_store.write_record(self.state_dir, self.name, record)
+
+    def _pruner(self) -> Any:
+        return self.pruner if self.pruner is not None else spec_.make_pruner(self.spec)
+
+    def _seed_sampler(self) -> None:
+        """The spec's sampler, seeded from the sweep's seed and the trials asked so far: a
+        resumed sampler draws anew instead of replaying the suggestions of the first run."""
+        asked = len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = spec_.make_sampler(self.spec, sampler_seed(self.spec.seed, asked))
 
     def close(self, status: str, summary: dict[str, Any] | None = None) -> None:
         """Close the parent run (``status`` as MLflow says it), with the summary's metrics,
@@ -202,16 +280,34 @@ class SweepStores:
         """Trials asked of Optuna so far (finished or not)."""
         return len(self.study.get_trials(deepcopy=False))
 
-    def ask(self) -> tuple[Any, str, dict[str, Any]]:
-        """A new trial and its suggested ``(trial, estimator, settings)``."""
+    def ask(self) -> tuple[Any, str, dict[str, Any]] | None:
+        """A new trial and its suggested ``(trial, estimator, settings)``; ``None`` once a
+        finite search space has no parameter set left untried (``search_space``)."""
+        import optuna
+
+        if self.space is None:
+            self.space = search_space.parameter_sets(self.spec) or []
+        trials = self.study.get_trials(deepcopy=False)
+        waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        if self.space and not waiting:  # (a killed driver may have left one enqueued)
+            tried = {search_space.key(t.params) for t in trials if t.params}
+            untried = [p for p in self.space if search_space.key(p) not in tried]
+            if not untried:
+                return None
+            draw = random.Random(sampler_seed(self.spec.seed, len(trials)))
+            self.study.enqueue_trial(draw.choice(untried))
         trial = self.study.ask()
         estimator, settings = spec_.suggest(self.spec, trial)
         return trial, estimator, settings
 
-    def unfinished(self) -> list[Unfinished]:
+    def unfinished(self, restart_broken: bool = False) -> list[Unfinished]:
         """The trials a killed driver left RUNNING. A driver killed while starting one left
         it without its settings (suggesting again returns the values Optuna already holds) or
-        without the id of the MLflow run it had just opened (found by its tag)."""
+        without the id of the MLflow run it had just opened (found by its tag).
+
+        A trial whose checkpoint is refused (unreadable, truncated, corrupt, another format)
+        or missing (it had one: ``checkpoint_step`` > 0) fails with the reason; with
+        ``restart_broken`` it restarts from step 0 instead (``_restart``)."""
         import optuna
 
         found = []
@@ -225,6 +321,12 @@ class SweepStores:
                 checkpoint = self.read_checkpoint(frozen.number)
             except checkpoint_file.CheckpointError as error:
                 checkpoint, refused = None, str(error)
+            had = attrs.get("checkpoint_step", 0)
+            if checkpoint is None and not refused and had > 0:
+                refused = (
+                    f"checkpoint {self.checkpoint_name(frozen.number)} is missing (the trial "
+                    f"had reached step {had})"
+                )
             # record_settings writes three attributes, one transaction each: a driver killed
             # between them leaves some, and only all three make the trial's settings.
             if all(key in attrs for key in ("estimator", "settings", "seed")):
@@ -241,10 +343,37 @@ class SweepStores:
             if run_id is not None and "mlflow_run_id" not in attrs:
                 trial.set_user_attr("mlflow_run_id", run_id)
             reported = set(frozen.intermediate_values)
+            restarted = ""
+            if refused and restart_broken:
+                restarted = f"{refused}; restarted from step 0 (resume --restart-broken)"
+                self._restart(trial, run_id, restarted)
+                refused, run_id = "", None
+            elif refused:
+                refused += "; `rnnsweep resume --restart-broken` restarts it from step 0"
             found.append(
-                Unfinished(trial, estimator, settings, run_id, checkpoint, refused, reported)
+                Unfinished(
+                    trial, estimator, settings, run_id, checkpoint, refused, reported, restarted
+                )
             )
         return found
+
+    def _restart(self, trial: Any, run_id: str | None, why: str) -> None:
+        """Set a trial with a broken checkpoint to start again from step 0: its checkpoint
+        file (if any) moved aside to ``trial-N.pt.broken``, ``checkpoint_step`` 0, ``why`` in
+        its ``restarted`` attr, and its MLflow run tagged and deleted (MLflow's soft delete:
+        hidden, kept in the store), so that the new run the driver opens holds each step
+        once. Optuna keeps the intermediate values already reported (same settings and seed;
+        they are not reported twice)."""
+        path = sweep_store.checkpoint_path(self.state_dir, self.name, trial.number)
+        if os.path.exists(path):
+            os.replace(path, path + ".broken")
+        trial.set_user_attr("checkpoint_step", 0)
+        trial.set_user_attr("restarted", why)
+        if run_id is not None:
+            old = tracking.client(self.tracking_uri)
+            old.set_tag(run_id, "rnnsweep.replaced", why)
+            old.set_terminated(run_id, status="KILLED")
+            old.delete_run(run_id)
 
     def seed(self, number: int) -> int:
         return self.spec.seed + number
@@ -351,6 +480,16 @@ class SweepStores:
         write_atomic(sweep_store.checkpoint_path(self.state_dir, self.name, trial.number), data)
         trial.set_user_attr("checkpoint_step", step)
         return step
+
+
+def sampler_seed(seed: int, asked: int) -> int:
+    """The sampler's seed once ``asked`` trials exist: the sweep's own at launch, then one
+    drawn from both (``numpy.random.SeedSequence``), so that no two (re)starts share one."""
+    if asked == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed % 2**64, asked]).generate_state(1)[0])
 
 
 def checkpoint_step(checkpoint: bytes | None) -> int:

@@ -25,36 +25,56 @@ def launch_command(args) -> int:
     spec = spec_.load_spec_dict(data, source=args.spec)
     if args.name:
         spec = spec_.load_spec_dict({**spec.to_dict(), "name": args.name}, source=args.spec)
-    workers = args.workers or spec.workers
+    workers = _workers(args.workers, spec.workers)
     if args.dry_run:
         print(spec_.dry_run_text(dataclasses.replace(spec, workers=workers)))
         return 0
     state_dir = resolve_state_dir(args.state_dir or spec.storage.state_dir)
     if os.path.exists(sweep_store.record_path(state_dir, spec.name)):
-        _refuse_if_driven(sweep_store.read_record(state_dir, spec.name)[1])
-        raise ValueError(
-            f"sweep {spec.name!r} already exists in {state_dir}; continue it with "
-            f"`rnnsweep resume {spec.name}` or launch with --name NEW_NAME"
-        )
+        _, record = sweep_store.read_record(state_dir, spec.name, creating=True)
+        _refuse_if_driven(record)
+        same = record["spec"] == sweep_store.recorded_spec(spec.to_dict())
+        if record.get("state") != "creating" or not same:
+            raise ValueError(
+                (sweep_store.half_created(spec.name, state_dir) + " (with its own spec)")
+                if record.get("state") == "creating"
+                else f"sweep {spec.name!r} already exists in {state_dir}; continue it with "
+                f"`rnnsweep resume {spec.name}` or launch with --name NEW_NAME"
+            )
+        print(f"sweep {spec.name!r} was left half-created: finishing it", file=sys.stderr)
+        return _drive(spec, state_dir, workers, resume=True)
+    from rnnsweep.orchestrator.tracking import check_store, default_tracking_uri
+
+    check_store(spec.storage.mlflow or default_tracking_uri(state_dir))  # before making anything
     return _drive(spec, state_dir, workers, resume=False)
+
+
+def _workers(given: int | None, default: int) -> int:
+    """``--workers`` (else the spec's), within the settings table's bounds."""
+    from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
+
+    entry = SWEEP_SETTINGS["workers"]
+    if given is not None and entry.problem(given):
+        raise ValueError(f"--workers must be an integer {entry.bounds_text()}, got {given}")
+    return given or default
 
 
 def resume_command(args) -> int:
     from rnnsweep.orchestrator import spec as spec_
 
-    state_dir, record = sweep_store.read_record(args.state_dir, args.name)
+    state_dir, record = sweep_store.read_record(args.state_dir, args.name, creating=True)
     spec = spec_.load_spec_dict(
         record["spec"], source=sweep_store.record_path(state_dir, args.name)
     )
-    workers = args.workers or spec.workers
-    return _drive(spec, state_dir, workers, resume=True)
+    workers = _workers(args.workers, spec.workers)
+    return _drive(spec, state_dir, workers, resume=True, restart_broken=args.restart_broken)
 
 
-def _drive(spec, state_dir: str, workers: int, resume: bool) -> int:
+def _drive(spec, state_dir: str, workers: int, resume: bool, restart_broken=False) -> int:
     from rnnsweep.orchestrator.driver import Driver
 
     os.makedirs(state_dir, exist_ok=True)
-    driver = Driver(spec, state_dir, workers)
+    driver = Driver(spec, state_dir, workers, restart_broken=restart_broken)
     verb = "resuming" if resume else "launching"
     print(
         f"{verb} sweep {spec.name!r}: {spec.trials} trials, {workers} worker(s); state in "

@@ -43,7 +43,8 @@ SWEEP_TABLE: tuple[Setting, ...] = (
         low=0.0,
         low_open=True,
     ),
-    _sweep("workers", int, 1, "concurrent actors (trials, or packs of trials)", low=1),
+    # At most 1024: each worker is a Ray actor process started at launch; more is a typo.
+    _sweep("workers", int, 1, "concurrent actors (trials, or packs of trials)", low=1, high=1024),
     _sweep("pack", int, 1, "trials stepped together as one population per actor", low=1),
     _sweep("sampler", str, "tpe", "Optuna sampler", choices=SAMPLERS),
     _sweep("pruner", str, "median", "Optuna pruner (resources: learner steps)", choices=PRUNERS),

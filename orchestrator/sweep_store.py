@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from rnnsweep.algorithms.atomic_file import write_atomic
-from rnnsweep.orchestrator import url_secrets
+from rnnsweep.orchestrator import sweep_name, url_secrets
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
 # The default tracking URI has one home, tracking.py; the name stays importable from here.
@@ -23,10 +23,14 @@ from rnnsweep.orchestrator.tracking import default_tracking_uri  # noqa: F401
 
 
 def record_path(state_dir: str, name: str) -> str:
+    """``DIR/sweeps/NAME.json``; ``ValueError`` if ``name`` breaks ``sweep_name``'s rules
+    (every command taking NAME gets here before touching a file)."""
+    sweep_name.check(name)
     return os.path.join(state_dir, "sweeps", f"{name}.json")
 
 
 def checkpoint_dir(state_dir: str, name: str) -> str:
+    sweep_name.check(name)
     return os.path.join(state_dir, "checkpoints", name)
 
 
@@ -52,8 +56,12 @@ def write_record(state_dir: str, name: str, record: dict[str, Any]) -> None:
     write_atomic(record_path(state_dir, name), json.dumps(record, indent=2).encode())
 
 
-def read_record(state_dir: str | None, name: str) -> tuple[str, dict[str, Any]]:
-    """``(state_dir, record)`` of sweep ``name``; ``ValueError`` naming what is missing."""
+def read_record(
+    state_dir: str | None, name: str, creating: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """``(state_dir, record)`` of sweep ``name``; ``ValueError`` naming what is missing, or
+    (unless ``creating``) that the sweep is half-created (``"state": "creating"``, see
+    ``stores``)."""
     state_dir = resolve_state_dir(state_dir)
     path = record_path(state_dir, name)
     if not os.path.exists(path):
@@ -68,9 +76,26 @@ def read_record(state_dir: str | None, name: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"no sweep named {name!r} in state directory {state_dir}{hint}")
     try:
         with open(path) as handle:
-            return state_dir, json.load(handle)
+            record = json.load(handle)
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"sweep record {path} is unreadable: {error}") from None
+    if record.get("state") == "creating" and not creating:
+        raise ValueError(half_created(name, state_dir))
+    return state_dir, record
+
+
+def half_created(name: str, state_dir: str) -> str:
+    """The message for a sweep whose driver stopped while creating it, with the fix."""
+    return (
+        f"sweep {name!r} was left half-created by a driver that stopped while creating it; "
+        f"`rnnsweep resume {name} --state-dir {state_dir}` finishes it"
+    )
+
+
+def recorded_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec as the record holds it: its storage URLs with any password redacted."""
+    storage = {k: url_secrets.redact(v) for k, v in spec["storage"].items()}
+    return json.loads(json.dumps({**spec, "storage": storage}))
 
 
 def study_url(record: dict[str, Any]) -> str:

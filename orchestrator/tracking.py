@@ -20,6 +20,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rnnsweep.orchestrator import url_secrets
+from rnnsweep.orchestrator.url_secrets import redact
+
 BATCH = 1000
 
 
@@ -80,6 +83,50 @@ def child_run(uri: str, experiment: str, parent_run_id: str, trial_number: int) 
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def parent_run(uri: str, experiment: str, creation_id: str) -> str | None:
+    """The id of the parent run a sweep's creation (``creation_id``, from its record) opened,
+    if it got that far: a driver killed before recording the id leaves it to be found."""
+    runs = client(uri).search_runs(
+        [experiment], f"tags.`rnnsweep.creation` = '{creation_id}'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def check_store(uri: str) -> None:
+    """``ValueError`` (one line) if MLflow cannot use the tracking store ``uri``; creates
+    nothing. A SQLite file that does not exist yet is not opened (opening creates it): its
+    folder must be creatable. A file store (``file://`` or a bare path) is refused as MLflow 3
+    refuses it, unless ``MLFLOW_ALLOW_FILE_STORE`` opts in; any other store is asked for one
+    experiment."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///")
+        if os.path.exists(path):
+            return
+        folder = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        if not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
+            raise ValueError(f"MLflow tracking URI {uri!r}: cannot create a file under {folder}")
+        return
+    if scheme in ("", "file"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):
+            return
+        raise ValueError(
+            f"MLflow tracking URI {redact(uri)!r} is a file store, which MLflow 3 refuses: "
+            "use a database such as sqlite:///PATH/mlflow.db (`mlflow migrate-filestore` "
+            "converts an old store)"
+        )
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - any failure makes the store unusable
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"MLflow tracking URI {redact(uri)!r} is unusable: "
+            f"{type(error).__name__}: {url_secrets.scrub(first)[:300]}"
+        ) from None
 
 
 def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

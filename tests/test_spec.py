@@ -171,7 +171,13 @@ ERRORS = [
     (_set("steps", "1e5"), "steps: must be an integer >= 1, got '1e5' (a string)"),
     (_set("trials", 2.5), "trials: must be an integer >= 1, got 2.5"),
     (_set("hidden", True), "hidden: must be an integer >= 1, got True"),
-    (_set("name", "my sweep"), "name: must match [A-Za-z0-9_.-]+"),
+    (_set("name", "my sweep"), "name: must use letters, digits, '-', '_' and '.' only, got"),
+    (_set("name", "x" * 5000), "name: must be at most 100 characters, got 5000: 'xxx"),
+    (_set("name", ".."), "name: must not be '..'"),
+    (_set("name", "."), "name: must not be '.'"),
+    (_set("name", "a/b"), "name: must use letters, digits"),
+    (_set("name", ""), "name: must be a non-empty string"),
+    (_set("workers", 10**9), "workers: must be an integer in [1, 1024], got 1000000000"),
     (_set("task", "ad"), "task: unknown task 'ad' (did you mean 'add'?)"),
     (_set("task_settings", {"t3": 4}), "unknown key 't3' in task_settings (known: t1, t2"),
     (_set("task_settings", {"t1": -1}), "task_settings: add: setting 't1' must be >= 0, got -1"),
@@ -277,6 +283,14 @@ def test_errors_name_the_key_path(mutate, message):
     with pytest.raises(SpecError) as info:
         load_spec_dict(mutate(base()))
     assert message in str(info.value)
+
+
+def test_sweep_names_at_the_limits_are_taken():
+    for name in ("a" * 100, "v1.2_final-run", "..a", "-"):
+        assert load_spec_dict(base(name=name)).name == name
+    with pytest.raises(SpecError, match="at most 100 characters, got 101") as info:
+        load_spec_dict(base(name="a" * 101))
+    assert len(str(info.value)) < 120 and "\n" not in str(info.value)  # the value is cut
 
 
 def test_unavailable_sampler_is_a_clear_error(monkeypatch):

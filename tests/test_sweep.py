@@ -287,7 +287,10 @@ def test_driver_killed_mid_sweep_then_resumed(ray_session, storage_url, tmp_path
                 pytest.fail(f"driver ended before it was killed:\n{proc.stdout.read()}")
             if not os.path.exists(sweep_store.record_path(str(state_dir), "t")):
                 continue
-            study = sweep_store.load_study(sweep_store.read_record(str(state_dir), "t")[1])
+            _, record = sweep_store.read_record(str(state_dir), "t", creating=True)
+            if record["state"] == "creating":  # written first, before the study
+                continue
+            study = sweep_store.load_study(record)
             states = [t.state.name for t in study.get_trials()]
             checkpointed = [
                 t
@@ -451,7 +454,8 @@ def _dying_at(kind: str, number: int):
 
 
 def test_resume_after_a_kill_inside_begin_keeps_one_run_per_trial(ray_session, tmp_path):
-    spec = spec_.load_spec_dict(_spec_dict(trials=3, workers=1, estimators=["uoro"], search={}))
+    search = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    spec = spec_.load_spec_dict(_spec_dict(trials=3, workers=1, estimators=["uoro"], search=search))
     with pytest.raises(KeyboardInterrupt):  # trial 1: MLflow run open, its id not recorded
         Driver(spec, str(tmp_path), workers=1, on_event=_dying_at("run_opened", 1)).run()
     second = Driver(spec, str(tmp_path), workers=1, on_event=_dying_at("asked", 2))
