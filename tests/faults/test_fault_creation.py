@@ -55,8 +55,10 @@ def _study(state_dir, name="c"):
 
 
 def _has_study(record) -> bool:
+    import optuna
+
     try:
-        sweep_store.load_study(record)
+        optuna.load_study(study_name=record["name"], storage=sweep_store.study_url(record))
     except KeyError:
         return False
     return True
