@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Sequence
 
 from rnnsweep.orchestrator.device import resolve_device
+from rnnsweep.orchestrator.environment_fault import EXIT_ENVIRONMENT, EnvironmentFault
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -373,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"rnnsweep {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except (EnvironmentFault, MemoryError) as error:  # the machine's faults, in one line
+        what = f"out of memory: {error}" if isinstance(error, MemoryError) else error
+        print(f"rnnsweep {args.command}: error: {what}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 if __name__ == "__main__":

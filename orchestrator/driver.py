@@ -21,14 +21,16 @@ the moments where a fault matters (``SweepEvent``); tests inject faults through 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from rnnsweep.orchestrator import cluster_resources
 from rnnsweep.orchestrator import spec as spec_
+from rnnsweep.orchestrator.environment_fault import EnvironmentFault, describe
 from rnnsweep.orchestrator.progress_table import ProgressTable, TrialRow
 from rnnsweep.orchestrator.scheduler import Group, Outcome, Running, Scheduler
 from rnnsweep.orchestrator.stores import SweepStores, Unfinished, checkpoint_step, sweep_summary
@@ -71,13 +73,13 @@ class Driver:
     on_event: Callable[[SweepEvent], None] | None = None
 
     def __post_init__(self) -> None:
-        os.makedirs(self.state_dir, exist_ok=True)
         self.stores = SweepStores(self.spec, self.state_dir, self.pruner)
         self.scheduler = Scheduler(
             self.spec, self.workers, self.chunk_seconds, self.stores.checkpoint_name
         )
         self.running: dict[int, Running] = {}  # asked and not told: queued or on an actor
         self.table = ProgressTable(self.spec.trials, self.out)
+        self._waiting_checked = 0.0
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -103,6 +105,7 @@ class Driver:
                 for outcome in self.scheduler.wait(timeout=0.5):
                     self._on_outcome(outcome)
                 self.table.draw()
+                self._show_waiting()
             self.table.draw(force=True)
             summary = sweep_summary(self.stores.study, self.spec.objective.direction)
             status = "FINISHED"
@@ -110,25 +113,76 @@ class Driver:
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except Exception as error:
+            fault = describe(error, self.stores.places())
+            if fault is None:
+                raise
+            status = "KILLED"  # resumable, as after Ctrl-C: RUNNING trials keep their checkpoints
+            raise EnvironmentFault(f"{fault}; what was recorded is kept: {self._fix()}") from None
         finally:
-            for run in list(self.running.values()):
-                run.tracker.close("KILLED")
-            self.stores.close(status, summary)
+            self._close(status, summary, quiet=status == "KILLED")
             self.scheduler.stop()
 
+    def _close(self, status: str, summary: dict[str, Any] | None, quiet: bool) -> None:
+        """End the running trials' MLflow runs (``KILLED``; Optuna keeps them RUNNING for
+        ``resume``) and the stores. ``quiet``: after a fault or an interrupt, a store that
+        fails to take these last writes (full, read-only) must not hide the first error."""
+        for run in list(self.running.values()):
+            try:
+                run.tracker.close("KILLED")
+            except Exception:  # noqa: BLE001
+                if not quiet:
+                    raise
+        try:
+            self.stores.close(status, summary)
+        except Exception:  # noqa: BLE001
+            if not quiet:
+                raise
+
+    def _fix(self) -> str:
+        return (
+            f"fix the cause, then `rnnsweep resume {self.spec.name} --state-dir "
+            f"{self.state_dir}`"
+        )
+
+    def _show_waiting(self) -> None:
+        """The progress output's "waiting for resources" line while no live node can host a
+        trial (e.g. the node that had the resource left); checked every few seconds."""
+        now = time.monotonic()
+        if now - self._waiting_checked < 3.0:
+            return
+        self._waiting_checked = now
+        numbers = self.scheduler.waiting() if self.running else []
+        need = cluster_resources.waiting(self.spec.resources) if numbers else ""
+        trials = ", ".join(map(str, numbers))
+        self.table.waiting(f"waiting for resources: trials {trials}: {need}" if need else "")
+
     def _start(self, resume: bool) -> None:
-        """Open the stores in a thread while this one starts Ray and the actors (their
-        processes, MLflow's imports and store migrations overlap)."""
+        """Start Ray and check that a node can host a trial (``ValueError`` naming the
+        resource, before any store is created); open the stores in a thread meanwhile (its
+        imports overlap Ray's start) and while this one starts the actors (their processes
+        overlap MLflow's store migrations). A store that cannot be opened because of the
+        machine (read-only, full, locked) raises ``EnvironmentFault`` naming it."""
         errors: list[Exception] = []
+        checked, go = threading.Event(), threading.Event()
 
         def open_stores() -> None:
+            import mlflow.tracking  # noqa: F401 - imported while Ray starts
+            import optuna  # noqa: F401
+
+            checked.wait()
+            if not go.is_set():
+                return
             try:
                 self.stores.open(resume)
             except (ValueError, KeyError) as error:
                 errors.append(error)
             except Exception as error:  # noqa: BLE001 - an unreachable or broken store
+                fault = describe(error, self.stores.places())
                 errors.append(
-                    ValueError(
+                    EnvironmentFault(f"{fault}; fix it, then run the command again")
+                    if fault is not None
+                    else ValueError(
                         f"cannot open the sweep's stores (Optuna {self.stores.optuna_url}, "
                         f"MLflow {self.stores.tracking_uri}): {type(error).__name__}: {error}"
                     )
@@ -137,7 +191,16 @@ class Driver:
         opener = threading.Thread(target=open_stores, name="open-stores")
         opener.start()
         try:
-            self.scheduler.start()
+            self.scheduler.start_ray()
+            go.set()
+        except BaseException:
+            checked.set()
+            opener.join()
+            self.scheduler.stop()
+            raise
+        checked.set()
+        try:
+            self.scheduler.start_actors()
         except BaseException:
             opener.join()
             if not errors:

@@ -115,6 +115,14 @@ class SweepStores:
             sampler=sampler,
             pruner=pruner,
         )
+        try:
+            self._create_rest()
+        except BaseException:  # no half-made sweep: a study without its record blocks relaunch
+            self._undo_create()
+            raise
+
+    def _create_rest(self) -> None:
+        """A new sweep's parent run and record, once its study exists."""
         spec = self.spec.to_dict()
         self.parent = Tracker(
             self.tracking_uri,
@@ -143,6 +151,30 @@ class SweepStores:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         )
+
+    def _undo_create(self) -> None:
+        """Best effort: remove the study and parent run of a launch that failed half-way."""
+        import optuna
+
+        for undo in (
+            lambda: optuna.delete_study(study_name=self.name, storage=self.optuna_url),
+            lambda: self.parent is not None and self.parent.client.delete_run(self.parent.run_id),
+        ):
+            try:
+                undo()
+            except Exception:  # noqa: BLE001 - the store is what failed; its message matters
+                pass
+        self.study, self.parent = None, None
+
+    def places(self) -> dict[str, str]:
+        """Where this sweep writes, as messages name it (no password)."""
+        from rnnsweep.orchestrator.environment_fault import store_name
+
+        return {
+            "Optuna store": store_name(self.optuna_url),
+            "MLflow store": store_name(self.tracking_uri),
+            "checkpoints": sweep_store.checkpoint_dir(self.state_dir, self.name),
+        }
 
     def close(self, status: str, summary: dict[str, Any] | None = None) -> None:
         """Close the parent run (``status`` as MLflow says it), with the summary's metrics,

@@ -51,7 +51,6 @@ def resume_command(args) -> int:
 def _drive(spec, state_dir: str, workers: int, resume: bool) -> int:
     from rnnsweep.orchestrator.driver import Driver
 
-    os.makedirs(state_dir, exist_ok=True)
     driver = Driver(spec, state_dir, workers)
     verb = "resuming" if resume else "launching"
     print(

@@ -194,9 +194,12 @@ class Tracker:
                 return
 
     def flush(self) -> None:
-        """Block until everything queued so far is written."""
+        """Block until everything queued so far is written; raises the writer's error, if a
+        batch failed (a full or read-only store), so that no checkpoint follows a gap."""
         self._queue.put(None)
         self._thread.join()
+        if self._error is not None:
+            raise self._error
         self._thread = threading.Thread(target=self._writer, name="mlflow-writer", daemon=True)
         self._thread.start()
 
