@@ -96,6 +96,10 @@ class SweepStores:
             self.study = optuna.load_study(
                 study_name=self.name, storage=self.optuna_url, sampler=sampler, pruner=pruner
             )
+            # The sampler again from the spec's seed would draw the first trials' parameter
+            # sets again: it continues from a seed of its own, past the trials already asked.
+            asked = len(self.study.get_trials(deepcopy=False))
+            self.study.sampler = spec_.make_sampler(self.spec, self.spec.seed + asked)
             self.parent = Tracker(self.tracking_uri, self.name, run_id=self.parent_run_id)
             return
         try:
