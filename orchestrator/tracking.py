@@ -43,6 +43,9 @@ def client(uri: str):
     # MLflow's SQLite store logs its schema migrations at INFO on first use; keep stderr clean.
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It also logs every database error with its traceback before raising it to the caller,
+    # which names it in one line (a full or read-only store: ``environment_fault``).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
     return MlflowClient(tracking_uri=uri)
