@@ -382,3 +382,108 @@ def test_recursion_error_in_one_trial_fails_that_trial_only(ray_session, tmp_pat
     assert run.info.status == "FAILED" and run.data.tags["reason"] == reason
     assert steps[0] == _complete_steps(steps[0][-1])  # what it logged before, once each
     assert steps[1] == steps[2] == _complete_steps(spec.steps)
+
+
+# -- a node that leaves mid-sweep --------------------------------------------------------------
+
+CLUSTER = """\
+import os
+import sys
+from ray.cluster_utils import Cluster
+
+os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"), exist_ok=True)
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+worker = cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+for command in sys.stdin:
+    if command.strip() == "remove":
+        cluster.remove_node(worker)
+    elif command.strip() == "add":
+        worker = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+    else:
+        break
+    print("done", flush=True)
+cluster.shutdown()
+"""
+
+
+class Lines:
+    """A process's output, read line by line in a thread."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = [line for line in self.lines if text in line]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise AssertionError(f"no line with {text!r} in {seconds} s:\n{''.join(self.lines)}")
+
+
+def test_a_node_leaving_mid_sweep_shows_waiting_for_resources(tmp_path):
+    """A two-node ``cluster_utils.Cluster`` (a head without CPUs, one worker with one CPU) in
+    a subprocess; the sweep's driver (``rnnsweep launch`` with ``RAY_ADDRESS``) in another.
+    The worker node is removed while trial 0 runs: its actor dies, its replacement has no node
+    to run on, and the progress output says so; a new node arrives and the sweep completes."""
+    from ray_processes import kill, ray_processes
+
+    temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": temp_root}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "cluster.log"
+    with open(log, "w") as errors:
+        cluster = subprocess.Popen(
+            [sys.executable, "-c", CLUSTER],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=errors, text=True, start_new_session=True,
+        )
+    driver = None
+    try:
+        address = cluster.stdout.readline().strip()
+        assert address, log.read_text()[-3000:]
+        steps = 60000
+        spec = _write_spec(tmp_path, trials=2, steps=steps, max_retries=3)
+        state = str(tmp_path / "state")
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "rnnsweep.orchestrator.cli", "launch", spec, "--state-dir",
+             state],
+            cwd=ROOT, env={**env, "RAY_ADDRESS": address}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        output = Lines(driver.stdout)
+        deadline = time.monotonic() + 300
+        while not os.path.exists(_checkpoint(state)):
+            assert driver.poll() is None, "".join(output.lines)
+            assert time.monotonic() < deadline, "trial 0 never wrote a checkpoint"
+            time.sleep(0.1)
+        cluster.stdin.write("remove\n")
+        cluster.stdin.flush()
+        assert cluster.stdout.readline().strip() == "done"
+        line = output.wait_for("waiting for resources", 180)
+        assert line.startswith("waiting for resources: trials 0: each needs 1 CPU on one node; ")
+        assert "live nodes: " in line and ": 0 CPU" in line  # the head alone, without CPUs
+        cluster.stdin.write("add\n")
+        cluster.stdin.flush()
+        assert cluster.stdout.readline().strip() == "done"
+        assert driver.wait(timeout=600) == 0, "".join(output.lines)
+    finally:
+        for process in (driver, cluster):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, 9)
+        kill(ray_processes(temp_root))
+    record, states, logged = _record_states(state)
+    assert states == ["COMPLETE", "COMPLETE"]
+    assert logged == {0: _complete_steps(steps), 1: _complete_steps(steps)}
+    trial = sweep_store.load_study(record).trials[0]
+    assert trial.user_attrs["retries"] == 1  # the actor lost with its node, once
