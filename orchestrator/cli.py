@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Sequence
 
 from rnnsweep.orchestrator.device import resolve_device
-from rnnsweep.orchestrator.environment_fault import EXIT_ENVIRONMENT, EnvironmentFault
+from rnnsweep.orchestrator.environment_fault import EXIT_ENVIRONMENT, EnvironmentFault, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -87,11 +87,16 @@ examples:
   rnnsweep launch examples/smoke.yaml --workers 2       # a 2-minute laptop sweep
   rnnsweep launch examples/compare_add.yaml --dry-run   # validate, show the search space
   RAY_ADDRESS=auto rnnsweep launch examples/gpu_cluster.yaml   # on a Ray cluster's head
+
+exit status: 0 done; 2 bad spec, or resources no node has (nothing created); 74 the machine
+(disk full, read-only or locked store: one line names it; resume once fixed); 130 interrupted.
 """
 RESUME_EXAMPLES = """\
 examples:
   rnnsweep resume smoke             # running trials continue from their checkpoints
   rnnsweep resume smoke --workers 2 --state-dir /data/sweeps
+
+exit status: 0 done, 2 bad input, 74 the machine (disk full, read-only, locked), 130 interrupted.
 """
 STATUS_EXAMPLES = """\
 examples:
@@ -374,9 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"rnnsweep {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (EnvironmentFault, MemoryError) as error:  # the machine's faults, in one line
-        what = f"out of memory: {error}" if isinstance(error, MemoryError) else error
-        print(f"rnnsweep {args.command}: error: {what}", file=sys.stderr)
+    except Exception as error:  # the machine's faults (full, read-only, locked): one line
+        fault = str(error) if isinstance(error, EnvironmentFault) else describe(error, {})
+        if fault is None:
+            raise
+        print(f"rnnsweep {args.command}: error: {fault}", file=sys.stderr)
         return EXIT_ENVIRONMENT
 
 

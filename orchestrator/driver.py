@@ -15,7 +15,10 @@ is truncated, corrupt, of another format version or holds pickled objects (the r
 the file and the trial; the other trials go on); a driver killed mid-sweep leaves RUNNING
 trials that ``resume`` restarts from their checkpoints, in the same MLflow child runs, with no
 metric step logged twice (steps already in MLflow are skipped). The ``on_event`` hook sees
-the moments where a fault matters (``SweepEvent``); tests inject faults through it.
+the moments where a fault matters (``SweepEvent``); tests inject faults through it. Faults of
+the machine (``environment_fault``: a full disk, a read-only or locked store) stop the sweep
+with ``EnvironmentFault`` naming the path, its running trials left RUNNING for ``resume``; a
+trial no node can host stops it before any store is created (``cluster_resources``).
 """
 
 from __future__ import annotations
@@ -135,9 +138,13 @@ class Driver:
                     raise
         try:
             self.stores.close(status, summary)
-        except Exception:  # noqa: BLE001
-            if not quiet:
+        except Exception as error:  # noqa: BLE001
+            if quiet:
+                return
+            fault = describe(error, self.stores.places())
+            if fault is None:
                 raise
+            raise EnvironmentFault(f"{fault}; the sweep's parent run was not closed") from None
 
     def _fix(self) -> str:
         return (

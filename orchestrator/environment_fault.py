@@ -73,7 +73,8 @@ def _store(error: BaseException, stores: Mapping[str, str]) -> str:
     for label, path in stores.items():
         if package and label.lower().startswith(package):
             return f"{label} {path}"
-    return " or ".join(f"{label} {path}" for label, path in stores.items() if "store" in label)
+    named = [f"{label} {path}" for label, path in stores.items() if "store" in label]
+    return " or ".join(named) or "a database"
 
 
 def store_name(url: str) -> str:
@@ -91,7 +92,7 @@ def describe(error: BaseException, stores: Mapping[str, str]) -> str | None:
     """One line naming the path and the cause if ``error`` is a fault of the machine."""
     for link in _chain(error):
         if isinstance(link, MemoryError):
-            return "the driver ran out of memory; free memory (or use fewer workers), then resume"
+            return f"out of memory ({str(link) or 'MemoryError'})"
         if isinstance(link, OSError) and link.errno in _ERRNO:
             path = link.filename or ", ".join(stores.values())
             return f"cannot write {path}: {_ERRNO[link.errno]} ({link.strerror})"
