@@ -253,6 +253,31 @@ def test_read_only_state_directory_names_it_and_changes_nothing(tmp_path, capsys
             _remount(state, "rw")
 
 
+def test_mlflow_store_read_only_at_launch_leaves_no_half_made_sweep(ray_session, tmp_path, capsys):
+    """The Optuna study is created first; the MLflow store then fails: the study goes again,
+    so that the same command launches the sweep once the store is writable."""
+    with _tmpfs(tmp_path / "ro", "4m") as mount:
+        _remount(mount, "ro")
+        database = os.path.join(mount, "mlflow.db")
+        storage = {"mlflow": f"sqlite:///{database}"}
+        spec = _write_spec(tmp_path, trials=1, steps=600, storage=storage)
+        state = str(tmp_path / "state")
+        try:
+            assert main(["launch", spec, "--state-dir", state]) == EXIT_ENVIRONMENT
+        finally:
+            _remount(mount, "rw")
+        line = _one_error_line(capsys.readouterr().err, "launch")
+        assert f"MLflow store {database} cannot be opened" in line, line
+        assert not os.path.exists(sweep_store.record_path(state, "t"))
+        import optuna
+
+        url = sweep_store.default_optuna_url(state)
+        assert optuna.get_all_study_names(storage=url) == []  # no study without its record
+        assert main(["launch", spec, "--state-dir", state]) == 0
+        _, states, steps = _record_states(state)
+        assert states == ["COMPLETE"] and steps == {0: _complete_steps(600)}
+
+
 # -- a disk that fills up mid-sweep ------------------------------------------------------------
 
 
