@@ -47,7 +47,13 @@ def client(uri: str):
     # which names it in one line (a full or read-only store: ``environment_fault``).
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
-        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
+        path = uri.removeprefix("sqlite:///")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if not os.path.exists(path):
+            # created here (SQLite takes an empty file as a new database), so that a
+            # read-only or full directory fails now, naming the file, rather than after
+            # MLflow's ten connection retries (about two minutes)
+            open(path, "ab").close()
     return MlflowClient(tracking_uri=uri)
 
 
