@@ -3,7 +3,8 @@
 ``write_atomic(path, data)`` writes ``data`` to a temporary file in the same directory, flushes
 it to disk (``fsync``), renames it over ``path`` (``os.replace``, atomic on POSIX and Windows)
 and syncs the directory, so that a reader, or a machine that loses power, sees the old file or
-the new one, never part of one. A failure leaves the old file as it was and no temporary file.
+the new one, never part of one. A failure leaves the old file as it was and no temporary file;
+an ``OSError`` (a full disk, a read-only file system) names ``path``.
 It lives in ``algorithms/`` because checkpoints are written there and ``orchestrator/`` may
 import ``algorithms/`` (never the reverse).
 """
@@ -25,9 +26,11 @@ def write_atomic(path: str, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.filename is None:  # e.g. ENOSPC from write()
+            raise OSError(error.errno, error.strerror, path) from error
         raise
     try:  # the rename itself survives a power loss once the directory is synced
         dir_fd = os.open(directory, os.O_RDONLY)

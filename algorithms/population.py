@@ -563,9 +563,11 @@ class Population:
             try:
                 for _ in range(chunk):
                     self.step()
-            except torch.OutOfMemoryError:
-                raise  # the device's limit, not the learner's numerics: the caller decides
+            except (torch.OutOfMemoryError, RecursionError):
+                raise  # the device's limit or the program's, not the numerics: the caller decides
             except (RuntimeError, torch.linalg.LinAlgError) as error:
+                if "can't allocate memory" in str(error):  # the CPU allocator's out-of-memory
+                    raise MemoryError(str(error).splitlines()[0]) from error
                 # One member's failure (e.g. a failed Cholesky) cannot be told from another's
                 # here: the whole pack reports it, as a lone learner would.
                 reason = f"numerical failure at step {c['t']}: {error}"

@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Sequence
 
 from rnnsweep.orchestrator.device import resolve_device
+from rnnsweep.orchestrator.environment_fault import EXIT_ENVIRONMENT, EnvironmentFault, describe
 from rnnsweep.orchestrator.sweep_lease import LeaseHeld
 
 # 3: the sweep is being driven by another live driver (launch, resume); 130: interrupted
@@ -89,8 +90,10 @@ examples:
   rnnsweep launch examples/compare_add.yaml --dry-run   # validate, show the search space
   RAY_ADDRESS=auto rnnsweep launch examples/gpu_cluster.yaml   # on a Ray cluster's head
 
-exit status: 0 when the sweep ends, 2 on a bad spec, 3 when another live driver holds the
-sweep, 130 when stopped by Ctrl-C or SIGTERM (checkpoints kept: `rnnsweep resume NAME`).
+exit status: 0 when the sweep ends; 2 on a bad spec, or resources no node has (nothing
+created); 3 when another live driver holds the sweep; 74 the machine (disk full, read-only or
+locked store: one line names it; resume once fixed); 130 when stopped by Ctrl-C or SIGTERM
+(checkpoints kept: `rnnsweep resume NAME`).
 """
 RESUME_EXAMPLES = """\
 examples:
@@ -101,8 +104,8 @@ examples:
 One driver at a time: a second launch or resume exits 3 naming the holder (host, pid) and its
 heartbeat's age. A driver killed on this host is taken over at once; one on another machine
 once its heartbeat is older than the sweep's lease_timeout (60 s).
-exit status: 0 when the sweep ends, 2 on an unknown sweep, 3 when another live driver holds
-it, 130 when stopped by Ctrl-C or SIGTERM.
+exit status: 0 when the sweep ends, 2 bad input, 3 when another live driver holds it, 74 the
+machine (disk full, read-only, locked), 130 when stopped by Ctrl-C or SIGTERM.
 """
 STATUS_EXAMPLES = """\
 examples:
@@ -396,6 +399,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"rnnsweep {args.command}: error: {scrub(str(error))}", file=sys.stderr)
         return EXIT_HELD if isinstance(error, LeaseHeld) else EXIT_USAGE
+    except Exception as error:  # the machine's faults (full, read-only, locked): one line
+        from rnnsweep.orchestrator.url_secrets import scrub
+
+        fault = str(error) if isinstance(error, EnvironmentFault) else describe(error, {})
+        if fault is None:
+            raise
+        print(f"rnnsweep {args.command}: error: {scrub(fault)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 if __name__ == "__main__":

@@ -15,20 +15,25 @@ is truncated, corrupt, of another format version or holds pickled objects (the r
 the file and the trial; the other trials go on); a driver killed mid-sweep leaves RUNNING
 trials that ``resume`` restarts from their checkpoints, in the same MLflow child runs, with no
 metric step logged twice (steps already in MLflow are skipped). The ``on_event`` hook sees
-the moments where a fault matters (``SweepEvent``); tests inject faults through it.
+the moments where a fault matters (``SweepEvent``); tests inject faults through it. Faults of
+the machine (``environment_fault``: a full disk, a read-only or locked store) stop the sweep
+with ``EnvironmentFault`` naming the path, its running trials left RUNNING for ``resume``; a
+trial no node can host stops it before any store is created (``cluster_resources``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from rnnsweep.orchestrator import cluster_resources
 from rnnsweep.orchestrator import spec as spec_
+from rnnsweep.orchestrator.environment_fault import EnvironmentFault, describe
 from rnnsweep.orchestrator.progress_table import ProgressTable, TrialRow
 from rnnsweep.orchestrator.scheduler import Group, Outcome, Running, Scheduler
 from rnnsweep.orchestrator.stop_signal import sigterm_as_interrupt
@@ -80,13 +85,13 @@ class Driver:
     restart_broken: bool = False  # resume: restart trials with a broken checkpoint from 0
 
     def __post_init__(self) -> None:
-        os.makedirs(self.state_dir, exist_ok=True)
         self.stores = SweepStores(self.spec, self.state_dir, self.pruner)
         self.scheduler = Scheduler(
             self.spec, self.workers, self.chunk_seconds, self.stores.checkpoint_name
         )
         self.running: dict[int, Running] = {}  # asked and not told: queued or on an actor
         self.table = ProgressTable(self.spec.trials, self.out)
+        self._waiting_checked = 0.0
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -126,6 +131,7 @@ class Driver:
                 for outcome in self.scheduler.wait(timeout=0.5):
                     self._on_outcome(outcome)
                 self.table.draw()
+                self._show_waiting()
             self.table.draw(force=True)
             summary = sweep_summary(self.stores.study, self.spec.objective.direction)
             status = "FINISHED"
@@ -134,30 +140,88 @@ class Driver:
             # raised again after the clean-up, once its traceback is gone: the frames it holds
             # may keep a half-read SQLite cursor, whose lock would block the lease's release
             status = "KILLED"
+        except Exception as error:
+            fault = describe(error, self.stores.places())
+            if fault is None:
+                raise
+            status = "KILLED"  # resumable, as after Ctrl-C: RUNNING trials keep their checkpoints
+            raise EnvironmentFault(f"{fault}; what was recorded is kept: {self._fix()}") from None
         finally:
-            for run in list(self.running.values()):
-                if not self.stores.lease_lost():  # else its new driver owns the runs
-                    run.tracker.close("KILLED")
-            self.stores.close(status, summary)
+            self._close(status, summary, quiet=status == "KILLED")
             self.scheduler.stop()
             restore_sigterm()
         raise KeyboardInterrupt
 
+    def _close(self, status: str, summary: dict[str, Any] | None, quiet: bool) -> None:
+        """End the running trials' MLflow runs (``KILLED``; Optuna keeps them RUNNING for
+        ``resume``) and the stores. ``quiet``: after a fault or an interrupt, a store that
+        fails to take these last writes (full, read-only) must not hide the first error."""
+        for run in list(self.running.values()):
+            if self.stores.lease_lost():  # its new driver owns the runs
+                break
+            try:
+                run.tracker.close("KILLED")
+            except Exception:  # noqa: BLE001
+                if not quiet:
+                    raise
+        try:
+            self.stores.close(status, summary)
+        except Exception as error:  # noqa: BLE001
+            if quiet:
+                return
+            fault = describe(error, self.stores.places())
+            if fault is None:
+                raise
+            raise EnvironmentFault(f"{fault}; the sweep's parent run was not closed") from None
+
+    def _fix(self) -> str:
+        return (
+            f"fix the cause, then `rnnsweep resume {self.spec.name} --state-dir "
+            f"{self.state_dir}`"
+        )
+
+    def _show_waiting(self) -> None:
+        """The progress output's "waiting for resources" line while no live node can host a
+        trial (e.g. the node that had the resource left); checked every few seconds."""
+        now = time.monotonic()
+        if now - self._waiting_checked < 3.0:
+            return
+        self._waiting_checked = now
+        numbers = self.scheduler.waiting() if self.running else []
+        need = cluster_resources.waiting(self.spec.resources) if numbers else ""
+        trials = ", ".join(map(str, numbers))
+        self.table.waiting(f"waiting for resources: trials {trials}: {need}" if need else "")
+
     def _start(self, resume: bool) -> None:
-        """Open the stores in a thread while this one starts Ray and the actors (their
-        processes, MLflow's imports and store migrations overlap), under the sweep's lease,
-        taken first: a second driver is refused before it starts anything."""
-        self.stores.take_lease(resume)
-        if self.stores.takeover:
-            print(self.stores.takeover, file=self.out, flush=True)
+        """Take the sweep's lease, start Ray and check that a node can host a trial
+        (``ValueError`` naming the resource); open the stores in a thread meanwhile (its
+        imports overlap Ray's start) and while this one starts the actors (their processes
+        overlap MLflow's store migrations). ``resume`` takes the lease first, so that a second
+        driver is refused before it starts anything; a new sweep takes it once the resources
+        are known to fit, so that a refused launch creates nothing. A store that cannot be
+        opened because of the machine (read-only, full, locked) raises ``EnvironmentFault``
+        naming it."""
+        if resume:
+            self._take_lease(resume)
         errors: list[BaseException] = []
+        checked, go = threading.Event(), threading.Event()
 
         def open_stores() -> None:
+            import mlflow.tracking  # noqa: F401 - imported while Ray starts
+            import optuna  # noqa: F401
+
+            checked.wait()
+            if not go.is_set():
+                return
             try:
                 self.stores.open(resume, lambda stage: self._emit("creating", -1, stage=stage))
             except (ValueError, KeyError) as error:
                 errors.append(error)
             except Exception as error:  # noqa: BLE001 - an unreachable or broken store
+                fault = describe(error, self.stores.places())
+                if fault is not None:
+                    errors.append(EnvironmentFault(f"{fault}; fix it, then run the command again"))
+                    return
                 where = (
                     f"the sweep's stores (Optuna {redact(self.stores.optuna_url)}, "
                     f"MLflow {redact(self.stores.tracking_uri)})"
@@ -169,7 +233,18 @@ class Driver:
         opener = threading.Thread(target=open_stores, name="open-stores")
         opener.start()
         try:
-            self.scheduler.start()
+            self.scheduler.start_ray()
+            if not resume:
+                self._take_lease(resume)
+            go.set()
+        except BaseException:
+            checked.set()
+            opener.join()
+            self.scheduler.stop()
+            raise
+        checked.set()
+        try:
+            self.scheduler.start_actors()
         except BaseException:
             opener.join()
             if not errors:
@@ -179,6 +254,11 @@ class Driver:
         if errors:
             self.scheduler.stop()
             raise errors[0]
+
+    def _take_lease(self, resume: bool) -> None:
+        self.stores.take_lease(resume)
+        if self.stores.takeover:
+            print(self.stores.takeover, file=self.out, flush=True)
 
     def _exhausted(self) -> None:
         """A finite search space is fully tried: the trials left are not run as repeats."""

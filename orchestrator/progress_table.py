@@ -38,11 +38,22 @@ class ProgressTable:
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     rows: dict[int, TrialRow] = field(default_factory=dict)
     best: float | None = None
+    note: str = ""  # the waiting line, if any
     _last_draw: float = 0.0
     _lines: int = 0
 
     def __post_init__(self) -> None:
         self.tty = self.stream.isatty()
+
+    def waiting(self, line: str) -> None:
+        """A line above the table while trials wait (e.g. "waiting for resources: ..."); in
+        a log, printed once each time it changes. ``""`` clears it."""
+        if line == self.note:
+            return
+        self.note = line
+        if line and not self.tty:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def update(self, row: TrialRow, changed_state: bool = False) -> None:
         self.rows[row.number] = row
@@ -68,7 +79,8 @@ class ProgressTable:
         done = sum(r.state not in ("RUNNING", "RESTARTING", "QUEUED") for r in self.rows.values())
         header = (
             f"trials {done}/{self.total} finished\n"
-            f"{'trial':>5} {'estimator':<18} {'params':<34} {'step/total':>19} "
+            + (f"{self.note}\n" if self.note else "")
+            + f"{'trial':>5} {'estimator':<18} {'params':<34} {'step/total':>19} "
             f"{'loss':>8} {'best':>8} state"
         )
         rows = sorted(self.rows.values(), key=lambda r: r.number)[-30:]

@@ -12,14 +12,16 @@ what it decides.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rnnsweep.orchestrator import local_ray
+from rnnsweep.orchestrator import cluster_resources, local_ray
 from rnnsweep.orchestrator.actors import LearnerHost
+from rnnsweep.orchestrator.environment_fault import trial_reason
 from rnnsweep.orchestrator.progress_table import TrialRow
 from rnnsweep.orchestrator.tracking import Tracker
 
@@ -93,8 +95,13 @@ class Scheduler:
     # -- the pool ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start Ray (a private local instance, ``local_ray``, unless ``RAY_ADDRESS`` names
-        one) and the ``workers`` actors."""
+        """``start_ray`` then ``start_actors``."""
+        self.start_ray()
+        self.start_actors()
+
+    def start_ray(self) -> None:
+        """Start Ray (a private local instance unless ``RAY_ADDRESS`` names one) and check
+        that a node can host a trial (``ValueError`` naming the resource if none can)."""
         import ray
 
         if not ray.is_initialized():
@@ -102,9 +109,13 @@ class Scheduler:
             if os.environ.get("RAY_ADDRESS"):
                 ray.init(**quiet)
             else:
-                cpus = max(1, int(round(self.workers * self.spec.resources.cpus)))
+                cpus = max(1, math.ceil(self.workers * self.spec.resources.cpus))
                 self.reaper = local_ray.start(cpus, **quiet)
             self.started_ray = True
+        cluster_resources.check(self.spec.resources)
+
+    def start_actors(self) -> None:
+        """The ``workers`` actors (each starts once Ray finds it a node)."""
         for _ in range(self.workers):
             self.idle.append(self._new_actor())
 
@@ -208,8 +219,21 @@ class Scheduler:
                 except ray.exceptions.RayActorError as actor_error:
                     outcomes.append(Outcome(group, died=actor_error))
                     continue
-                outcomes.append(Outcome(group, error=f"error: {cause!r}"[:500]))
+                outcomes.append(Outcome(group, error=trial_reason(cause)))
         return outcomes
+
+    def waiting(self) -> list[int]:
+        """Trials waiting for an actor to start: queued, or in a pack whose actor has not
+        started yet (Ray has no node for it, or has not placed it yet)."""
+        import ray
+
+        numbers = [run.number for run in self.queue]
+        for group in self.groups:
+            if group.start_future is not None:
+                ready, _ = ray.wait([group.start_future], timeout=0)
+                if not ready:
+                    numbers.extend(group.members)
+        return sorted(numbers)
 
     def next_chunk(self, group: Group) -> None:
         """The pack's next ``advance``, sent before its result is recorded (the actor

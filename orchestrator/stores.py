@@ -96,13 +96,20 @@ class SweepStores:
         holds it); ``open`` comes next."""
         import sqlalchemy as sa
 
+        from rnnsweep.orchestrator.environment_fault import EnvironmentFault, describe, store_name
+
         if resume:
             _, record = sweep_store.read_record(self.state_dir, self.name, creating=True)
             self.optuna_url = sweep_store.study_url(record)
+        else:
+            tracking.check_store(self.tracking_uri)  # before the lease makes anything
         self.lease = SweepLease(self.optuna_url, self.name, self.spec.lease_timeout)
         try:
             self.takeover = self.lease.acquire()
         except sa.exc.SQLAlchemyError as error:
+            fault = describe(error, {"Optuna store": store_name(self.optuna_url)})
+            if fault is not None:
+                raise EnvironmentFault(f"{fault}; fix it, then run the command again") from None
             first = str(error).splitlines()[0]
             raise ValueError(
                 f"cannot take the lease of sweep {self.name!r} in {redact(self.optuna_url)}: "
@@ -140,8 +147,13 @@ class SweepStores:
             on_stage("record")
             try:
                 self._create(record, on_stage)
-            except BaseException:
-                if self.study is None:  # nothing made but the record: as if never launched
+            except BaseException as error:
+                # A failure (a store refusing a write) undoes this launch, so that the same
+                # command succeeds once the cause is fixed; an interrupt or a kill leaves a
+                # half-created sweep that ``resume`` finishes.
+                if isinstance(error, Exception):
+                    self._undo_create()
+                if self.study is None:
                     os.remove(sweep_store.record_path(self.state_dir, self.name))
                 raise
             return
@@ -258,6 +270,30 @@ class SweepStores:
         resumed sampler draws anew instead of replaying the suggestions of the first run."""
         asked = len(self.study.get_trials(deepcopy=False))
         self.study.sampler = spec_.make_sampler(self.spec, sampler_seed(self.spec.seed, asked))
+
+    def _undo_create(self) -> None:
+        """Best effort: remove the study and parent run of a launch that failed half-way."""
+        import optuna
+
+        for undo in (
+            lambda: optuna.delete_study(study_name=self.name, storage=self.optuna_url),
+            lambda: self.parent is not None and self.parent.client.delete_run(self.parent.run_id),
+        ):
+            try:
+                undo()
+            except Exception:  # noqa: BLE001 - the store is what failed; its message matters
+                pass
+        self.study, self.parent = None, None
+
+    def places(self) -> dict[str, str]:
+        """Where this sweep writes, as messages name it (no password)."""
+        from rnnsweep.orchestrator.environment_fault import store_name
+
+        return {
+            "Optuna store": store_name(self.optuna_url),
+            "MLflow store": store_name(self.tracking_uri),
+            "checkpoints": sweep_store.checkpoint_dir(self.state_dir, self.name),
+        }
 
     def close(self, status: str, summary: dict[str, Any] | None = None) -> None:
         """Close the parent run (``status`` as MLflow says it), with the summary's metrics,

@@ -73,7 +73,6 @@ def resume_command(args) -> int:
 def _drive(spec, state_dir: str, workers: int, resume: bool, restart_broken=False) -> int:
     from rnnsweep.orchestrator.driver import Driver
 
-    os.makedirs(state_dir, exist_ok=True)
     driver = Driver(spec, state_dir, workers, restart_broken=restart_broken)
     verb = "resuming" if resume else "launching"
     print(

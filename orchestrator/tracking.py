@@ -48,8 +48,17 @@ def client(uri: str):
     # MLflow's SQLite store logs its schema migrations at INFO on first use; keep stderr clean.
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It also logs every database error with its traceback before raising it to the caller,
+    # which names it in one line (a full or read-only store: ``environment_fault``).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
-        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
+        path = uri.removeprefix("sqlite:///")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if not os.path.exists(path):
+            # created here (SQLite takes an empty file as a new database), so that a
+            # read-only or full directory fails now, naming the file, rather than after
+            # MLflow's ten connection retries (about two minutes)
+            open(path, "ab").close()
     return MlflowClient(tracking_uri=connectable(uri))
 
 
@@ -243,9 +252,12 @@ class Tracker:
                 return
 
     def flush(self) -> None:
-        """Block until everything queued so far is written."""
+        """Block until everything queued so far is written; raises the writer's error, if a
+        batch failed (a full or read-only store), so that no checkpoint follows a gap."""
         self._queue.put(None)
         self._thread.join()
+        if self._error is not None:
+            raise self._error
         self._thread = threading.Thread(target=self._writer, name="mlflow-writer", daemon=True)
         self._thread.start()
 
