@@ -107,24 +107,18 @@ class Driver:
                     self._begin(
                         unfinished.trial, unfinished.estimator, unfinished.settings, unfinished
                     )
-            exhausted = False
+            said_exhausted = False
             while True:
                 if self.stores.lease_lost():
                     raise LeaseHeld(f"{self.stores.lease_lost()}; this driver stops")
                 self._started(self.scheduler.fill())
-                while (
-                    not exhausted
-                    and self.scheduler.has_room()
-                    and self.stores.asked() < self.spec.trials
-                ):
+                while self.scheduler.has_room() and self.stores.asked() < self.spec.trials:
                     # up to one pack's worth; those that cannot share a pack wait their turn
                     for _ in range(min(self.spec.pack, self.spec.trials - self.stores.asked())):
-                        asked = self.stores.ask()
-                        if asked is None:
-                            exhausted = True
+                        self._begin(*self.stores.ask())
+                        if self.stores.exhausted is not None and not said_exhausted:
+                            said_exhausted = True
                             self._exhausted()
-                            break
-                        self._begin(*asked)
                     self._started(self.scheduler.fill())
                 if not self.running:
                     break
@@ -261,11 +255,11 @@ class Driver:
             print(self.stores.takeover, file=self.out, flush=True)
 
     def _exhausted(self) -> None:
-        """A finite search space is fully tried: the trials left are not run as repeats."""
-        asked = self.stores.asked()
+        """A finite search space is fully tried: the trials left repeat its sets."""
+        size = self.stores.exhausted
         print(
-            f"search space exhausted after {asked} trials: every parameter set is tried; "
-            f"the {self.spec.trials - asked} trial(s) left are not run",
+            f"search space exhausted after {size} trials: every parameter set is tried; "
+            f"the {self.spec.trials - size} trial(s) left repeat them with new seeds",
             file=self.out,
         )
 

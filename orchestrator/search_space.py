@@ -6,8 +6,8 @@ down every branch, so conditional keys (per estimator, per optimizer) count exac
 gets them. Such a space is searched without repeats (``stores.SweepStores.ask``): each new
 trial takes a set not tried yet, drawn with the sweep's seed; the sampler is bypassed there,
 because over a handful of discrete sets it mostly proposes sets already tried. Once every set
-is tried the sweep stops asking ("search space exhausted after N trials"); to run one
-configuration under several seeds, use ``rnnsweep run --seed``.
+is tried the driver says so ("search space exhausted after N trials") and the trials left
+repeat the sets, fewest-tried first, each under its own seed (seed replicates).
 """
 
 from __future__ import annotations

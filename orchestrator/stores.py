@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
 import time
 import uuid
 from collections.abc import Callable
@@ -86,6 +87,7 @@ class SweepStores:
         self.study: Any = None
         self.parent: Tracker | None = None
         self.space: list[dict[str, Any]] | None = None  # a finite space's sets ([]: infinite)
+        self.exhausted: int | None = None  # a finite space's size, once every set is tried
         self.lease: SweepLease | None = None
         self.takeover = ""  # whose stale lease ``take_lease`` took over, and why
 
@@ -316,9 +318,11 @@ class SweepStores:
         """Trials asked of Optuna so far (finished or not)."""
         return len(self.study.get_trials(deepcopy=False))
 
-    def ask(self) -> tuple[Any, str, dict[str, Any]] | None:
-        """A new trial and its suggested ``(trial, estimator, settings)``; ``None`` once a
-        finite search space has no parameter set left untried (``search_space``)."""
+    def ask(self) -> tuple[Any, str, dict[str, Any]]:
+        """A new trial and its suggested ``(trial, estimator, settings)``. In a finite search
+        space (``search_space``) it takes a parameter set tried the fewest times: every set
+        once before any twice; past that, ``exhausted`` holds the number of trials that tried
+        them all, and the repeats run with new seeds (each trial's seed is its own)."""
         import optuna
 
         if self.space is None:
@@ -326,12 +330,13 @@ class SweepStores:
         trials = self.study.get_trials(deepcopy=False)
         waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
         if self.space and not waiting:  # (a killed driver may have left one enqueued)
-            tried = {search_space.key(t.params) for t in trials if t.params}
-            untried = [p for p in self.space if search_space.key(p) not in tried]
-            if not untried:
-                return None
+            tried = Counter(search_space.key(t.params) for t in trials if t.params)
+            fewest = min(tried[search_space.key(p)] for p in self.space)
+            if fewest > 0 and self.exhausted is None:
+                self.exhausted = len(self.space)
+            candidates = [p for p in self.space if tried[search_space.key(p)] == fewest]
             draw = random.Random(sampler_seed(self.spec.seed, len(trials)))
-            self.study.enqueue_trial(draw.choice(untried))
+            self.study.enqueue_trial(draw.choice(candidates))
         trial = self.study.ask()
         estimator, settings = spec_.suggest(self.spec, trial)
         return trial, estimator, settings

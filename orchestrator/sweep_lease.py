@@ -135,8 +135,14 @@ def _now(dialect: str) -> Any:
 
 
 def _engine(url: str) -> Any:
+    import os
+
     import sqlalchemy as sa
 
+    engine_url = sa.engine.make_url(url)
+    if engine_url.get_backend_name() == "sqlite" and engine_url.database:
+        # SQLite creates the file, not its folder (a new state directory)
+        os.makedirs(os.path.dirname(os.path.abspath(engine_url.database)), exist_ok=True)
     return sa.create_engine(url, pool_pre_ping=True)
 
 

@@ -54,6 +54,16 @@ def _study(state_dir, name="c"):
     return sweep_store.load_study(record_checks.record_of(str(state_dir), name))
 
 
+class _FirstTrials:
+    """Some of a study's trials, seen as a study by ``record_checks``."""
+
+    def __init__(self, trials) -> None:
+        self.trials = trials
+
+    def get_trials(self):
+        return self.trials
+
+
 def _has_study(record) -> bool:
     import optuna
 
@@ -255,7 +265,7 @@ def test_three_resumes_never_repeat_a_parameter_set(ray_session, tmp_path):
     record_checks.metric_rows(record_checks.record_of(str(tmp_path), "c"))
 
 
-def test_a_finite_space_is_exhausted_without_repeats_across_a_resume(ray_session, tmp_path):
+def test_a_finite_space_is_tried_once_before_any_repeat_across_a_resume(ray_session, tmp_path):
     search = {"truncation": {"type": "categorical", "choices": [2, 4], "estimators": ["tbptt"]}}
     spec = spec_.load_spec_dict(
         _spec_dict(trials=6, steps=200, estimators=["uoro", "tbptt"], search=search)
@@ -264,21 +274,22 @@ def test_a_finite_space_is_exhausted_without_repeats_across_a_resume(ray_session
         Driver(spec, str(tmp_path), workers=1, on_event=_interrupted_at_asked({1})).run()
     out = io.StringIO()
     summary = Driver(spec, str(tmp_path), workers=1, out=out).run(resume=True)
-    assert summary["states"] == {"COMPLETE": 3}
+    assert summary["states"] == {"COMPLETE": 6}
     assert "search space exhausted after 3 trials: every parameter set is tried; the 3 " in (
         out.getvalue()
     )
-    sets = record_checks.distinct_parameter_sets(_study(tmp_path))
-    assert sorted(sets) == sorted(
+    trials = _study(tmp_path).trials
+    first = record_checks.distinct_parameter_sets(_FirstTrials(trials[:3]))
+    assert sorted(first) == sorted(
         [
             (("estimator", "uoro"),),
             (("estimator", "tbptt"), ("truncation", 2)),
             (("estimator", "tbptt"), ("truncation", 4)),
         ]
     )
-    again = io.StringIO()  # resuming an exhausted sweep asks nothing more
-    Driver(spec, str(tmp_path), workers=1, out=again).run(resume=True)
-    assert "exhausted after 3 trials" in again.getvalue() and len(_study(tmp_path).trials) == 3
+    # past exhaustion: every set once more (fewest-tried first), each trial its own seed
+    assert sorted(record_checks.distinct_parameter_sets(_FirstTrials(trials[3:]))) == sorted(first)
+    assert len({t.user_attrs["seed"] for t in trials}) == 6
 
 
 # -- 4. a checkpoint deleted or corrupted before a resume -------------------------------------
