@@ -14,7 +14,9 @@ diverged learner fails its trial with the reason (no retry); so does a trial who
 is truncated, corrupt, of another format version or holds pickled objects (the reason names
 the file and the trial; the other trials go on); a driver killed mid-sweep leaves RUNNING
 trials that ``resume`` restarts from their checkpoints, in the same MLflow child runs, with no
-metric step logged twice (steps already in MLflow are skipped). The ``on_event`` hook sees
+metric step logged twice (steps already in MLflow are skipped); a store unavailable for a while
+is waited for, the wait shown on the progress table, and past ``storage.outage_limit`` the
+driver stops as on Ctrl-C (``StoreOutage``), its trials resumable. The ``on_event`` hook sees
 the moments where a fault matters (``SweepEvent``); tests inject faults through it.
 """
 
@@ -31,7 +33,8 @@ from typing import Any, TextIO
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator.progress_table import ProgressTable, TrialRow
 from rnnsweep.orchestrator.scheduler import Group, Outcome, Running, Scheduler
-from rnnsweep.orchestrator.stores import SweepStores, Unfinished, checkpoint_step, sweep_summary
+from rnnsweep.orchestrator.store_outage import StoreOutage
+from rnnsweep.orchestrator.stores import SweepStores, Unfinished, checkpoint_step
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class Driver:
         )
         self.running: dict[int, Running] = {}  # asked and not told: queued or on an actor
         self.table = ProgressTable(self.spec.trials, self.out)
+        for outage in self.stores.outages():
+            outage.on_wait = lambda outage: self.table.store_status(outage.describe())
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -102,17 +107,21 @@ class Driver:
                     break
                 for outcome in self.scheduler.wait(timeout=0.5):
                     self._on_outcome(outcome)
+                self.table.store_status(self.stores.check_outage())
                 self.table.draw()
             self.table.draw(force=True)
-            summary = sweep_summary(self.stores.study, self.spec.objective.direction)
+            summary = self.stores.summary()
             status = "FINISHED"
             return summary
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StoreOutage):
             status = "KILLED"
             raise
         finally:
             for run in list(self.running.values()):
-                run.tracker.close("KILLED")
+                try:
+                    run.tracker.close("KILLED")
+                except StoreOutage:
+                    pass  # its reports are in its journal, replayed by ``resume``
             self.stores.close(status, summary)
             self.scheduler.stop()
 
@@ -314,8 +323,9 @@ class Driver:
                 if self.stores.report(trial, step, loss):
                     pruned = True
         if result["checkpoint"] is not None:
-            # The metrics up to the checkpoint must be in MLflow before it can be resumed
-            # from, or a crash would leave a gap; the learner is already on its next chunk.
+            # The metrics up to the checkpoint must be in MLflow (or, while it is unavailable,
+            # in the run's journal) before it can be resumed from, or a crash would leave a
+            # gap; the learner is already on its next chunk.
             run.tracker.flush()
             step = self.stores.write_checkpoint(trial, result["checkpoint"])
         if result["state"] == "failed":  # e.g. its checkpoint refused by the actor

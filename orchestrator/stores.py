@@ -15,6 +15,12 @@
 One driver at a time writes them: ``open`` takes the sweep's lease (``sweep_lease``) before
 anything else, ``close`` gives it back.
 
+A store that is unavailable (a locked SQLite file, a stopped PostgreSQL, an unreachable server)
+is waited for: every Optuna and MLflow call retries with backoff (``store_outage``), reports
+MLflow cannot take yet go to the run's journal (``metric_journal``, replayed when the store is
+back and on ``resume``), and past ``storage.outage_limit`` seconds ``StoreOutage`` stops the
+driver as Ctrl-C would.
+
 A trial's end goes to MLflow first (its queue drained, the run closed), then to Optuna: a
 driver killed in between leaves a RUNNING trial that ``resume`` redoes from its last
 checkpoint, never a finished trial with metrics missing.
@@ -30,10 +36,11 @@ from typing import Any
 
 from rnnsweep.algorithms import checkpoint_file
 from rnnsweep.algorithms.atomic_file import write_atomic
+from rnnsweep.orchestrator import metric_journal, sweep_store
 from rnnsweep.orchestrator import spec as spec_
-from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator.store_outage import Outage, StoreOutage
 from rnnsweep.orchestrator.sweep_lease import SweepLease
-from rnnsweep.orchestrator.tracking import Tracker, child_run
+from rnnsweep.orchestrator.tracking import Tracker, child_run, client
 
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 
@@ -68,6 +75,37 @@ class SweepStores:
         self.study: Any = None
         self.parent: Tracker | None = None
         self.lease = SweepLease(state_dir, self.name)
+        self.mlflow_outage = Outage("MLflow", storage.outage_limit)
+        self.optuna_outage = Outage("Optuna", storage.outage_limit)
+        self.journal_dir = metric_journal.directory(state_dir, self.name)
+
+    def _tracker(self, **kwargs: Any) -> Tracker:
+        return Tracker(
+            self.tracking_uri,
+            self.name,
+            outage=self.mlflow_outage,
+            journal_dir=self.journal_dir,
+            **kwargs,
+        )
+
+    def _optuna(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """An Optuna call, retried while its storage is unavailable."""
+        return self.optuna_outage.call(function, *args, **kwargs)
+
+    # -- outages -----------------------------------------------------------------------------
+
+    def outages(self) -> list[Outage]:
+        return [self.mlflow_outage, self.optuna_outage]
+
+    def check_outage(self) -> str:
+        """What to show while a store is unavailable ("" when none is); ``StoreOutage`` once
+        one has been for ``storage.outage_limit`` seconds (MLflow's writer threads see it
+        first: the driver keeps stepping while their reports are journaled)."""
+        for outage in self.outages():
+            if outage.seconds() > 0 or outage.given_up:
+                outage.check()
+                return outage.describe()
+        return ""
 
     # -- the sweep ---------------------------------------------------------------------------
 
@@ -96,7 +134,16 @@ class SweepStores:
             self.study = optuna.load_study(
                 study_name=self.name, storage=self.optuna_url, sampler=sampler, pruner=pruner
             )
-            self.parent = Tracker(self.tracking_uri, self.name, run_id=self.parent_run_id)
+            self.parent = self._tracker(run_id=self.parent_run_id)
+            # the reports a driver stopped by an outage journaled (its trials' own journals
+            # are replayed as their runs reopen; these are the others')
+            for run_id in metric_journal.runs(self.journal_dir):
+                self.mlflow_outage.call(
+                    metric_journal.replay,
+                    client(self.tracking_uri),
+                    run_id,
+                    metric_journal.path(self.journal_dir, run_id),
+                )
             return
         try:
             optuna.load_study(study_name=self.name, storage=self.optuna_url)
@@ -116,9 +163,7 @@ class SweepStores:
             pruner=pruner,
         )
         spec = self.spec.to_dict()
-        self.parent = Tracker(
-            self.tracking_uri,
-            self.name,
+        self.parent = self._tracker(
             run_name=self.name,
             tags={
                 "rnnsweep.sweep": self.name,
@@ -156,20 +201,48 @@ class SweepStores:
                 states = {f"trials_{k.lower()}": v for k, v in summary["states"].items()}
                 self.parent.log_metrics(0, states)
             self.parent.close(status)
+        except StoreOutage:
+            pass  # stopped for it: the run is left RUNNING, its journal for ``resume``
         finally:
             self.lease.release()
+
+    def summary(self) -> dict[str, Any]:
+        """``sweep_summary`` of the study (its read waits out an outage)."""
+        return self._optuna(sweep_summary, self.study, self.spec.objective.direction)
 
     # -- trials ------------------------------------------------------------------------------
 
     def asked(self) -> int:
         """Trials asked of Optuna so far (finished or not)."""
-        return len(self.study.get_trials(deepcopy=False))
+        return len(self._optuna(self.study.get_trials, deepcopy=False))
 
     def ask(self) -> tuple[Any, str, dict[str, Any]]:
-        """A new trial and its suggested ``(trial, estimator, settings)``."""
-        trial = self.study.ask()
-        estimator, settings = spec_.suggest(self.spec, trial)
+        """A new trial and its suggested ``(trial, estimator, settings)`` (suggesting again
+        returns the values Optuna already holds, so the suggestions are retried as one)."""
+        trial = self._optuna(self._ask_once)
+        estimator, settings = self._optuna(spec_.suggest, self.spec, trial)
         return trial, estimator, settings
+
+    def _ask_once(self) -> Any:
+        """``study.ask()``; retried after an outage that cut it short once the trial existed,
+        it takes that trial (the newest, RUNNING, with no attribute) rather than ask again."""
+        import optuna
+
+        before = {t.number for t in self.study.get_trials(deepcopy=False)}
+        try:
+            return self.study.ask()
+        except Exception:
+            self.study._thread_local.cached_all_trials = None
+            new = [
+                t
+                for t in self.study.get_trials(deepcopy=False)
+                if t.number not in before
+                and t.state == optuna.trial.TrialState.RUNNING
+                and not t.user_attrs
+            ]
+            if len(new) != 1:
+                raise
+            return optuna.trial.Trial(self.study, new[0]._trial_id)
 
     def unfinished(self) -> list[Unfinished]:
         """The trials a killed driver left RUNNING. A driver killed while starting one left
@@ -202,7 +275,7 @@ class SweepStores:
                 frozen.number,
             )
             if run_id is not None and "mlflow_run_id" not in attrs:
-                trial.set_user_attr("mlflow_run_id", run_id)
+                self._optuna(trial.set_user_attr, "mlflow_run_id", run_id)
             reported = set(frozen.intermediate_values)
             found.append(
                 Unfinished(trial, estimator, settings, run_id, checkpoint, refused, reported)
@@ -213,9 +286,9 @@ class SweepStores:
         return self.spec.seed + number
 
     def record_settings(self, trial: Any, estimator: str, settings: dict[str, Any]) -> None:
-        trial.set_user_attr("estimator", estimator)
-        trial.set_user_attr("settings", settings)
-        trial.set_user_attr("seed", self.seed(trial.number))
+        self._optuna(trial.set_user_attr, "estimator", estimator)
+        self._optuna(trial.set_user_attr, "settings", settings)
+        self._optuna(trial.set_user_attr, "seed", self.seed(trial.number))
 
     def open_run(
         self, trial: Any, estimator: str, settings: dict[str, Any], run_id: str | None
@@ -223,9 +296,7 @@ class SweepStores:
         """The trial's MLflow child run: a new one (``run_id`` None, params logged) or its
         own again. Its id is recorded on the trial by ``record_run``."""
         number = trial.number
-        tracker = Tracker(
-            self.tracking_uri,
-            self.name,
+        tracker = self._tracker(
             run_name=f"trial-{number}-{estimator}",
             run_id=run_id,
             parent_run_id=self.parent_run_id,
@@ -251,21 +322,21 @@ class SweepStores:
         return tracker
 
     def record_run(self, trial: Any, tracker: Tracker) -> None:
-        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        self._optuna(trial.set_user_attr, "mlflow_run_id", tracker.run_id)
 
     def report(self, trial: Any, step: int, loss: float) -> bool:
         """An intermediate value (for pruning); whether the pruner stops the trial now."""
-        trial.report(loss, step)
-        return trial.should_prune()
+        self._optuna(trial.report, loss, step)
+        return self._optuna(trial.should_prune)
 
     def record_pack(self, trial: Any, numbers: list[int]) -> None:
-        trial.set_user_attr("pack", numbers)  # the trials it shares an actor with
+        self._optuna(trial.set_user_attr, "pack", numbers)  # the trials it shares an actor with
 
     def record_retries(self, trial: Any, retries: int) -> None:
-        trial.set_user_attr("retries", retries)
+        self._optuna(trial.set_user_attr, "retries", retries)
 
     def record_steps(self, trial: Any, steps: int) -> None:
-        trial.set_user_attr("steps_done", steps)
+        self._optuna(trial.set_user_attr, "steps_done", steps)
 
     def end(
         self, trial: Any, tracker: Tracker, state: str, value: float | None, reason: str = ""
@@ -274,14 +345,18 @@ class SweepStores:
         import optuna
 
         if reason:
-            trial.set_user_attr("fail_reason" if state == "FAIL" else "reason", reason)
+            key = "fail_reason" if state == "FAIL" else "reason"
+            self._optuna(trial.set_user_attr, key, reason)
             tracker.set_tags({"reason": reason})
         tracker.set_tags({"optuna_state": state})
         tracker.close(MLFLOW_STATUS[state])
-        self.study.tell(
+        # skip_if_finished: a tell whose commit landed before the connection was lost
+        self._optuna(
+            self.study.tell,
             trial.number,
             value if state == "COMPLETE" else None,
             state=getattr(optuna.trial.TrialState, state),
+            skip_if_finished=True,
         )
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -312,7 +387,7 @@ class SweepStores:
         header and recorded on the trial."""
         step = checkpoint_step(data)
         write_atomic(sweep_store.checkpoint_path(self.state_dir, self.name, trial.number), data)
-        trial.set_user_attr("checkpoint_step", step)
+        self._optuna(trial.set_user_attr, "checkpoint_step", step)
         return step
 
 

@@ -50,6 +50,7 @@ def resume_command(args) -> int:
 
 def _drive(spec, state_dir: str, workers: int, resume: bool) -> int:
     from rnnsweep.orchestrator.driver import Driver
+    from rnnsweep.orchestrator.store_outage import StoreOutage
 
     os.makedirs(state_dir, exist_ok=True)
     driver = Driver(spec, state_dir, workers)
@@ -64,6 +65,13 @@ def _drive(spec, state_dir: str, workers: int, resume: bool) -> int:
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: continue with `rnnsweep resume {spec.name} --state-dir {state_dir}`",
+            file=sys.stderr,
+        )
+        return 130
+    except StoreOutage as outage:
+        print(
+            f"\nstopped: {outage}; its trials are kept: continue with "
+            f"`rnnsweep resume {spec.name} --state-dir {state_dir}`",
             file=sys.stderr,
         )
         return 130
