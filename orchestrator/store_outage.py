@@ -101,11 +101,13 @@ class Outage:
         with self._lock:
             return 0.0 if self._since is None else time.monotonic() - self._since
 
-    def failed(self, error: BaseException) -> float:
-        """Note a failed attempt; the outage's length so far."""
+    def failed(self, error: BaseException, started: float) -> float:
+        """Note an attempt begun at ``started`` (``time.monotonic()``) that failed: the store
+        has been unavailable since then at least (a locked SQLite file is waited for inside
+        the attempt). Returns the outage's length so far."""
         with self._lock:
             if self._since is None:
-                self._since = time.monotonic()
+                self._since = started
             self._reason = reason(error)
             return time.monotonic() - self._since
 
@@ -136,12 +138,13 @@ class Outage:
         while True:
             if self.given_up:
                 self.check()
+            started = time.monotonic()
             try:
                 result = function(*args, **kwargs)
             except Exception as error:
                 if not unavailable(error):
                     raise
-                seconds = self.failed(error)
+                seconds = self.failed(error, started)
                 self.check()
                 if self.on_wait is not None:
                     self.on_wait(self)

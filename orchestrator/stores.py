@@ -134,6 +134,10 @@ class SweepStores:
             self.study = optuna.load_study(
                 study_name=self.name, storage=self.optuna_url, sampler=sampler, pruner=pruner
             )
+            # The sampler again from the spec's seed would draw the first trials' parameter
+            # sets again: it continues from a seed of its own, past the trials already asked.
+            asked = len(self.study.get_trials(deepcopy=False))
+            self.study.sampler = spec_.make_sampler(self.spec, self.spec.seed + asked)
             self.parent = self._tracker(run_id=self.parent_run_id)
             # the reports a driver stopped by an outage journaled (its trials' own journals
             # are replayed as their runs reopen; these are the others')

@@ -54,8 +54,8 @@ def client(uri: str):
     # MLflow's SQLite store logs its schema migrations at INFO on first use; keep stderr clean.
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # ... and it logs every OperationalError (a locked file) with its traceback before raising
-    # it: the caller decides (store_outage), the user sees one line.
+    # It also logs every database error with its traceback before raising it to the caller,
+    # which names it in one line (a full or read-only store: ``environment_fault``).
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
@@ -236,7 +236,8 @@ class Tracker:
             acks, stop = self._take(pending, retry_at)
             try:
                 given_up = self._outage is not None and self._outage.given_up
-                if (pending or self._journaled) and time.monotonic() >= retry_at and not given_up:
+                started = time.monotonic()
+                if (pending or self._journaled) and started >= retry_at and not given_up:
                     try:
                         self._write(pending)
                         pending, retry_at, delay = [], 0.0, FIRST_DELAY
@@ -246,7 +247,7 @@ class Tracker:
                         if self._journal is None or self._outage is None or not unavailable(error):
                             self._error, pending = error, []
                         else:
-                            self._outage.failed(error)
+                            self._outage.failed(error, started)
                             retry_at = time.monotonic() + delay
                             delay = min(2 * delay, MAX_DELAY)
                 if pending and (acks or stop or len(pending) >= BUFFER):
@@ -263,10 +264,13 @@ class Tracker:
 
     def flush(self) -> None:
         """Block until everything queued so far is durable: written to MLflow, or (the store
-        unavailable) appended to the run's journal, which is replayed once it is back."""
+        unavailable) appended to the run's journal, which is replayed once it is back; raises
+        the writer's error if a batch failed otherwise, so that no checkpoint follows a gap."""
         done = threading.Event()
         self._queue.put(done)
         done.wait()
+        if self._error is not None:  # not an outage: a refused batch, an unwritable journal
+            raise self._error
 
     def _replay(self) -> None:
         """Write the run's journal to MLflow now (waiting out an outage)."""
