@@ -223,30 +223,24 @@ class SweepStores:
     def ask(self) -> tuple[Any, str, dict[str, Any]]:
         """A new trial and its suggested ``(trial, estimator, settings)`` (suggesting again
         returns the values Optuna already holds, so the suggestions are retried as one)."""
-        trial = self._optuna(self._ask_once)
+        before = {t.number for t in self._optuna(self.study.get_trials, deepcopy=False)}
+        trial = self._optuna(self._ask_once, before)
         estimator, settings = self._optuna(spec_.suggest, self.spec, trial)
         return trial, estimator, settings
 
-    def _ask_once(self) -> Any:
-        """``study.ask()``; retried after an outage that cut it short once the trial existed,
-        it takes that trial (the newest, RUNNING, with no attribute) rather than ask again."""
+    def _ask_once(self, before: set[int]) -> Any:
+        """``study.ask()``, or, when an attempt cut short by an outage had already created
+        its trial (new since ``before``, RUNNING, without attributes), that trial."""
         import optuna
 
-        before = {t.number for t in self.study.get_trials(deepcopy=False)}
-        try:
-            return self.study.ask()
-        except Exception:
-            self.study._thread_local.cached_all_trials = None
-            new = [
-                t
-                for t in self.study.get_trials(deepcopy=False)
-                if t.number not in before
-                and t.state == optuna.trial.TrialState.RUNNING
-                and not t.user_attrs
-            ]
-            if len(new) != 1:
-                raise
-            return optuna.trial.Trial(self.study, new[0]._trial_id)
+        for frozen in self.study.get_trials(deepcopy=False):
+            if (
+                frozen.number not in before
+                and frozen.state == optuna.trial.TrialState.RUNNING
+                and not frozen.user_attrs
+            ):
+                return optuna.trial.Trial(self.study, frozen._trial_id)
+        return self.study.ask()
 
     def unfinished(self) -> list[Unfinished]:
         """The trials a killed driver left RUNNING. A driver killed while starting one left

@@ -12,12 +12,14 @@ from __future__ import annotations
 import io
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+import pytest
 import record_checks
 import yaml
 from conftest import _pg_bin, _PrivateCluster, _sqlalchemy_url, _unavailable
@@ -27,6 +29,7 @@ from rnnsweep.orchestrator import metric_journal, sweep_store
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator.cli import main
 from rnnsweep.orchestrator.driver import Driver
+from rnnsweep.orchestrator.store_outage import Outage, StoreOutage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS, LOG_EVERY = 6000, 100
@@ -85,6 +88,66 @@ def _spec_dict(**overrides):
     }
     spec.update(overrides)
     return spec
+
+
+def _new_table(path: str) -> None:
+    """A table to write into, in a new SQLite file."""
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (x INTEGER)")
+    db.commit()
+    db.close()
+
+
+def _insert(path: str) -> None:
+    db = sqlite3.connect(path, timeout=0.1)
+    try:
+        db.execute("INSERT INTO t VALUES (1)")
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_a_call_waits_out_a_real_lock_and_gives_up_past_the_limit(tmp_path):
+    path = str(tmp_path / "store.db")
+    _new_table(path)
+    lock = SqliteLock(path)
+    threading.Timer(2.0, lock.release).start()
+    waits: list[str] = []
+    outage = Outage("Optuna", limit=60.0)
+    outage.on_wait = lambda o: waits.append(o.describe())
+    outage.call(_insert, path)  # retried until the lock is released
+    assert time.monotonic() - lock.taken >= 2.0
+    assert waits and waits[0].startswith(WAITING + " (") and waits[0].endswith(
+        "Optuna: database is locked"
+    ), waits
+    assert outage.seconds() == 0.0
+    lock = SqliteLock(path)
+    try:
+        short = Outage("Optuna", limit=1.5)
+        with pytest.raises(StoreOutage, match=r"storage.outage_limit 1.5 s\): database is locked"):
+            short.call(_insert, path)
+        with pytest.raises(StoreOutage):  # given up: later calls do not wait again
+            short.call(lambda: None)
+    finally:
+        lock.release()
+    missing = sqlite3.connect(path)
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):  # not an outage
+        Outage("Optuna", limit=60.0).call(missing.execute, "SELECT * FROM nope")
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM t").fetchone() == (1,)
+
+
+def test_the_journal_survives_a_torn_line(tmp_path):
+    file = metric_journal.path(str(tmp_path / "journal" / "t"), "run1")
+    metric_journal.append(file, [(100, 1, {"loss": 0.5}), (200, 2, {"loss": 0.25})])
+    with open(file, "a") as handle:
+        handle.write('{"step": 300, "sta')  # a crash mid-append
+    metric_journal.append(file, [(300, 3, {"loss": 0.125})])
+    assert metric_journal.read(file) == [
+        (100, 1, {"loss": 0.5}),
+        (200, 2, {"loss": 0.25}),
+        (300, 3, {"loss": 0.125}),
+    ]
+    assert metric_journal.runs(os.path.dirname(file)) == ["run1"]
 
 
 def _check_record(state_dir: str, trials: int) -> None:
