@@ -250,7 +250,8 @@ class Tracker:
                             self._outage.failed(error, started)
                             retry_at = time.monotonic() + delay
                             delay = min(2 * delay, MAX_DELAY)
-                if pending and (acks or stop or len(pending) >= BUFFER):
+                durable = acks or stop or len(pending) >= BUFFER
+                if pending and self._journal is not None and durable:
                     # the store is unavailable: what must be durable goes to the journal
                     metric_journal.append(self._journal, pending)
                     self._journaled, pending = True, []
