@@ -136,6 +136,33 @@ def test_a_call_waits_out_a_real_lock_and_gives_up_past_the_limit(tmp_path):
     assert sqlite3.connect(path).execute("SELECT count(*) FROM t").fetchone() == (1,)
 
 
+def test_optuna_writes_wait_out_a_locked_sqlite_study(tmp_path):
+    """Through Optuna's own wrapping (``StorageInternalError`` from SQLAlchemy's
+    ``OperationalError``): a user attribute and a tell, each under a lock held longer than
+    SQLite's 5 s busy timeout there."""
+    import optuna
+
+    path = str(tmp_path / "optuna.db")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{path}")
+    trial = study.ask()
+    waits: list[str] = []
+    outage = Outage("Optuna", limit=60.0)
+    outage.on_wait = lambda o: waits.append(o.describe())
+    for write in (
+        lambda: trial.set_user_attr("x", 1),
+        lambda: study.tell(trial.number, 1.0, skip_if_finished=True),
+    ):
+        lock = SqliteLock(path)
+        threading.Timer(7.0, lock.release).start()
+        outage.call(write)
+        assert time.monotonic() - lock.taken >= 7.0
+    assert len(waits) >= 2 and all("Optuna: database is locked" in w for w in waits), waits
+    (frozen,) = study.get_trials()
+    assert frozen.user_attrs == {"x": 1} and frozen.state.name == "COMPLETE"
+    assert frozen.value == 1.0
+
+
 def test_the_journal_survives_a_torn_line(tmp_path):
     file = metric_journal.path(str(tmp_path / "journal" / "t"), "run1")
     metric_journal.append(file, [(100, 1, {"loss": 0.5}), (200, 2, {"loss": 0.25})])
