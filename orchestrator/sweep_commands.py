@@ -70,7 +70,7 @@ def _drive(spec, state_dir: str, workers: int, resume: bool) -> int:
         return 130
     except StoreOutage as outage:
         print(
-            f"\nstopped: {outage}; its trials are kept: continue with "
+            f"\nstopped: {outage}; trials and checkpoints are kept: continue with "
             f"`rnnsweep resume {spec.name} --state-dir {state_dir}`",
             file=sys.stderr,
         )
