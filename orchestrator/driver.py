@@ -133,7 +133,7 @@ class Driver:
         def open_stores() -> None:
             try:
                 self.stores.open(resume)
-            except (ValueError, KeyError) as error:
+            except (ValueError, KeyError, StoreOutage) as error:
                 errors.append(error)
             except Exception as error:  # noqa: BLE001 - an unreachable or broken store
                 errors.append(

@@ -86,7 +86,8 @@ def reason(error: BaseException) -> str:
 class Outage:
     """One store's outage clock (shared by the threads that write the store).
 
-    ``on_wait(outage)``: called before each wait of ``call``, in its caller's thread."""
+    ``on_wait(outage)``: called after each failed attempt of ``call`` (before it waits, or
+    gives up), in its caller's thread."""
 
     def __init__(self, store: str, limit: float) -> None:
         self.store, self.limit = store, limit
@@ -145,9 +146,9 @@ class Outage:
                 if not unavailable(error):
                     raise
                 seconds = self.failed(error, started)
-                self.check()
-                if self.on_wait is not None:
+                if self.on_wait is not None:  # first: an attempt may have waited past the limit
                     self.on_wait(self)
+                self.check()
                 time.sleep(min(delay, max(0.05, self.limit - seconds)))
                 delay = min(2 * delay, MAX_DELAY)
                 continue

@@ -103,6 +103,8 @@ class SweepStores:
         first: the driver keeps stepping while their reports are journaled)."""
         for outage in self.outages():
             if outage.seconds() > 0 or outage.given_up:
+                if outage.on_wait is not None:  # shown even when it is time to stop
+                    outage.on_wait(outage)
                 outage.check()
                 return outage.describe()
         return ""
@@ -131,8 +133,12 @@ class SweepStores:
             self.tracking_uri = record["tracking_uri"]
             self.parent_run_id = record["mlflow_parent_run_id"]
             self.experiment_id = record["mlflow_experiment_id"]
-            self.study = optuna.load_study(
-                study_name=self.name, storage=self.optuna_url, sampler=sampler, pruner=pruner
+            self.study = self._optuna(
+                optuna.load_study,
+                study_name=self.name,
+                storage=self.optuna_url,
+                sampler=sampler,
+                pruner=pruner,
             )
             # The sampler again from the spec's seed would draw the first trials' parameter
             # sets again: it continues from a seed of its own, past the trials already asked.

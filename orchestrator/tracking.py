@@ -123,7 +123,8 @@ class Tracker:
         from mlflow.entities import RunTag
 
         self.uri = uri
-        self._raw = client(uri)
+        # opening the store reads its schema: an outage can begin here too
+        self._raw = client(uri) if outage is None else outage.call(client, uri)
         self._outage = outage
         self.client = self._raw if outage is None else Patient(self._raw, outage)
         if run_id is None:
@@ -145,6 +146,10 @@ class Tracker:
             metric_journal.path(journal_dir, self.run_id) if journal_dir is not None else None
         )
         self._journaled = False
+        # a reopened run: per key, the last step MLflow has (read on first use); values at
+        # or before it are not logged again (e.g. a trial's final metrics, logged before a
+        # driver stopped, then computed again from its last checkpoint)
+        self._floor: dict[str, int] | None = None if run_id is None else {}
         if run_id is not None:
             # before resume_step: the steps a journal holds count as written
             self._replay()
@@ -176,7 +181,8 @@ class Tracker:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, step: int, values: Mapping[str, Any]) -> None:
-        """Queue numeric values at ``step`` (non-numeric and non-finite ones are skipped)."""
+        """Queue numeric values at ``step`` (non-numeric and non-finite ones are skipped, and
+        in a reopened run those at a step MLflow already has for their key)."""
         stamp = int(time.time() * 1000)
         clean = {
             k: float(v)
@@ -186,6 +192,15 @@ class Tracker:
             and v == v
             and abs(v) != float("inf")
         }
+        if self._floor is not None:
+            for key in list(clean):
+                if key not in self._floor:
+                    history = self.client.get_metric_history(self.run_id, key)
+                    self._floor[key] = max((m.step for m in history), default=-1)
+                if step <= self._floor[key]:
+                    del clean[key]
+            if not clean:
+                return
         self._queue.put((step, stamp, clean))
 
     # -- the writer thread ---------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,6 @@ import time
 
 import pytest
 import record_checks
-import yaml
 from conftest import _pg_bin, _PrivateCluster, _sqlalchemy_url, _unavailable
 from ray_processes import kill, ray_processes
 
@@ -191,16 +189,18 @@ def _check_record(state_dir: str, trials: int) -> None:
 
 class LockAtFirstCheckpoint:
     """A driver hook: at the first checkpoint, another process locks MLflow's SQLite file
-    for ``seconds`` (released by a timer thread; the sweep goes on meanwhile)."""
+    for ``seconds`` (released by a timer thread; the sweep goes on meanwhile; ``None``: until
+    the test releases it)."""
 
-    def __init__(self, path: str, seconds: float) -> None:
+    def __init__(self, path: str, seconds: float | None) -> None:
         self.path, self.seconds = path, seconds
         self.lock: SqliteLock | None = None
 
     def __call__(self, event) -> None:
         if event.kind == "checkpoint" and self.lock is None and event.step < STEPS:
             self.lock = SqliteLock(self.path)
-            threading.Timer(self.seconds, self.lock.release).start()
+            if self.seconds is not None:
+                threading.Timer(self.seconds, self.lock.release).start()
 
 
 def test_mlflow_sqlite_locked_for_a_minute_mid_sweep(ray_session, tmp_path):
@@ -224,57 +224,38 @@ def test_mlflow_sqlite_locked_for_a_minute_mid_sweep(ray_session, tmp_path):
     _check_record(state_dir, 3)
 
 
-def _launch(spec_path, state_dir, temp_root):
+def _resume_subprocess(state_dir: str, temp_root: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_TMPDIR": temp_root}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "rnnsweep.orchestrator.cli", "launch", str(spec_path)]
-        + ["--state-dir", str(state_dir)],
+    return subprocess.run(
+        [sys.executable, "-m", "rnnsweep.orchestrator.cli", "resume", "t"]
+        + ["--state-dir", state_dir],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        timeout=300,
         start_new_session=True,
     )
-
-
-def _wait_for_checkpoint(proc, state_dir: str, seconds: float = 240.0) -> None:
-    """Poll the Optuna study (its own SQLite file) until a running trial has a checkpoint."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        assert proc.poll() is None, f"the driver ended early:\n{proc.stdout.read()}"
-        if not os.path.exists(sweep_store.record_path(state_dir, "t")):
-            continue
-        study = sweep_store.load_study(sweep_store.read_record(state_dir, "t")[1])
-        if any(
-            t.state.name == "RUNNING" and 0 < t.user_attrs.get("checkpoint_step", 0) < STEPS
-            for t in study.get_trials()
-        ):
-            return
-    raise AssertionError("no trial reached a checkpoint")
 
 
 def test_outage_past_the_limit_stops_cleanly_and_resume_replays_the_journal(
     ray_session, tmp_path
 ):
-    spec_dict = _spec_dict(storage={"outage_limit": 30})
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict))
-    state_dir = str(tmp_path / "state")
+    """Locked at the first checkpoint, held past a 10 s limit: the driver stops (as on
+    Ctrl-C), the reports it took meanwhile in the journal; ``rnnsweep resume`` while the lock
+    is still held stops the same way (exit 130, the resume command, no traceback); released,
+    ``resume`` replays the journal and completes the sweep."""
+    state_dir = str(tmp_path)
+    spec = spec_.load_spec_dict(_spec_dict(storage={"outage_limit": 10}))
+    hook = LockAtFirstCheckpoint(os.path.join(state_dir, "mlflow.db"), seconds=None)
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    proc = _launch(spec_path, state_dir, temp_root)
-    lock = None
+    out = io.StringIO()
     try:
-        _wait_for_checkpoint(proc, state_dir)
-        lock = SqliteLock(os.path.join(state_dir, "mlflow.db"))
-        out, _ = proc.communicate(timeout=300)
-        # stopped as on Ctrl-C, with a resume hint and no traceback
-        assert proc.returncode == 130, out
-        assert WAITING in out and "storage.outage_limit 30 s" in out, out
-        assert f"rnnsweep resume t --state-dir {state_dir}" in out, out
-        assert "Traceback" not in out, out
+        with pytest.raises(StoreOutage, match=r"MLflow store was unavailable for \d+ s"):
+            Driver(spec, state_dir, workers=2, out=out, on_event=hook).run()
+        assert WAITING in out.getvalue(), out.getvalue()
         record = record_checks.record_of(state_dir, "t")
         study = sweep_store.load_study(record)  # Optuna's own file is not locked
         left = {t.number: t for t in study.get_trials() if t.state.name == "RUNNING"}
@@ -284,8 +265,15 @@ def test_outage_past_the_limit_stops_cleanly_and_resume_replays_the_journal(
             run_id: {s for s, _, _ in metric_journal.read(metric_journal.path(journal_dir, run_id))}
             for run_id in metric_journal.runs(journal_dir)
         }
-        assert journaled, "nothing was journaled"
-        lock.release()
+        # the reports taken while the file was locked, of trials left RUNNING (resumable)
+        assert journaled and all(journaled.values()), journaled
+        assert set(journaled) <= {t.user_attrs["mlflow_run_id"] for t in left.values()}
+        resumed = _resume_subprocess(state_dir, temp_root)  # the lock still held
+        assert resumed.returncode == 130, resumed.stdout
+        assert WAITING in resumed.stdout, resumed.stdout
+        assert f"rnnsweep resume t --state-dir {state_dir}" in resumed.stdout, resumed.stdout
+        assert "Traceback" not in resumed.stdout, resumed.stdout
+        hook.lock.release()
         # no checkpoint ran ahead of its metrics: MLflow and the journal hold every step
         # up to it
         client = record_checks._client(record["tracking_uri"])
@@ -297,11 +285,8 @@ def test_outage_past_the_limit_stops_cleanly_and_resume_replays_the_journal(
             missing = [s for s in range(LOG_EVERY, checkpoint + 1, LOG_EVERY) if s not in recorded]
             assert not missing, (number, checkpoint, missing)
     finally:
-        if lock is not None:
-            lock.release()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if hook.lock is not None:
+            hook.lock.release()
         kill(ray_processes(temp_root))
     assert main(["resume", "t", "--state-dir", state_dir]) == 0
     _check_record(state_dir, 3)
