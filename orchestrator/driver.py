@@ -18,7 +18,9 @@ metric step logged twice (steps already in MLflow are skipped). The ``on_event``
 the moments where a fault matters (``SweepEvent``); tests inject faults through it. Faults of
 the machine (``environment_fault``: a full disk, a read-only or locked store) stop the sweep
 with ``EnvironmentFault`` naming the path, its running trials left RUNNING for ``resume``; a
-trial no node can host stops it before any store is created (``cluster_resources``).
+trial no node can host stops it before any store is created (``cluster_resources``);
+a store unavailable for a while is waited for, the wait shown on the progress table, and past
+``storage.outage_limit`` the driver stops as on Ctrl-C (``StoreOutage``), its trials resumable.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from rnnsweep.orchestrator.environment_fault import EnvironmentFault, describe
 from rnnsweep.orchestrator.progress_table import ProgressTable, TrialRow
 from rnnsweep.orchestrator.scheduler import Group, Outcome, Running, Scheduler
 from rnnsweep.orchestrator.stop_signal import sigterm_as_interrupt
-from rnnsweep.orchestrator.stores import SweepStores, Unfinished, checkpoint_step, sweep_summary
+from rnnsweep.orchestrator.store_outage import StoreOutage
+from rnnsweep.orchestrator.stores import SweepStores, Unfinished, checkpoint_step
 from rnnsweep.orchestrator.sweep_lease import LeaseHeld
 from rnnsweep.orchestrator.sweep_store import open_error
 from rnnsweep.orchestrator.url_secrets import redact
@@ -92,6 +95,8 @@ class Driver:
         self.running: dict[int, Running] = {}  # asked and not told: queued or on an actor
         self.table = ProgressTable(self.spec.trials, self.out)
         self._waiting_checked = 0.0
+        for outage in self.stores.outages():
+            outage.on_wait = lambda outage: self.table.store_status(outage.describe())
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -124,15 +129,20 @@ class Driver:
                     break
                 for outcome in self.scheduler.wait(timeout=0.5):
                     self._on_outcome(outcome)
+                self.table.store_status(self.stores.check_outage())
                 self.table.draw()
                 self._show_waiting()
             self.table.draw(force=True)
-            summary = sweep_summary(self.stores.study, self.spec.objective.direction)
+            summary = self.stores.summary()
             status = "FINISHED"
             return summary
         except KeyboardInterrupt:
             # raised again after the clean-up, once its traceback is gone: the frames it holds
             # may keep a half-read SQLite cursor, whose lock would block the lease's release
+            status = "KILLED"
+        except StoreOutage:  # past storage.outage_limit: stopped as on Ctrl-C, resumable
+            status = "KILLED"
+            raise
             status = "KILLED"
         except Exception as error:
             fault = describe(error, self.stores.places())
@@ -209,7 +219,7 @@ class Driver:
                 return
             try:
                 self.stores.open(resume, lambda stage: self._emit("creating", -1, stage=stage))
-            except (ValueError, KeyError) as error:
+            except (ValueError, KeyError, StoreOutage) as error:
                 errors.append(error)
             except Exception as error:  # noqa: BLE001 - an unreachable or broken store
                 fault = describe(error, self.stores.places())
@@ -431,8 +441,9 @@ class Driver:
                 if self.stores.report(trial, step, loss):
                     pruned = True
         if result["checkpoint"] is not None:
-            # The metrics up to the checkpoint must be in MLflow before it can be resumed
-            # from, or a crash would leave a gap; the learner is already on its next chunk.
+            # The metrics up to the checkpoint must be in MLflow (or, while it is unavailable,
+            # in the run's journal) before it can be resumed from, or a crash would leave a
+            # gap; the learner is already on its next chunk.
             run.tracker.flush()
             step = self.stores.write_checkpoint(trial, result["checkpoint"])
         if result["state"] == "failed":  # e.g. its checkpoint refused by the actor

@@ -39,8 +39,10 @@ class ProgressTable:
     rows: dict[int, TrialRow] = field(default_factory=dict)
     best: float | None = None
     note: str = ""  # the waiting line, if any
+    status: str = ""  # e.g. "tracking store unavailable, retrying (12 s): MLflow: ..."
     _last_draw: float = 0.0
     _lines: int = 0
+    _status_printed: float = 0.0
 
     def __post_init__(self) -> None:
         self.tty = self.stream.isatty()
@@ -61,6 +63,22 @@ class ProgressTable:
             self.stream.write(self._line(row) + "\n")
             self.stream.flush()
 
+    def store_status(self, text: str) -> None:
+        """A line about the stores ("" while they are available): in the header on a
+        terminal; in a log, when it starts, every 10 s while it lasts, and when it ends."""
+        if not self.tty:
+            now = time.monotonic()
+            if text and (not self.status or now - self._status_printed >= 10.0):
+                self.stream.write(text + "\n")
+                self._status_printed = now
+            elif not text and self.status:
+                self.stream.write("tracking store available again\n")
+            self.stream.flush()
+        changed = text != self.status
+        self.status = text
+        if changed:
+            self.draw(force=True)
+
     def _line(self, r: TrialRow) -> str:
         loss = f"{r.loss:.4f}" if r.loss is not None else "-"
         best = f"{self.best:.4f}" if self.best is not None else "-"
@@ -77,8 +95,9 @@ class ProgressTable:
             return
         self._last_draw = now
         done = sum(r.state not in ("RUNNING", "RESTARTING", "QUEUED") for r in self.rows.values())
+        status = f"  {self.status}" if self.status else ""
         header = (
-            f"trials {done}/{self.total} finished\n"
+            f"trials {done}/{self.total} finished{status}\n"
             + (f"{self.note}\n" if self.note else "")
             + f"{'trial':>5} {'estimator':<18} {'params':<34} {'step/total':>19} "
             f"{'loss':>8} {'best':>8} state"

@@ -138,6 +138,7 @@ class Storage:
     state_dir: str | None = None  # None: $RNNSWEEP_STATE_DIR or ./.rnnsweep
     optuna: str | None = None  # None: SQLite in the state directory
     mlflow: str | None = None  # None: SQLite in the state directory
+    outage_limit: float = SWEEP_SETTINGS["storage.outage_limit"].default  # seconds
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,12 @@ sharing one PostgreSQL exclude each other), before anything else is opened; ``cl
 it back. A takeover of a stale lease is logged as a tag of the parent run
 (``rnnsweep.lease_takeover.<UTC time>``).
 
+A store that is unavailable (a locked SQLite file, a stopped PostgreSQL, an unreachable server)
+is waited for: every Optuna and MLflow call retries with backoff (``store_outage``), reports
+MLflow cannot take yet go to the run's journal (``metric_journal``, replayed when the store is
+back and on ``resume``), and past ``storage.outage_limit`` seconds ``StoreOutage`` stops the
+driver as Ctrl-C would.
+
 A trial's end goes to MLflow first (its queue drained, the run closed), then to Optuna: a
 driver killed in between leaves a RUNNING trial that ``resume`` redoes from its last
 checkpoint, never a finished trial with metrics missing.
@@ -36,19 +42,20 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections import Counter
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rnnsweep.algorithms import checkpoint_file
 from rnnsweep.algorithms.atomic_file import write_atomic
-from rnnsweep.orchestrator import search_space, sweep_store, tracking
+from rnnsweep.orchestrator import metric_journal, search_space, sweep_store, tracking
 from rnnsweep.orchestrator import spec as spec_
+from rnnsweep.orchestrator.store_outage import Outage, StoreOutage
 from rnnsweep.orchestrator.sweep_lease import SweepLease
-from rnnsweep.orchestrator.tracking import Tracker, child_run
+from rnnsweep.orchestrator.tracking import Tracker, child_run, client
 from rnnsweep.orchestrator.url_secrets import connectable, redact, remember
 
 # The steps of a sweep's creation, in order, each reported to ``open``'s ``on_stage``.
@@ -90,6 +97,39 @@ class SweepStores:
         self.exhausted: int | None = None  # a finite space's size, once every set is tried
         self.lease: SweepLease | None = None
         self.takeover = ""  # whose stale lease ``take_lease`` took over, and why
+        self.mlflow_outage = Outage("MLflow", storage.outage_limit)
+        self.optuna_outage = Outage("Optuna", storage.outage_limit)
+        self.journal_dir = metric_journal.directory(state_dir, self.name)
+
+    def _tracker(self, **kwargs: Any) -> Tracker:
+        return Tracker(
+            self.tracking_uri,
+            self.name,
+            outage=self.mlflow_outage,
+            journal_dir=self.journal_dir,
+            **kwargs,
+        )
+
+    def _optuna(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """An Optuna call, retried while its storage is unavailable."""
+        return self.optuna_outage.call(function, *args, **kwargs)
+
+    # -- outages -----------------------------------------------------------------------------
+
+    def outages(self) -> list[Outage]:
+        return [self.mlflow_outage, self.optuna_outage]
+
+    def check_outage(self) -> str:
+        """What to show while a store is unavailable ("" when none is); ``StoreOutage`` once
+        one has been for ``storage.outage_limit`` seconds (MLflow's writer threads see it
+        first: the driver keeps stepping while their reports are journaled)."""
+        for outage in self.outages():
+            if outage.seconds() > 0 or outage.given_up:
+                if outage.on_wait is not None:  # shown even when it is time to stop
+                    outage.on_wait(outage)
+                outage.check()
+                return outage.describe()
+        return ""
 
     # -- the sweep ---------------------------------------------------------------------------
 
@@ -168,13 +208,22 @@ class SweepStores:
             return
         self.parent_run_id = record["mlflow_parent_run_id"]
         self.experiment_id = record["mlflow_experiment_id"]
-        self.study = optuna.load_study(
-            study_name=self.name, storage=self.optuna_url, pruner=self._pruner()
+        self.study = self._optuna(
+            optuna.load_study, study_name=self.name, storage=self.optuna_url, pruner=self._pruner()
         )
         self._seed_sampler()
-        self.parent = Tracker(self.tracking_uri, self.name, run_id=self.parent_run_id)
+        self.parent = self._tracker(run_id=self.parent_run_id)
         remember(self.optuna_url)  # both opened: in-process readers of the record may use them
         remember(self.tracking_uri)
+        # the reports a driver stopped by an outage journaled (its trials' own journals are
+        # replayed as their runs reopen; these are the others')
+        for run_id in metric_journal.runs(self.journal_dir):
+            self.mlflow_outage.call(
+                metric_journal.replay,
+                client(self.tracking_uri),
+                run_id,
+                metric_journal.path(self.journal_dir, run_id),
+            )
 
     def _new_record(self) -> dict[str, Any]:
         """Check that the stores can take a new sweep (creating nothing), then write its
@@ -237,9 +286,7 @@ class SweepStores:
         )
         on_stage("experiment")
         spec = record["spec"]
-        self.parent = Tracker(
-            uri,
-            self.name,
+        self.parent = self._tracker(
             run_name=self.name,
             run_id=tracking.parent_run(uri, experiment, record["creation_id"]),
             tags={
@@ -309,14 +356,20 @@ class SweepStores:
                 states = {f"trials_{k.lower()}": v for k, v in summary["states"].items()}
                 self.parent.log_metrics(0, states)
             self.parent.close(status)
+        except StoreOutage:
+            pass  # stopped for it: the run is left RUNNING, its journal for ``resume``
         finally:
             self.release_lease()
+
+    def summary(self) -> dict[str, Any]:
+        """``sweep_summary`` of the study (its read waits out an outage)."""
+        return self._optuna(sweep_summary, self.study, self.spec.objective.direction)
 
     # -- trials ------------------------------------------------------------------------------
 
     def asked(self) -> int:
         """Trials asked of Optuna so far (finished or not)."""
-        return len(self.study.get_trials(deepcopy=False))
+        return len(self._optuna(self.study.get_trials, deepcopy=False))
 
     def ask(self) -> tuple[Any, str, dict[str, Any]]:
         """A new trial and its suggested ``(trial, estimator, settings)``. In a finite search
@@ -327,7 +380,7 @@ class SweepStores:
 
         if self.space is None:
             self.space = search_space.parameter_sets(self.spec) or []
-        trials = self.study.get_trials(deepcopy=False)
+        trials = self._optuna(self.study.get_trials, deepcopy=False)
         waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
         if self.space and not waiting:  # (a killed driver may have left one enqueued)
             tried = Counter(search_space.key(t.params) for t in trials if t.params)
@@ -336,10 +389,26 @@ class SweepStores:
                 self.exhausted = len(self.space)
             candidates = [p for p in self.space if tried[search_space.key(p)] == fewest]
             draw = random.Random(sampler_seed(self.spec.seed, len(trials)))
-            self.study.enqueue_trial(draw.choice(candidates))
-        trial = self.study.ask()
-        estimator, settings = spec_.suggest(self.spec, trial)
+            self._optuna(self.study.enqueue_trial, draw.choice(candidates))
+        # suggesting again returns the values Optuna already holds: retried as one
+        before = {t.number for t in trials}
+        trial = self._optuna(self._ask_once, before)
+        estimator, settings = self._optuna(spec_.suggest, self.spec, trial)
         return trial, estimator, settings
+
+    def _ask_once(self, before: set[int]) -> Any:
+        """``study.ask()``, or, when an attempt cut short by an outage had already created
+        its trial (new since ``before``, RUNNING, without attributes), that trial."""
+        import optuna
+
+        for frozen in self.study.get_trials(deepcopy=False):
+            if (
+                frozen.number not in before
+                and frozen.state == optuna.trial.TrialState.RUNNING
+                and not frozen.user_attrs
+            ):
+                return optuna.trial.Trial(self.study, frozen._trial_id)
+        return self.study.ask()
 
     def unfinished(self, restart_broken: bool = False) -> list[Unfinished]:
         """The trials a killed driver left RUNNING. A driver killed while starting one left
@@ -382,7 +451,7 @@ class SweepStores:
                 frozen.number,
             )
             if run_id is not None and "mlflow_run_id" not in attrs:
-                trial.set_user_attr("mlflow_run_id", run_id)
+                self._optuna(trial.set_user_attr, "mlflow_run_id", run_id)
             reported = set(frozen.intermediate_values)
             restarted = ""
             if refused and restart_broken:
@@ -420,9 +489,9 @@ class SweepStores:
         return self.spec.seed + number
 
     def record_settings(self, trial: Any, estimator: str, settings: dict[str, Any]) -> None:
-        trial.set_user_attr("estimator", estimator)
-        trial.set_user_attr("settings", settings)
-        trial.set_user_attr("seed", self.seed(trial.number))
+        self._optuna(trial.set_user_attr, "estimator", estimator)
+        self._optuna(trial.set_user_attr, "settings", settings)
+        self._optuna(trial.set_user_attr, "seed", self.seed(trial.number))
 
     def open_run(
         self, trial: Any, estimator: str, settings: dict[str, Any], run_id: str | None
@@ -430,9 +499,7 @@ class SweepStores:
         """The trial's MLflow child run: a new one (``run_id`` None, params logged) or its
         own again. Its id is recorded on the trial by ``record_run``."""
         number = trial.number
-        tracker = Tracker(
-            self.tracking_uri,
-            self.name,
+        tracker = self._tracker(
             run_name=f"trial-{number}-{estimator}",
             run_id=run_id,
             parent_run_id=self.parent_run_id,
@@ -458,21 +525,21 @@ class SweepStores:
         return tracker
 
     def record_run(self, trial: Any, tracker: Tracker) -> None:
-        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        self._optuna(trial.set_user_attr, "mlflow_run_id", tracker.run_id)
 
     def report(self, trial: Any, step: int, loss: float) -> bool:
         """An intermediate value (for pruning); whether the pruner stops the trial now."""
-        trial.report(loss, step)
-        return trial.should_prune()
+        self._optuna(trial.report, loss, step)
+        return self._optuna(trial.should_prune)
 
     def record_pack(self, trial: Any, numbers: list[int]) -> None:
-        trial.set_user_attr("pack", numbers)  # the trials it shares an actor with
+        self._optuna(trial.set_user_attr, "pack", numbers)  # the trials it shares an actor with
 
     def record_retries(self, trial: Any, retries: int) -> None:
-        trial.set_user_attr("retries", retries)
+        self._optuna(trial.set_user_attr, "retries", retries)
 
     def record_steps(self, trial: Any, steps: int) -> None:
-        trial.set_user_attr("steps_done", steps)
+        self._optuna(trial.set_user_attr, "steps_done", steps)
 
     def end(
         self, trial: Any, tracker: Tracker, state: str, value: float | None, reason: str = ""
@@ -481,14 +548,18 @@ class SweepStores:
         import optuna
 
         if reason:
-            trial.set_user_attr("fail_reason" if state == "FAIL" else "reason", reason)
+            key = "fail_reason" if state == "FAIL" else "reason"
+            self._optuna(trial.set_user_attr, key, reason)
             tracker.set_tags({"reason": reason})
         tracker.set_tags({"optuna_state": state})
         tracker.close(MLFLOW_STATUS[state])
-        self.study.tell(
+        # skip_if_finished: a tell whose commit landed before the connection was lost
+        self._optuna(
+            self.study.tell,
             trial.number,
             value if state == "COMPLETE" else None,
             state=getattr(optuna.trial.TrialState, state),
+            skip_if_finished=True,
         )
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -519,7 +590,7 @@ class SweepStores:
         header and recorded on the trial."""
         step = checkpoint_step(data)
         write_atomic(sweep_store.checkpoint_path(self.state_dir, self.name, trial.number), data)
-        trial.set_user_attr("checkpoint_step", step)
+        self._optuna(trial.set_user_attr, "checkpoint_step", step)
         return step
 
 

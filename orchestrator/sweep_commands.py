@@ -72,6 +72,7 @@ def resume_command(args) -> int:
 
 def _drive(spec, state_dir: str, workers: int, resume: bool, restart_broken=False) -> int:
     from rnnsweep.orchestrator.driver import Driver
+    from rnnsweep.orchestrator.store_outage import StoreOutage
 
     driver = Driver(spec, state_dir, workers, restart_broken=restart_broken)
     verb = "resuming" if resume else "launching"
@@ -85,6 +86,13 @@ def _drive(spec, state_dir: str, workers: int, resume: bool, restart_broken=Fals
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: continue with `rnnsweep resume {spec.name} --state-dir {state_dir}`",
+            file=sys.stderr,
+        )
+        return 130
+    except StoreOutage as outage:
+        print(
+            f"\nstopped: {outage}; trials and checkpoints are kept: continue with "
+            f"`rnnsweep resume {spec.name} --state-dir {state_dir}`",
             file=sys.stderr,
         )
         return 130

@@ -85,5 +85,14 @@ SWEEP_TABLE: tuple[Setting, ...] = (
         "MLflow tracking URI; null: SQLite in the state directory",
         nullable=True,
     ),
+    _sweep(
+        "storage.outage_limit",
+        float,
+        600.0,
+        "seconds an unavailable Optuna or MLflow store is waited for before the driver stops "
+        "(resumable)",
+        low=0.0,
+        low_open=True,
+    ),
 )
 SWEEP_SETTINGS: dict[str, Setting] = {entry.name: entry for entry in SWEEP_TABLE}

@@ -6,6 +6,13 @@ one step) and written by a background thread in batches (``MlflowClient.log_batc
 drains the queue and terminates the run. A run can be resumed by id: metrics then continue at
 the steps that follow, never duplicating one already written (``resume_step``).
 
+Given an ``Outage`` and a journal folder (sweeps), a tracker rides out an unavailable store:
+its calls wait and retry with backoff (``store_outage``), and the writer keeps the reports it
+cannot write yet in memory, up to ``BUFFER`` of them, spilling them to the run's journal
+(``metric_journal``) beyond that and whenever ``flush`` asks for them to be durable; the
+journal is replayed, in order, once the store is back, at ``close``, or when the run is
+opened again by id.
+
 The default store is SQLite in the state directory (MLflow 3 refuses its old file store);
 ``MLFLOW_TRACKING_URI`` overrides it, ``--tracking-uri`` overrides both.
 """
@@ -20,10 +27,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from rnnsweep.orchestrator import url_secrets
+from rnnsweep.orchestrator import metric_journal, url_secrets
+from rnnsweep.orchestrator.store_outage import FIRST_DELAY, MAX_DELAY, Outage, Patient, unavailable
 from rnnsweep.orchestrator.url_secrets import redact
 
 BATCH = 1000
+BUFFER = 1000  # reports kept in memory while the store is unavailable, beyond: the journal
 
 
 def default_tracking_uri(state_dir: str) -> str:
@@ -150,7 +159,8 @@ def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """One MLflow run, written from a background thread."""
+    """One MLflow run, written from a background thread. ``outage`` and ``journal_dir``
+    (together): wait out an unavailable store, journaling what cannot be written yet."""
 
     def __init__(
         self,
@@ -160,11 +170,16 @@ class Tracker:
         run_id: str | None = None,
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
+        outage: Outage | None = None,
+        journal_dir: str | None = None,
     ) -> None:
         from mlflow.entities import RunTag
 
         self.uri = uri
-        self.client = client(uri)
+        # opening the store reads its schema: an outage can begin here too
+        self._raw = client(uri) if outage is None else outage.call(client, uri)
+        self._outage = outage
+        self.client = self._raw if outage is None else Patient(self._raw, outage)
         if run_id is None:
             all_tags = dict(tags or {})
             if parent_run_id:
@@ -180,6 +195,17 @@ class Tracker:
             run = self.client.get_run(run_id)
             self.run_id = run_id
             self.experiment_id = run.info.experiment_id
+        self._journal = (
+            metric_journal.path(journal_dir, self.run_id) if journal_dir is not None else None
+        )
+        self._journaled = False
+        # a reopened run: per key, the last step MLflow has (read on first use); values at
+        # or before it are not logged again (e.g. a trial's final metrics, logged before a
+        # driver stopped, then computed again from its last checkpoint)
+        self._floor: dict[str, int] | None = None if run_id is None else {}
+        if run_id is not None:
+            # before resume_step: the steps a journal holds count as written
+            self._replay()
             self.client.update_run(run_id, status="RUNNING")
             if tags:
                 self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -208,7 +234,8 @@ class Tracker:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, step: int, values: Mapping[str, Any]) -> None:
-        """Queue numeric values at ``step`` (non-numeric and non-finite ones are skipped)."""
+        """Queue numeric values at ``step`` (non-numeric and non-finite ones are skipped, and
+        in a reopened run those at a step MLflow already has for their key)."""
         stamp = int(time.time() * 1000)
         clean = {
             k: float(v)
@@ -218,52 +245,119 @@ class Tracker:
             and v == v
             and abs(v) != float("inf")
         }
+        if self._floor is not None:
+            for key in list(clean):
+                if key not in self._floor:
+                    history = self.client.get_metric_history(self.run_id, key)
+                    self._floor[key] = max((m.step for m in history), default=-1)
+                if step <= self._floor[key]:
+                    del clean[key]
+            if not clean:
+                return
         self._queue.put((step, stamp, clean))
 
-    def _writer(self) -> None:
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _take(self, pending: list, retry_at: float) -> tuple[list[threading.Event], bool]:
+        """Move queued reports to ``pending``, up to a flush (its event is returned) or the
+        stop marker, gathering for 0.2 s; waits for the first until ``retry_at`` when there
+        is work to retry, else for ever."""
+        acks: list[threading.Event] = []
+        waiting = pending or self._journaled
+        timeout = max(0.0, retry_at - time.monotonic()) if waiting else None
+        try:
+            item = self._queue.get(timeout=timeout) if timeout != 0.0 else self._queue.get_nowait()
+        except queue.Empty:
+            return acks, False
+        while True:
+            if item is None:
+                return acks, True
+            if isinstance(item, threading.Event):
+                acks.append(item)
+                return acks, False
+            pending.append(item)
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                return acks, False
+
+    def _write(self, pending: list) -> None:
+        """The journal (if any) then ``pending``, in that order (``log_batch`` is one
+        transaction; a batch written again with its stamps is not duplicated by MLflow)."""
         from mlflow.entities import Metric
 
+        if self._journaled:
+            metric_journal.replay(self._raw, self.run_id, self._journal, BATCH)
+            self._journaled = False
+        metrics = [
+            Metric(key, value, stamp, step)
+            for step, stamp, values in pending
+            for key, value in values.items()
+        ]
+        for i in range(0, len(metrics), BATCH):
+            self._raw.log_batch(self.run_id, metrics=metrics[i : i + BATCH])
+
+    def _writer(self) -> None:
+        pending: list = []
+        retry_at, delay = 0.0, FIRST_DELAY  # while the store is unavailable
         while True:
-            item = self._queue.get()
-            pending = []
-            stop = item is None
-            if not stop:
-                pending.append(item)
-            while not stop:
-                try:
-                    nxt = self._queue.get(timeout=0.2)
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                else:
-                    pending.append(nxt)
-            metrics = [
-                Metric(key, value, stamp, step)
-                for step, stamp, values in pending
-                for key, value in values.items()
-            ]
-            for i in range(0, len(metrics), BATCH):
-                try:
-                    self.client.log_batch(self.run_id, metrics=metrics[i : i + BATCH])
-                except Exception as error:  # noqa: BLE001 - reported at close
-                    self._error = error
+            acks, stop = self._take(pending, retry_at)
+            try:
+                given_up = self._outage is not None and self._outage.given_up
+                started = time.monotonic()
+                if (pending or self._journaled) and started >= retry_at and not given_up:
+                    try:
+                        self._write(pending)
+                        pending, retry_at, delay = [], 0.0, FIRST_DELAY
+                        if self._outage is not None:
+                            self._outage.recovered()
+                    except Exception as error:  # noqa: BLE001 - kept for close
+                        if self._journal is None or self._outage is None or not unavailable(error):
+                            self._error, pending = error, []
+                        else:
+                            self._outage.failed(error, started)
+                            retry_at = time.monotonic() + delay
+                            delay = min(2 * delay, MAX_DELAY)
+                durable = acks or stop or len(pending) >= BUFFER
+                if pending and self._journal is not None and durable:
+                    # the store is unavailable: what must be durable goes to the journal
+                    metric_journal.append(self._journal, pending)
+                    self._journaled, pending = True, []
+            except Exception as error:  # noqa: BLE001 - e.g. the journal unwritable
+                self._error = error
+            finally:
+                for ack in acks:
+                    ack.set()
             if stop:
                 return
 
     def flush(self) -> None:
-        """Block until everything queued so far is written; raises the writer's error, if a
-        batch failed (a full or read-only store), so that no checkpoint follows a gap."""
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
+        """Block until everything queued so far is durable: written to MLflow, or (the store
+        unavailable) appended to the run's journal, which is replayed once it is back; raises
+        the writer's error if a batch failed otherwise, so that no checkpoint follows a gap."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+        if self._error is not None:  # not an outage: a refused batch, an unwritable journal
             raise self._error
-        self._thread = threading.Thread(target=self._writer, name="mlflow-writer", daemon=True)
-        self._thread.start()
+
+    def _replay(self) -> None:
+        """Write the run's journal to MLflow now (waiting out an outage)."""
+        if self._journal is not None and os.path.exists(self._journal):
+            replay = metric_journal.replay
+            if self._outage is None:
+                replay(self._raw, self.run_id, self._journal, BATCH)
+            else:
+                self._outage.call(replay, self._raw, self.run_id, self._journal, BATCH)
+        self._journaled = False
 
     def close(self, status: str = "FINISHED") -> None:
+        """Drain the queue (and the journal) and terminate the run; ``StoreOutage`` past the
+        outage limit leaves the run's journal for ``resume``."""
         self._queue.put(None)
         self._thread.join()
+        if self._journaled:
+            self._replay()
         self.client.set_terminated(self.run_id, status=status)
         if self._error is not None:
             raise RuntimeError(f"MLflow logging failed: {self._error}")
