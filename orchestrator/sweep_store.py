@@ -94,7 +94,9 @@ def half_created(name: str, state_dir: str) -> str:
 
 def recorded_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """A spec as the record holds it: its storage URLs with any password redacted."""
-    storage = {k: url_secrets.redact(v) for k, v in spec["storage"].items()}
+    storage = {
+        k: url_secrets.redact(v) if isinstance(v, str) else v for k, v in spec["storage"].items()
+    }
     return json.loads(json.dumps({**spec, "storage": storage}))
 
 
