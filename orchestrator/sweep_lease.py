@@ -92,6 +92,11 @@ class Holder:
         return f"pid {self.pid} on {self.host}"
 
 
+# The tokens of the leases this process holds: a lease row naming this process with another
+# token was left by a driver of this process that stopped without releasing it (a full disk).
+_LIVE_TOKENS: set[str] = set()
+
+
 def held(name: str, holder: Holder, timeout: float) -> LeaseHeld:
     """The refusal a second driver of sweep ``name`` gets while ``holder`` drives it."""
     wait = max(1.0, timeout - holder.age)
@@ -243,8 +248,12 @@ class SweepLease:
                 except sa.exc.IntegrityError:  # another driver inserted it first: read again
                     continue
                 self.token = token
+                _LIVE_TOKENS.add(token)
                 return ""
             why = holder.free_because(self.timeout)
+            if not why and holder.host == this_host() and holder.pid == os.getpid():
+                if holder.token not in _LIVE_TOKENS:
+                    why = "an earlier driver in this process stopped without releasing it"
             if not why:
                 raise held(self.name, holder, self.timeout)
             with self.engine.begin() as connection:
@@ -259,6 +268,7 @@ class SweepLease:
                 ).rowcount
             if taken == 1:
                 self.token = token
+                _LIVE_TOKENS.add(token)
                 if not holder.token:
                     return ""
                 return (
@@ -316,6 +326,7 @@ class SweepLease:
                 file=sys.stderr,
             )
         finally:
+            _LIVE_TOKENS.discard(self.token)
             self.token = ""
             self.engine.dispose()
             self.engine = None

@@ -126,8 +126,14 @@ def check_store(uri: str) -> None:
         folder = os.path.dirname(os.path.abspath(path))
         while not os.path.exists(folder):
             folder = os.path.dirname(folder)
-        if not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
-            raise ValueError(f"MLflow tracking URI {uri!r}: cannot create a file under {folder}")
+        if not os.path.isdir(folder):
+            raise ValueError(f"MLflow tracking URI {uri!r}: {folder} is not a directory")
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        if read_only or not os.access(folder, os.W_OK | os.X_OK):
+            from rnnsweep.orchestrator.environment_fault import EnvironmentFault
+
+            cause = "it is on a read-only file system" if read_only else "permission denied"
+            raise EnvironmentFault(f"cannot write {path}: {cause}")
         return
     if scheme in ("", "file"):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):

@@ -30,6 +30,15 @@ def record_of(state_dir: str, name: str) -> dict[str, Any]:
     return sweep_store.read_record(str(state_dir), name)[1]
 
 
+def created_record(state_dir: str, name: str) -> dict[str, Any] | None:
+    """The sweep's record once the sweep is created (for tests that poll a running driver: the
+    record is written first, marked ``creating``, before the study exists), else ``None``."""
+    if not os.path.exists(sweep_store.record_path(str(state_dir), name)):
+        return None
+    record = sweep_store.read_record(str(state_dir), name, creating=True)[1]
+    return record if record.get("state") != "creating" else None
+
+
 def child_runs(record: dict[str, Any]) -> dict[int, Any]:
     """The sweep's MLflow child runs by Optuna trial number (each number exactly once)."""
     client = _client(record["tracking_uri"])

@@ -239,13 +239,13 @@ def test_read_only_state_directory_names_it_and_changes_nothing(tmp_path, capsys
         try:
             assert main(["resume", "t", "--state-dir", state]) == EXIT_ENVIRONMENT
             line = _one_error_line(capsys.readouterr().err, "resume")
-            lease = os.path.join(state, "sweeps", "t.lease")
-            assert f"cannot write {lease}: it is on a read-only file system" in line
+            # the lease is the first write: a row in the sweep's Optuna database
+            optuna_db = os.path.join(state, "optuna.db")
+            assert f"Optuna store {optuna_db} is read-only" in line, line
             other = _write_spec(tmp_path, name="u", trials=1, steps=600)
             assert main(["launch", other, "--state-dir", state]) == EXIT_ENVIRONMENT
             line = _one_error_line(capsys.readouterr().err, "launch")
-            assert f"cannot write {os.path.join(state, 'sweeps', 'u.lease')}: " in line
-            assert "read-only file system" in line
+            assert f"Optuna store {optuna_db} is read-only" in line, line
             _, states, steps = _record_states(state)
             assert states == ["COMPLETE"] and steps == {0: _complete_steps(600)}
             assert not os.path.exists(sweep_store.record_path(state, "u"))
@@ -269,10 +269,8 @@ def test_mlflow_store_read_only_at_launch_leaves_no_half_made_sweep(ray_session,
         line = _one_error_line(capsys.readouterr().err, "launch")
         assert f"cannot write {database}: it is on a read-only file system" in line, line
         assert not os.path.exists(sweep_store.record_path(state, "t"))
-        import optuna
-
-        url = sweep_store.default_optuna_url(state)
-        assert optuna.get_all_study_names(storage=url) == []  # no study without its record
+        # refused before the lease: no Optuna database, so no study without its record
+        assert not os.path.exists(os.path.join(state, "optuna.db"))
         assert main(["launch", spec, "--state-dir", state]) == 0
         _, states, steps = _record_states(state)
         assert states == ["COMPLETE"] and steps == {0: _complete_steps(600)}

@@ -84,9 +84,10 @@ def _wait_for_checkpointed_trials(proc: subprocess.Popen, state_dir: str) -> Non
         time.sleep(0.5)
         if proc.poll() is not None:
             pytest.fail(f"the driver ended first:\n{proc.stdout.read()}")
-        if not os.path.exists(sweep_store.record_path(state_dir, "t")):
+        record = record_checks.created_record(state_dir, "t")
+        if record is None:
             continue
-        study = sweep_store.load_study(record_checks.record_of(state_dir, "t"))
+        study = sweep_store.load_study(record)
         checkpointed = [
             t
             for t in study.get_trials()

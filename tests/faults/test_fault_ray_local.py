@@ -73,8 +73,9 @@ def running_sweep(tmp_path_factory):
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 pytest.fail(f"the driver ended early:\n{proc.stderr.read()}")
-            if os.path.exists(sweep_store.record_path(str(state), "rl")):
-                study = sweep_store.load_study(sweep_store.read_record(str(state), "rl")[1])
+            record = record_checks.created_record(str(state), "rl")
+            if record is not None:
+                study = sweep_store.load_study(record)
                 if any(t.user_attrs.get("checkpoint_step", 0) > 0 for t in study.get_trials()):
                     break
             time.sleep(0.5)
