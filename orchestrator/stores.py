@@ -317,7 +317,7 @@ class SweepStores:
     def _seed_sampler(self) -> None:
         """The spec's sampler, seeded from the sweep's seed and the trials asked so far: a
         resumed sampler draws anew instead of replaying the suggestions of the first run."""
-        asked = self.asked()
+        asked = len(self.study.get_trials(deepcopy=False))
         self.study.sampler = spec_.make_sampler(self.spec, sampler_seed(self.spec.seed, asked))
 
     def _undo_create(self) -> None:
@@ -477,8 +477,8 @@ class SweepStores:
         path = sweep_store.checkpoint_path(self.state_dir, self.name, trial.number)
         if os.path.exists(path):
             os.replace(path, path + ".broken")
-        self._optuna(trial.set_user_attr, "checkpoint_step", 0)
-        self._optuna(trial.set_user_attr, "restarted", why)
+        trial.set_user_attr("checkpoint_step", 0)
+        trial.set_user_attr("restarted", why)
         if run_id is not None:
             old = tracking.client(self.tracking_uri)
             old.set_tag(run_id, "rnnsweep.replaced", why)
