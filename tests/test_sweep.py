@@ -105,6 +105,12 @@ def test_sweep_completes_with_mlflow_children(ray_session, storage_url, tmp_path
     assert parent.info.status == "FINISHED" and parent.data.tags["rnnsweep.sweep"] == "t"
 
 
+# An advance stops at the first log boundary past its deadline: each advance is then one
+# ``log_every`` chunk, so checkpoints fall at every ``checkpoint_every`` steps however fast
+# the machine steps (a 0.02 s chunk ran 600 steps at once on a fast one: no kill before the end).
+ONE_LOG_CHUNK = 1e-9
+
+
 class ActorKiller:
     """A driver hook: kills the actor of trial 0 after each of its checkpoints before the end,
     ``kills`` times (a real fault: the actor's process dies)."""
@@ -187,7 +193,7 @@ def test_pruned_member_leaves_the_rest_of_its_pack_undisturbed(ray_session, tmp_
 def test_killed_pack_restarts_all_its_members_from_checkpoints(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
     killer = ActorKiller()
-    Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=killer).run()
+    Driver(spec, str(tmp_path), workers=1, chunk_seconds=ONE_LOG_CHUNK, on_event=killer).run()
     assert killer.kills == 0
     study, trials = _check_sweep(spec, str(tmp_path))
     for trial in trials:
@@ -199,7 +205,7 @@ def test_killed_pack_restarts_all_its_members_from_checkpoints(ray_session, tmp_
 def test_killed_actor_restarts_from_checkpoint(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=2))
     killer = ActorKiller()
-    Driver(spec, str(tmp_path), workers=2, chunk_seconds=0.02, on_event=killer).run()
+    Driver(spec, str(tmp_path), workers=2, chunk_seconds=ONE_LOG_CHUNK, on_event=killer).run()
     assert killer.kills == 0
     study, trials = _check_sweep(spec, str(tmp_path))
     first = study.trials[0]
@@ -210,7 +216,8 @@ def test_killed_actor_restarts_from_checkpoint(ray_session, tmp_path):
 def test_actor_dying_past_max_retries_fails_the_trial_and_the_sweep_goes_on(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=3, max_retries=1))
     killer = ActorKiller(kills=5)
-    summary = Driver(spec, str(tmp_path), workers=2, chunk_seconds=0.02, on_event=killer).run()
+    driver = Driver(spec, str(tmp_path), workers=2, chunk_seconds=ONE_LOG_CHUNK, on_event=killer)
+    summary = driver.run()
     study, trials = _check_sweep(spec, str(tmp_path))
     first = study.trials[0]
     assert first.state.name == "FAIL"
