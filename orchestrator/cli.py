@@ -144,6 +144,27 @@ without data is skipped with a note. Every file is also logged to the sweep's ML
 under report/.
 """
 
+COMPARE_EXAMPLES = (  # one line per example, so that each can be run as written
+    "examples:\n"
+    "  rnnsweep compare --task add --estimators rtrl,uoro,nobacktrack,kf-rtrl,snap1,rflo,tbptt "
+    "--hidden 8 --steps 200 --probe-every 50 --out cmp\n"
+    "  rnnsweep compare --task add --estimators uoro,nobacktrack,rtrl --drive uoro --hidden 8 "
+    "--steps 200 --window 50 --no-mlflow --out cmp-uoro\n"
+    "  rnnsweep compare --task add --estimators rtrl,tbptt,snap1 --hidden 8 --steps 200 "
+    "--probe-every 50 --set truncation=4 lr=0.01 --out cmp-tbptt\n"
+    """
+The driven learner (--drive, default the first listed) learns as `rnnsweep run` would; every
+other estimator runs passively on its trajectory: the same parameters at every step, the same
+inputs and hidden states, its own estimator state, its gradients never applied. g* is exact
+RTRL run passively on the same trajectory (the true online gradient). Per window: each
+estimator's cosine to g* and the pairwise cosines of the window's summed gradients, over the
+recurrent parameters only. Figures: a heat map of the pairwise cosines (mean over windows) and
+the cosines to g* over time, written to --out and logged to an MLflow run (experiment
+rnnsweep-compare) with alignment.json.
+exit status: 0 when done, 2 on bad input (nothing written).
+"""
+)
+
 
 def _estimator_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
@@ -291,6 +312,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the server to answer (default 90)",
     )
     ui.set_defaults(handler=_lazy("rnnsweep.orchestrator.ui_command", "ui_command"))
+
+    compare = sub.add_parser(
+        "compare",
+        help="alignment matrix: several estimators on one driven learner's trajectory",
+        description=(
+            "Drive one learner with one estimator and run the others passively on its "
+            "trajectory; per window, log each one's cosine to g* (exact RTRL along the same "
+            "trajectory) and their pairwise cosines (recurrent parameters), and draw them."
+        ),
+        epilog=COMPARE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("--task", required=True, help="add, influence-balancing, copy, ...")
+    compare.add_argument(
+        "--estimators", type=_estimator_list, required=True, help="two or more, comma-separated"
+    )
+    compare.add_argument("--drive", help="the estimator that drives (default: the first listed)")
+    compare.add_argument("--steps", type=_positive_int, default=2000, help="default 2000")
+    compare.add_argument(
+        "--probe-every", type=_positive_int, default=100, help="a window opens every K steps (100)"
+    )
+    compare.add_argument(
+        "--window", type=_positive_int, default=None, help="steps per window (default: all K)"
+    )
+    compare.add_argument("--cell", default="tanh", help="tanh, gru or lstm (default tanh)")
+    compare.add_argument("--hidden", type=_positive_int, default=32, help="units (default 32)")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument(
+        "--dtype", choices=["float64", "float32"], default="float64", help="default float64"
+    )
+    compare.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    compare.add_argument(
+        "--set", nargs="+", metavar="KEY=VALUE", action="extend", default=[],
+        help="driver settings (lr, ...); an estimator key goes to every listed one it fits",
+    )
+    compare.add_argument("--out", metavar="FOLDER", help="default DIR/compare/RUN_NAME/")
+    compare.add_argument("--no-mlflow", action="store_true", help="do not record in MLflow")
+    compare.add_argument("--tracking-uri", help="MLflow URI (default: SQLite in the state dir)")
+    compare.add_argument("--state-dir", help="default $RNNSWEEP_STATE_DIR or ./.rnnsweep")
+    compare.set_defaults(handler=_lazy("rnnsweep.orchestrator.compare_command", "compare_command"))
 
     settings = sub.add_parser(
         "settings",
