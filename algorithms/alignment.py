@@ -94,6 +94,8 @@ def init(
 ) -> AlignmentState:
     """Passive estimators ``names`` (hyperparameters ``hyper[name]``) for ``learner``'s
     trajectory; ``ValueError`` naming an estimator that does not fit its cell or task."""
+    if learner.population.pack != 1 or learner.population.filter is not None:
+        raise ValueError("compare drives one learner with sgd or adam (not the Kalman filter)")
     cell, loss_kind, batch = learner.cell, learner.loss_kind, learner.batch
     params = Params(learner.params.theta.clone(), learner.params.readout.clone())
     drive, seed = learner.spec.estimator, learner.spec.seed
@@ -230,9 +232,6 @@ def attach(learner: Learner, state: AlignmentState,
     parameters are ``theta_t`` and its forward pass holds ``s_{t-1}``. The passives read
     them and write nothing of the learner's (its trajectory is bit-for-bit a lone run's)."""
     population = learner.population
-    if population.pack != 1 or population.filter is not None:
-        raise ValueError("compare drives one learner with sgd or adam (not the Kalman filter)")
-
     def tap(x: Tensor, y: Tensor) -> None:
         s_prev = population.est_state.traj.state.clone()
         report = observe(state, population.est_params, s_prev, x, y, population.counters["t"])

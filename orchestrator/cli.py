@@ -161,7 +161,7 @@ estimator's cosine to g* and the pairwise cosines of the window's summed gradien
 recurrent parameters only. Figures: a heat map of the pairwise cosines (mean over windows) and
 the cosines to g* over time, written to --out and logged to an MLflow run (experiment
 rnnsweep-compare) with alignment.json.
-exit status: 0 when done, 2 on bad input (nothing written).
+exit status: 0 when done, 2 on bad input (nothing written), 130 when stopped by Ctrl-C.
 """
 )
 

@@ -34,7 +34,13 @@ def _plan(args) -> dict[str, Any]:
     nothing. ``ValueError`` (one line) names the first problem."""
     from rnnsweep.algorithms import alignment
     from rnnsweep.algorithms.learner import Learner, LearnerSpec, split_settings, unused_settings
-    from rnnsweep.algorithms.settings import HYPER_KEYS, ONLINE, SETTINGS, did_you_mean
+    from rnnsweep.algorithms.settings import (
+        HYPER_KEYS,
+        KALMAN_RULES,
+        ONLINE,
+        SETTINGS,
+        did_you_mean,
+    )
     from rnnsweep.orchestrator.run_command import parse_sets
     from rnnsweep.tasks.registry import TASKS
 
@@ -42,6 +48,11 @@ def _plan(args) -> dict[str, Any]:
     for name in names:
         if name == "bptt":
             raise ValueError("estimator 'bptt' is offline (a reference): g* is the reference here")
+        if name in KALMAN_RULES:
+            raise ValueError(
+                f"estimator {name!r} is a Kalman learning rule; compare measures gradient "
+                f"estimators: list {KALMAN_RULES[name]!r}"
+            )
         if name not in ONLINE:
             raise ValueError(
                 f"unknown estimator {name!r}{did_you_mean(name, ONLINE)}; "
@@ -172,12 +183,19 @@ def compare_command(args) -> int:
     alignment.attach(learner, state, on_window)
     try:
         summary = learner.run(args.steps, on_report)
+    except KeyboardInterrupt:
+        progress.close()
+        if tracker is not None:
+            tracker.close("KILLED")
+        print(f"interrupted at step {learner.counters['t']}: no figures written",
+              file=sys.stderr)
+        return 130
     except BaseException:
+        progress.close()
         if tracker is not None:
             tracker.close("FAILED")
         raise
-    finally:
-        progress.close()
+    progress.close()
     means = alignment.summarize(state.reports, names)
     numbers = {
         "task": args.task,

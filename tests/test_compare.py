@@ -177,6 +177,8 @@ def test_cli_writes_figures_and_logs_them_to_mlflow(tmp_path, monkeypatch, capsy
         (["--estimators", "rtrl,rflo", "--cell", "gru"], "estimator 'rflo' cannot run here"),
         (["--estimators", "rtrl,uoro", "--set", "truncation=4"], "--set truncation applies to"),
         (["--estimators", "rtrl,uoro", "--window", "200"], "--window must be in [1,"),
+        (["--estimators", "uoro,rtrl", "--set", "optimizer=kalman"], "not the Kalman filter"),
+        (["--estimators", "nobacktrack-kalman,uoro"], "is a Kalman learning rule"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
