@@ -27,8 +27,9 @@ gradient is exact for every estimator and would only dilute the figures):
 
 (a zero ``G`` gives NaN). Batching: UORO and NoBackTrack on the tanh closed form share one
 state layout (``RankOneState``) and run stacked in one state with one forward pass
-(``rank_one_stack``); every other estimator owns a layout of its own (dense influence, its
-Kronecker factors, eligibility traces, a BPTT ring) and steps alone.
+(``rank_one_stack``); every other estimator owns a layout of its own (rtrl a dense influence,
+kf-rtrl Kronecker factors, snap1 a block-diagonal influence, rflo eligibility traces, tbptt a
+ring of past steps) and steps alone.
 """
 
 from __future__ import annotations
