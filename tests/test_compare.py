@@ -28,7 +28,7 @@ def _spec(drive: str, **settings) -> LearnerSpec:
     )
 
 
-def _compare(drive: str, names: list[str], steps: int, every: int = 50):
+def _compare(drive: str, names: list[str], every: int = 50):
     learner = Learner(_spec(drive))
     state = alignment.init(learner, names, {}, alignment.AlignmentConfig(every, every))
     alignment.attach(learner, state)
@@ -50,7 +50,7 @@ def test_passives_follow_the_driver_bit_for_bit():
     alone.step = record_alone
     alone.run(steps)
 
-    learner, state = _compare("uoro", ALL, steps)
+    learner, state = _compare("uoro", ALL)
     seen, driver, states = [], [], []
     step = learner.step
 
@@ -76,7 +76,7 @@ def test_passives_follow_the_driver_bit_for_bit():
 
 
 def test_rtrl_aligns_with_g_star_and_rank_one_estimators_do_not():
-    learner, state = _compare("uoro", ["rtrl", "uoro", "nobacktrack", "tbptt"], 300)
+    learner, state = _compare("uoro", ["rtrl", "uoro", "nobacktrack", "tbptt"])
     learner.run(300)
     assert len(state.reports) == 6
     for report in state.reports:
@@ -87,7 +87,7 @@ def test_rtrl_aligns_with_g_star_and_rank_one_estimators_do_not():
 
 
 def test_matrix_is_symmetric_with_ones_on_the_diagonal():
-    learner, state = _compare("rtrl", ALL, 100, every=25)
+    learner, state = _compare("rtrl", ALL, every=25)
     learner.run(100)
     assert len(state.reports) == 4
     for m in [torch.tensor(r["matrix"]) for r in state.reports] + [
@@ -123,7 +123,7 @@ def test_stacked_rank_one_equals_each_estimator_alone():
 
 
 def test_rank_one_estimators_share_one_batched_state():
-    learner, state = _compare("rtrl", ALL, 0)
+    learner, state = _compare("rtrl", ALL)
     assert [g.names for g in state.groups][0] == ["uoro", "nobacktrack"]
     assert state.groups[0].estimator is None
     assert sum(len(g.names) for g in state.groups) == len(ALL)
@@ -216,6 +216,6 @@ def test_help_examples_run_as_written(tmp_path, monkeypatch, capsys):
 
 
 def test_params_are_the_passives_own_copy():
-    learner, state = _compare("rtrl", ["rtrl", "uoro"], 0)
+    learner, state = _compare("rtrl", ["rtrl", "uoro"])
     assert isinstance(state.params, Params)
     assert state.params.theta.data_ptr() != learner.params.theta.data_ptr()
