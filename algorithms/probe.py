@@ -526,14 +526,14 @@ def window_metrics(sums: dict[str, Tensor]) -> dict[str, float]:
     """The window's metrics (see the module's docstring) from its gradient sums."""
     hat = sums["hat"].double()
     moving, held, wide = sums["exact"].double().unbind(0)
-    norm2 = float(moving.square().sum())
+    norm2 = float(moving.square().sum()) or math.nan  # a zero reference: NaN, not an error
     b2, se = squared_bias(hat, moving)
     mean = hat.mean(0)
     cos = torch.nn.functional.cosine_similarity
     out = {
         "bias_sq": b2 / norm2,
         "bias_se": se / norm2,
-        "bias": math.sqrt(max(0.0, b2 / norm2)),
+        "bias": math.sqrt(max(0.0, b2 / norm2)) if norm2 == norm2 else math.nan,
         "variance": float((hat - mean).square().sum(1).mean()) / norm2,
         "cosine": float(cos(hat, held[None], dim=1).mean()),
         "readout_cosine": float(
