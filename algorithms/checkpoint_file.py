@@ -32,7 +32,7 @@ naming the field's path)::
     counters    {t, updates, pending, planned, tail_steps, diverged, reason, elapsed}
     sums        float64 [3]: window loss, tail loss, gradient norm
     grad_acc    [theta, readout] gradients accumulated since the last update
-    last_probe  {metric: float}
+    last_probe  the probe windows' statistics {name: number} (``population.add_window``)
     extra       {name: plain value}, e.g. {"mlflow_run_id": ...} of ``rnnsweep run``
 
 Trees (``checkpoint.snapshot``) mark their nodes with string keys: ``{"__object__": class

@@ -44,7 +44,18 @@ __all__ = [
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CHECKPOINT_VERSION = checkpoint_file.FORMAT  # a snapshot's layout is the file's body
-PROBE_METRICS = ("bias", "variance", "cosine", "staleness")
+# What each probe window reports (``probe.METRICS``; definitions in ``probe``'s docstring).
+PROBE_METRICS = (
+    "bias",
+    "bias_sq",
+    "bias_se",
+    "variance",
+    "cosine",
+    "readout_cosine",
+    "staleness",
+    "horizon_error",
+    "staleness_full",
+)
 
 
 @dataclass
@@ -128,6 +139,10 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
         learner["lr"] = lr_default(opt, name)
     if learner["probe_every"] and learner["probe_window"] > learner["probe_every"]:
         raise ValueError("setting 'probe_window' must not exceed 'probe_every'")
+    if learner["probe_every"] and learner["probe_horizon"] > learner["probe_every"]:
+        raise ValueError("setting 'probe_horizon' must not exceed 'probe_every'")
+    if learner["probe_every"] and learner["probe_window"] > learner["probe_horizon"]:
+        raise ValueError("setting 'probe_window' must not exceed 'probe_horizon'")
     return learner, est_keys, task_keys, name, opt
 
 

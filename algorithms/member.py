@@ -86,14 +86,8 @@ class Member:
         if learner["probe_every"]:
             from rnnsweep.algorithms import probe
 
-            config = probe.ProbeConfig(
-                learner["probe_every"],
-                learner["probe_window"],
-                learner["probe_samples"],
-                learner["probe_horizon"],
-            )
             self.probe = probe.init(
-                config,
+                probe.config_from(learner),
                 self.cell,
                 est_name,
                 est_keys,
@@ -114,7 +108,7 @@ class Member:
         }
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # window, tail, |g|
         self.grad_acc = [torch.zeros_like(p) for p in params]
-        self.last_probe: dict[str, float] = {}
+        self.last_probe: dict[str, float] = {}  # probe windows' statistics (population)
         self.loss_kind = task.loss_kind
 
     def snapshot(self) -> dict[str, Any]:

@@ -222,7 +222,8 @@ class Population:
         self.sums = torch.stack([s["sums"] for s in snaps]).to(dev)
         self.acc_flat = torch.stack([Params(*s["grad_acc"]).flat() for s in snaps]).to(dev)
         self.grad_acc = list(self._views(self.acc_flat))
-        self.last_probe = [dict(s["last_probe"]) for s in snaps]
+        self.last_probe = [dict(s["last_probe"]) for s in snaps]  # windows' statistics
+        self.probe_windows: list[list[dict[str, Any]]] = [[] for _ in snaps]  # since a report
         self.frozen: dict[int, dict[str, Any]] = {}
         self.hyper = self._member_hyper()
         self._checked = False
@@ -369,13 +370,9 @@ class Population:
             return None
         from rnnsweep.algorithms import probe
 
-        cfg = member.config
-        config = probe.ProbeConfig(
-            cfg["probe_every"], cfg["probe_window"], cfg["probe_samples"], cfg["probe_horizon"]
-        )
         p = member.probe
         state = probe.init(
-            config,
+            probe.config_from(member.config),
             self.cell,
             p.estimator_name,
             p.hyper,
@@ -502,8 +499,9 @@ class Population:
             mine = Params(self.params.theta[i], self.params.readout[i])
             report = p.observe(mine, states[i * b].clone(), x[i * b], y[i * b], t)
             if report:
-                self.last_probe[i] = {k: report[k] for k in PROBE_METRICS}
-                self.last_probe[i]["probe_step"] = report["step"]
+                metrics = {k: report[k] for k in PROBE_METRICS if k in report}
+                add_window(self.last_probe[i], metrics)
+                self.probe_windows[i].append({"step": report["step"], "metrics": metrics})
 
     def _reports(self, steps: int, seconds: float) -> dict[int, dict[str, Any]]:
         """Each live member's report for the last ``steps`` steps (one host transfer)."""
@@ -530,8 +528,9 @@ class Population:
                 grad_norm,
                 rate,
                 self.stream.curriculum(i),
-                self.last_probe[i],
+                self.probe_windows[i],
             )
+            self.probe_windows[i] = []
             reports[i]["pack_steps_per_sec"] = rate * live
             reason = divergence(loss, bool(ok), c["t"])
             if reason:
@@ -740,9 +739,11 @@ def make_report(
     grad_norm: float,
     rate: float,
     curriculum: dict[str, float],
-    last_probe: dict[str, Any],
+    probe_windows: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """One report: window loss (and bpc), gradient norm, stream-steps/s, rate, curriculum, probe."""
+    """One report: window loss (and bpc), gradient norm, stream-steps/s, rate, curriculum, and
+    under ``probe`` the probe windows completed since the last report, each ``{"step": its own
+    step, "metrics": {name: value}}`` (a tracker logs each at its own step; none is repeated)."""
     report = {
         "step": counters["t"],
         "loss": loss,
@@ -754,8 +755,35 @@ def make_report(
         report["bpc"] = loss / math.log(2)
     if task.name == "copy" or curriculum:
         report.update({f"curriculum_{k}": v for k, v in curriculum.items()})
-    report.update(last_probe)
+    if probe_windows:
+        report["probe"] = list(probe_windows)
     return report
+
+
+def add_window(stats: dict[str, float], metrics: dict[str, float]) -> None:
+    """Fold one probe window's ``metrics`` into ``stats`` (flat: ``{m}_n``, ``{m}_sum``,
+    ``{m}_last``, ``{m}_max``; non-finite values, e.g. ``bias_se`` for K < 3, skipped)."""
+    stats["windows"] = stats.get("windows", 0) + 1
+    for key, value in metrics.items():
+        if not math.isfinite(value):
+            continue
+        stats[f"{key}_n"] = stats.get(f"{key}_n", 0) + 1
+        stats[f"{key}_sum"] = stats.get(f"{key}_sum", 0.0) + value
+        stats[f"{key}_last"] = value
+        stats[f"{key}_max"] = max(stats.get(f"{key}_max", -math.inf), value)
+
+
+def probe_summary(stats: dict[str, float]) -> dict[str, float]:
+    """``{m}_mean``, ``{m}_last``, ``{m}_max`` over the probe windows, and ``probe_windows``."""
+    if not stats:
+        return {}
+    out: dict[str, float] = {"probe_windows": stats["windows"]}
+    for key in PROBE_METRICS:
+        if stats.get(f"{key}_n"):
+            out[f"{key}_mean"] = stats[f"{key}_sum"] / stats[f"{key}_n"]
+            out[f"{key}_last"] = stats[f"{key}_last"]
+            out[f"{key}_max"] = stats[f"{key}_max"]
+    return out
 
 
 def divergence(loss: float, finite_params: bool, step: int) -> str:
@@ -768,7 +796,7 @@ def divergence(loss: float, finite_params: bool, step: int) -> str:
 
 
 def summarize(
-    task: Any, counters: dict[str, Any], tail_sum: float, batch: int, last_probe: dict[str, Any]
+    task: Any, counters: dict[str, Any], tail_sum: float, batch: int, probe_stats: dict[str, Any]
 ) -> dict[str, Any]:
     """A run's summary from its counters and the summed loss of its tail (last 10% of steps)."""
     c = counters
@@ -786,6 +814,5 @@ def summarize(
     }
     if task.bits_per_char:
         summary["final_bpc"] = final / math.log(2)
-    for key in ("bias", "variance", "cosine", "staleness"):
-        summary[key] = last_probe.get(key)
+    summary.update(probe_summary(probe_stats))
     return summary

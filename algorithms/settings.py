@@ -99,12 +99,14 @@ TABLE: tuple[Setting, ...] = (
     # -- the probe (a sweep sets them in its probe section: probe.every, ...)
     Setting("probe_every", int, 0, "steps between probe windows; 0: no probe", "probe",
             low=0, per_member=True),
-    Setting("probe_window", int, 100, "steps measured per probe window (<= probe_every)",
-            "probe", low=1, per_member=True),
+    Setting("probe_window", int, 100, "steps measured per window: the last of its "
+            "probe_horizon steps (<= probe_horizon)", "probe", low=1, per_member=True),
     Setting("probe_samples", int, 16, "K shadow copies of the estimator per window", "probe",
             low=1, per_member=True),
-    Setting("probe_horizon", int, 100, "W: steps of exact RTRL behind each measurement",
-            "probe", low=1, per_member=True),
+    Setting("probe_horizon", int, 100, "W: steps each window spans, from zero influence "
+            "(<= probe_every)", "probe", low=1, per_member=True),
+    Setting("probe_full", bool, False, "also run exact RTRL from the run's start for "
+            "staleness_full (O(n^4) per step; hidden <= 64)", "probe", per_member=True),
     # -- estimator hyperparameters
     Setting("truncation", int, 16, "steps backpropagated through", "estimator", low=1,
             estimators=("tbptt",)),

@@ -433,6 +433,8 @@ class Driver:
             step = report["step"]
             if step > run.last_logged:
                 run.tracker.log_metrics(step, report)
+                for window in report.get("probe", ()):  # each probe window at its own step
+                    run.tracker.log_metrics(window["step"], window["metrics"])
                 run.last_logged = step
             loss = report["loss"]
             run.row.step, run.row.loss = step, loss

@@ -189,6 +189,8 @@ def run_command(args) -> int:
         progress.update(report["step"], **fields)
         if tracker is not None and report["step"] > last_logged:
             tracker.log_metrics(report["step"], report)
+            for window in report.get("probe", ()):  # each probe window at its own step
+                tracker.log_metrics(window["step"], window["metrics"])
         if args.checkpoint and report["step"] >= next_checkpoint[0]:
             if tracker is not None:
                 tracker.flush()

@@ -119,8 +119,9 @@ class Probe:
     window: int = SETTINGS["probe_window"].default
     samples: int = SETTINGS["probe_samples"].default
     horizon: int = SETTINGS["probe_horizon"].default
+    full: bool = SETTINGS["probe_full"].default
 
-    def settings(self) -> dict[str, int]:
+    def settings(self) -> dict[str, int | bool]:
         """The learner's ``probe_*`` settings (none when the probe is off)."""
         if not self.every:
             return {}
@@ -683,6 +684,10 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
     probe = Probe(**top.probe.model_dump())
     if probe.every and probe.window > probe.every:
         _fail("probe.window", f"must be <= probe.every (got {probe.window} > {probe.every})")
+    if probe.every and probe.horizon > probe.every:
+        _fail("probe.horizon", f"must be <= probe.every (got {probe.horizon} > {probe.every})")
+    if probe.every and probe.window > probe.horizon:
+        _fail("probe.window", f"must be <= probe.horizon (got {probe.window} > {probe.horizon})")
 
     fixed = dict(top.fixed)
     for key, value in fixed.items():

@@ -122,6 +122,8 @@ def _entry_check(entry: Setting) -> Callable[[Any], Any]:
             return choice(value, entry.choices, what)
         if entry.nullable:
             return None if value is None else text(value)
+        if entry.type is bool:
+            return boolean(value)
         if entry.type is int:
             number = integer(value, entry.low)
             if entry.high is not None and number > entry.high:

@@ -28,7 +28,16 @@ def _losses(learner: Learner, steps: int) -> list[float]:
         ("nobacktrack", {"optimizer": "adam", "lr": 1e-3, "update_every": 3}),
         ("nobacktrack-kalman", {}),
         ("tbptt", {"truncation": 7, "stride": 3, "optimizer": "sgd"}),
-        ("rtrl", {"probe_every": 100, "probe_window": 20, "probe_samples": 8, "probe_horizon": 10}),
+        (  # the checkpoint at step 200 falls inside the window [190, 210)
+            "rtrl",
+            {
+                "probe_every": 95,
+                "probe_window": 10,
+                "probe_samples": 8,
+                "probe_horizon": 20,
+                "probe_full": True,
+            },
+        ),
     ],
 )
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -62,15 +71,27 @@ def test_probe_does_not_change_learning():
             optimizer="sgd",
             lr=0.02,
             probe_every=100,
-            probe_window=30,
+            probe_window=20,
             probe_samples=16,
             probe_horizon=20,
         )
     )
-    assert _losses(probed, 300) == base
+    reports: list[dict] = []
+    probed.run(300, on_report=reports.append)
+    assert [r["loss"] for r in reports] == base
+    # Each window once, in the report that follows it, at its own step; none repeated.
+    windows = [w for r in reports for w in r.get("probe", ())]
+    assert [w["step"] for w in windows] == [20, 120, 220]
+    assert [r["step"] for r in reports if "probe" in r] == [50, 150, 250]
+    assert not any(key in r for r in reports for key in ("bias", "staleness"))
     summary = probed.summary()
-    for key in ("bias", "variance", "cosine", "staleness"):
-        assert isinstance(summary[key], float) and math.isfinite(summary[key])
+    assert summary["probe_windows"] == 3
+    for key in ("bias", "variance", "cosine", "staleness", "horizon_error", "bias_se"):
+        values = [w["metrics"][key] for w in windows]
+        assert summary[f"{key}_mean"] == pytest.approx(sum(values) / 3, rel=1e-12)
+        assert summary[f"{key}_last"] == values[-1] and summary[f"{key}_max"] == max(values)
+        assert math.isfinite(summary[f"{key}_mean"])
+    assert "staleness_full_mean" not in summary
 
 
 def test_rtrl_probe_bias_is_zero():
@@ -82,12 +103,13 @@ def test_rtrl_probe_bias_is_zero():
             probe_every=100,
             probe_window=40,
             probe_samples=4,
-            probe_horizon=30,
+            probe_horizon=40,
         )
     )
     learner.run(300)
     summary = learner.summary()
-    assert summary["bias"] < 1e-10 and summary["variance"] < 1e-20
+    assert summary["probe_windows"] == 3
+    assert summary["bias_max"] < 1e-10 and summary["variance_max"] < 1e-20
 
 
 def test_divergence_is_a_result_not_an_exception():
@@ -154,6 +176,9 @@ def test_final_loss_and_window_loss_across_device_ring_folds():
         ({"t1": -2}, "t1"),
         ({"update_every": 0}, "setting 'update_every' must be >= 1"),
         ({"probe_every": 10, "probe_window": 20}, "probe_window"),
+        ({"probe_every": 10, "probe_window": 5, "probe_horizon": 20}, "'probe_horizon' must not"),
+        ({"probe_every": 10, "probe_window": 8, "probe_horizon": 5}, "exceed 'probe_horizon'"),
+        ({"probe_every": 10, "probe_window": 5, "probe_horizon": 5, "probe_full": 1}, "probe_full"),
     ],
 )
 def test_bad_settings_are_named(settings, message):

@@ -27,10 +27,10 @@ from rnnsweep.tasks.settings import Setting
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TASK_ROWS = [(task, entry) for task in task_names() for entry in task_setting_entries(task)]
-# Settings a key needs beside it to be valid (cross-key rules: window <= every, ...).
+# Settings a key needs beside it to be valid (cross-key rules: window <= horizon <= every, ...).
 CONTEXT: dict[str, dict[str, Any]] = {
-    "probe_every": {"probe_window": 1},
-    "probe_window": {"probe_every": 10},
+    "probe_every": {"probe_window": 1, "probe_horizon": 1},
+    "probe_window": {"probe_every": 10, "probe_horizon": 2},
     "n": {"positive": 0},
     "max_gap": {"min_gap": 0},
 }
@@ -40,6 +40,8 @@ def valid_pair(entry: Setting) -> tuple[Any, Any]:
     """Two different valid values of ``entry``."""
     if entry.choices:
         return entry.choices[0], entry.choices[1]
+    if entry.type is bool:
+        return False, True
     if entry.type is int:
         low = int(entry.low or 0)
         return low, low + 1
