@@ -7,8 +7,9 @@ Optuna pruner) a view of the study that holds only the trial's group (``study_vi
 inner pruner's own rules (startup, warm-up, percentiles, rungs) apply within the group.
 
 ``min_complete``: no trial of a group is pruned before the group has that many COMPLETE
-trials, whatever the scope. ``within="global"`` keeps that guard but lets the inner pruner
-see every trial (the comparison across estimators, as a plain pruner makes it).
+trials, whatever the scope (the inner pruner is still asked, so that a stateful one records
+those trials, and its answer ignored). ``within="global"`` keeps that guard but lets the
+inner pruner see every trial (the comparison across estimators, as a plain pruner makes it).
 
 A trial's value of a key is read from its user attrs, then its recorded ``settings``, then its
 params, then ``defaults`` (a sweep's task and cell are the spec's, one per study).
@@ -65,9 +66,10 @@ class GroupedPruner(BasePruner):
         def same(other: FrozenTrial) -> bool:
             return self.group(other) == mine
 
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if sum(same(t) for t in complete) < self.min_complete:
+        view = study if self.within == "global" else study_view(study, same, pruner=self.inner)
+        # Asked even before the group has min_complete trials: a stateful pruner (Hyperband's
+        # rungs) records the trial, so the group's first trials are competitors later.
+        if not self.inner.prune(view, trial):
             return False
-        if self.within == "global":
-            return self.inner.prune(study, trial)
-        return self.inner.prune(study_view(study, same, pruner=self.inner), trial)
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return sum(same(t) for t in complete) >= self.min_complete
