@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from rnnsweep.orchestrator.device import resolve_device
 from rnnsweep.orchestrator.environment_fault import EXIT_ENVIRONMENT, EnvironmentFault, describe
 from rnnsweep.orchestrator.sweep_lease import LeaseHeld
+from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
 
 # 3: the sweep is being driven by another live driver (launch, resume); 130: interrupted
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
@@ -90,11 +91,22 @@ examples:
   rnnsweep launch examples/compare_add.yaml --dry-run   # validate, show the search space
   RAY_ADDRESS=auto rnnsweep launch examples/gpu_cluster.yaml   # on a Ray cluster's head
 
+estimators (spec keys; --dry-run shows both): estimator_choice: {estimator_choice} shares the
+trials evenly by the estimators, each searched by its own sampler (searched: the sampler picks
+the estimator). prune_within: {prune_within} prunes a trial only against trials of its own
+estimator, task and cell (global: against every trial), once its estimator has
+min_complete_per_estimator ({min_complete_per_estimator}) completed trials.
+
 exit status: 0 when the sweep ends; 2 on a bad spec, or resources no node has (nothing
 created); 3 when another live driver holds the sweep; 74 the machine (disk full, read-only or
 locked store: one line names it; resume once fixed); 130 when stopped by Ctrl-C or SIGTERM
 (checkpoints kept: `rnnsweep resume NAME`).
-"""
+""".format(
+    **{
+        key: SWEEP_SETTINGS[key].default
+        for key in ("estimator_choice", "prune_within", "min_complete_per_estimator")
+    }
+)
 RESUME_EXAMPLES = """\
 examples:
   rnnsweep resume smoke             # running trials continue from their checkpoints

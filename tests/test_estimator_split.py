@@ -185,3 +185,12 @@ def test_dry_run_shows_the_split_and_the_pruning(tmp_path, capsys, choice, expec
         lines = [line for line in out.splitlines() if ". " in line[:6]]
         sampled = [line.split(":")[0].split(". ")[1] for line in lines]
         assert sampled == ["uoro", "tbptt", "rtrl"]
+
+
+def test_launch_help_names_the_split_and_the_pruning_scope(capsys):
+    with pytest.raises(SystemExit):
+        main(["launch", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "estimator_choice: split shares the trials evenly" in out
+    assert "prune_within: estimator prunes a trial only against trials of its own" in out
+    assert "min_complete_per_estimator (2) completed trials" in out
