@@ -191,6 +191,6 @@ def test_launch_help_names_the_split_and_the_pruning_scope(capsys):
     with pytest.raises(SystemExit):
         main(["launch", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "estimator_choice: split shares the trials evenly" in out
-    assert "prune_within: estimator prunes a trial only against trials of its own" in out
-    assert "min_complete_per_estimator (2) completed trials" in out
+    assert "estimator_choice: split the trials shared evenly by the estimators" in out
+    assert "prune_within: estimator a trial pruned only against trials of its own" in out
+    assert "min_complete_per_estimator: 2 completed trials an estimator needs" in out
