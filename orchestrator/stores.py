@@ -101,7 +101,7 @@ class SweepStores:
         self.study: Any = None
         self.parent: Tracker | None = None
         self.space: list[dict[str, Any]] | None = None  # a finite space's sets ([]: infinite)
-        self.exhausted: int | None = None  # a finite space's size, once every set is tried
+        self.exhausted: int | None = None  # trials that tried every set of a finite space
         self.lease: SweepLease | None = None
         self.takeover = ""  # whose stale lease ``take_lease`` took over, and why
         self.mlflow_outage = Outage("MLflow", storage.outage_limit)
@@ -397,7 +397,8 @@ class SweepStores:
         if self.space and not waiting:  # (a killed driver may have left one enqueued)
             tried = Counter(search_space.key(t.params) for t in trials if t.params)
             if min(tried[search_space.key(p)] for p in self.space) > 0 and self.exhausted is None:
-                self.exhausted = len(self.space)
+                # (split: an estimator with fewer sets repeats them before the others are done)
+                self.exhausted = len(self.space) if assigned is None else len(trials)
             mine = [p for p in self.space if assigned in (None, p["estimator"])]
             fewest = min(tried[search_space.key(p)] for p in mine)
             candidates = [p for p in mine if tried[search_space.key(p)] == fewest]
