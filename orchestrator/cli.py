@@ -55,8 +55,16 @@ did-you-mean, a key that does not apply says where it does, a bad value exits 2.
 
 
 def _fill(text: str) -> str:
-    """``{set_keys}`` and ``{default:KEY}`` filled from the settings table. Only when help is
-    shown: the table loads the task modules (torch), which plain commands need not."""
+    """``{set_keys}``, ``{default:KEY}`` and ``{sweep_default:KEY}`` filled from the settings
+    tables. Only when help is shown: the table loads the task modules (torch), which plain
+    commands need not."""
+    if "{sweep_default:" in text:
+        import re
+
+        from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
+
+        pattern = r"\{sweep_default:([\w.]+)\}"
+        text = re.sub(pattern, lambda m: str(SWEEP_SETTINGS[m[1]].default), text)
     if "{set_keys}" not in text and "{default:" not in text:
         return text
     import re
@@ -89,6 +97,16 @@ examples:
   rnnsweep launch examples/smoke.yaml --workers 2       # a 2-minute laptop sweep
   rnnsweep launch examples/compare_add.yaml --dry-run   # validate, show the search space
   RAY_ADDRESS=auto rnnsweep launch examples/gpu_cluster.yaml   # on a Ray cluster's head
+
+estimators and pruning (spec keys with their defaults; --dry-run shows both):
+  estimator_choice: {sweep_default:estimator_choice}
+      the trials shared evenly by the estimators, each searched by its own sampler
+      (searched: the sampler picks the estimator)
+  prune_within: {sweep_default:prune_within}
+      a trial pruned only against trials of its own estimator, task and cell
+      (global: against every trial)
+  min_complete_per_estimator: {sweep_default:min_complete_per_estimator}
+      completed trials an estimator needs before its trials may be pruned
 
 exit status: 0 when the sweep ends; 2 on a bad spec, or resources no node has (nothing
 created); 3 when another live driver holds the sweep; 74 the machine (disk full, read-only or
@@ -264,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_text,
             description=help_text,
             epilog=examples,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_TableHelp,
         )
         sub_parser.add_argument("--state-dir", help="default $RNNSWEEP_STATE_DIR or ./.rnnsweep")
         return sub_parser

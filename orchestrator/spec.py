@@ -22,8 +22,12 @@ needs the task, the estimators and the learner. Every problem raises ``SpecError
 Trials: ``suggest(spec, trial)`` samples an estimator (the categorical parameter
 ``estimator``) and then, define-by-run, the parameters that exist for it (``optimizer``
 first when it is searched, so that keys conditional on the optimizer follow it);
-``learner_spec`` turns the result into an ``rnnsweep.algorithms.learner.LearnerSpec``. Pruners count
-resources in learner steps: the driver reports intermediate losses at ``report["step"]``.
+``learner_spec`` turns the result into an ``rnnsweep.algorithms.learner.LearnerSpec``. With
+``estimator_choice: split`` the estimator is assigned before sampling (``estimator_split``, a
+fixed parameter) and ``make_sampler`` gives each estimator its own sampler
+(``estimator_sampler``); ``make_pruner`` prunes within each estimator (``grouped_pruner``).
+Pruners count resources in learner steps: the driver reports intermediate losses at
+``report["step"]``.
 """
 
 from __future__ import annotations
@@ -161,6 +165,9 @@ class SweepSpec:
     objective: Objective = Objective()
     sampler: str = "tpe"
     pruner: str = "median"
+    estimator_choice: str = SWEEP_SETTINGS["estimator_choice"].default
+    prune_within: str = SWEEP_SETTINGS["prune_within"].default
+    min_complete_per_estimator: int = SWEEP_SETTINGS["min_complete_per_estimator"].default
     probe: Probe = Probe()
     resources: Resources = Resources()
     checkpoint_every: int = 1000
@@ -189,6 +196,9 @@ class SweepSpec:
             "objective": dataclasses.asdict(self.objective),
             "sampler": self.sampler,
             "pruner": self.pruner,
+            "estimator_choice": self.estimator_choice,
+            "prune_within": self.prune_within,
+            "min_complete_per_estimator": self.min_complete_per_estimator,
             "probe": dataclasses.asdict(self.probe),
             "resources": dataclasses.asdict(self.resources),
             "checkpoint_every": self.checkpoint_every,
@@ -281,7 +291,18 @@ def learner_spec(
 
 
 def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler named by ``spec.sampler``, seeded."""
+    """The Optuna sampler named by ``spec.sampler``, seeded; with ``estimator_choice: split``
+    (and several estimators) one of them per estimator (``EstimatorSampler``)."""
+    from rnnsweep.orchestrator import estimator_split
+
+    if estimator_split.splits(spec):
+        from rnnsweep.orchestrator.estimator_sampler import EstimatorSampler
+
+        return EstimatorSampler(spec.estimators, lambda s: _named_sampler(spec, s), seed)
+    return _named_sampler(spec, seed)
+
+
+def _named_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
     import warnings
 
     import optuna
@@ -302,23 +323,60 @@ def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    """The Optuna pruner named by ``spec.pruner``; resources are learner steps."""
+    """The Optuna pruner named by ``spec.pruner`` (resources are learner steps), applied
+    within each estimator (``prune_within``) once it has ``min_complete_per_estimator``
+    complete trials (``GroupedPruner``)."""
     import optuna
+
+    from rnnsweep.orchestrator.grouped_pruner import GroupedPruner
 
     if spec.pruner == "none":
         return optuna.pruners.NopPruner()
     if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(
+        inner: optuna.pruners.BasePruner = optuna.pruners.HyperbandPruner(
             min_resource=max(1, spec.steps // 27), max_resource=spec.steps, reduction_factor=3
         )
-    # Online losses are noisy early on: no pruning in the first quarter of a run.
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=spec.steps // 4)
+    else:
+        # Online losses are noisy early on: no pruning in the first quarter of a run. (No
+        # startup trials here: the wrapper waits for min_complete_per_estimator per group.)
+        inner = optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=spec.steps // 4)
+    return GroupedPruner(
+        inner,
+        within=spec.prune_within,
+        min_complete=spec.min_complete_per_estimator,
+        defaults={"task": spec.task, "cell": spec.cell},
+    )
+
+
+def pruning_text(spec: SweepSpec) -> str:
+    """How trials are pruned, in one line."""
+    if spec.pruner == "none":
+        return "none"
+    scope = (
+        "within estimator (same estimator, task and cell)"
+        if spec.prune_within == "estimator"
+        else "global (against every trial)"
+    )
+    return (
+        f"{spec.pruner}, {scope}, after {spec.min_complete_per_estimator} completed trials "
+        "per estimator"
+    )
+
+
+def estimator_text(spec: SweepSpec) -> str:
+    """How trials get their estimator, in one line."""
+    from rnnsweep.orchestrator import estimator_split
+
+    if spec.estimator_choice == "split":
+        split = estimator_split.split_text(spec.estimators, spec.trials)
+        return f"trials per estimator: {split} (split: a sampler each)"
+    return f"estimator: categorical {{{', '.join(spec.estimators)}}} (searched by the sampler)"
 
 
 def search_space_text(spec: SweepSpec) -> str:
     """The search space per estimator, with the fixed settings each one gets."""
     task_keys = _task_entries(spec.task)
-    lines = [f"estimator: categorical {{{', '.join(spec.estimators)}}}"]
+    lines = [estimator_text(spec)]
     for estimator in spec.estimators:
         optimizers = _optimizers(estimator, spec.fixed, spec.search)
         lines.append(f"{estimator} (optimizer {' | '.join(optimizers)}):")
@@ -347,6 +405,7 @@ def dry_run_text(spec: SweepSpec, samples: int = 3) -> str:
     """
     import optuna
 
+    from rnnsweep.orchestrator import estimator_split
     from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 
     resolved = yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None)
@@ -354,6 +413,7 @@ def dry_run_text(spec: SweepSpec, samples: int = 3) -> str:
     out += ["  " + line for line in resolved.rstrip().splitlines()]
     out += ["", "search space:"]
     out += ["  " + line for line in search_space_text(spec).splitlines()]
+    out += ["", f"pruning: {pruning_text(spec)}"]
     out += ["", f"{samples} sampled configurations (random sampler, seed {spec.seed}):"]
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -363,6 +423,12 @@ def dry_run_text(spec: SweepSpec, samples: int = 3) -> str:
             direction=spec.objective.direction,
         )
         for index in range(samples):
+            if estimator_split.splits(spec):  # the estimators in the order the driver asks
+                existing = study.get_trials(deepcopy=False)
+                assigned = estimator_split.next_estimator(
+                    spec.estimators, max(spec.trials, samples), existing
+                )
+                study.enqueue_trial({"estimator": assigned})
             trial = study.ask()
             estimator, settings = suggest(spec, trial)
             learner_spec(spec, estimator, settings, spec.seed + index)
@@ -763,6 +829,9 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
         objective=Objective(metric, direction),
         sampler=sampler,
         pruner=pruner,
+        estimator_choice=top.estimator_choice,
+        prune_within=top.prune_within,
+        min_complete_per_estimator=top.min_complete_per_estimator,
         probe=probe,
         resources=Resources(cpus, gpus),
         checkpoint_every=checkpoint_every,

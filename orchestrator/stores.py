@@ -8,7 +8,8 @@
   of the spec for the MLflow UI, written once and never read back.
 - The Optuna study: trials are asked and told here; each trial's user attrs (``estimator``,
   ``settings``, ``seed``, ``mlflow_run_id``, ``pack``, ``retries``, ``checkpoint_step``,
-  ``steps_done``, ``fail_reason`` or ``reason``) and intermediate values (for pruning).
+  ``steps_done``, ``fail_reason`` or ``reason``, ``pruned_at_step``) and intermediate values
+  (for pruning; a pruned trial's value is its last one, as Optuna records it).
 - MLflow: the sweep's parent run and one child run per trial (tag ``optuna_trial_number``).
 - Checkpoints ``DIR/checkpoints/NAME/trial-N.pt`` (``checkpoint_file``'s format), written
   atomically, read back with their header, length and checksum verified, never deserialized.
@@ -51,7 +52,13 @@ from typing import Any
 
 from rnnsweep.algorithms import checkpoint_file
 from rnnsweep.algorithms.atomic_file import write_atomic
-from rnnsweep.orchestrator import metric_journal, search_space, sweep_store, tracking
+from rnnsweep.orchestrator import (
+    estimator_split,
+    metric_journal,
+    search_space,
+    sweep_store,
+    tracking,
+)
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator.store_outage import Outage, StoreOutage
 from rnnsweep.orchestrator.sweep_lease import SweepLease
@@ -94,7 +101,7 @@ class SweepStores:
         self.study: Any = None
         self.parent: Tracker | None = None
         self.space: list[dict[str, Any]] | None = None  # a finite space's sets ([]: infinite)
-        self.exhausted: int | None = None  # a finite space's size, once every set is tried
+        self.exhausted: int | None = None  # trials that tried every set of a finite space
         self.lease: SweepLease | None = None
         self.takeover = ""  # whose stale lease ``take_lease`` took over, and why
         self.mlflow_outage = Outage("MLflow", storage.outage_limit)
@@ -382,14 +389,23 @@ class SweepStores:
             self.space = search_space.parameter_sets(self.spec) or []
         trials = self._optuna(self.study.get_trials, deepcopy=False)
         waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        assigned = None  # the estimator the split gives this trial (estimator_split)
+        if estimator_split.splits(self.spec) and not waiting:
+            assigned = estimator_split.next_estimator(
+                self.spec.estimators, self.spec.trials, trials
+            )
         if self.space and not waiting:  # (a killed driver may have left one enqueued)
             tried = Counter(search_space.key(t.params) for t in trials if t.params)
-            fewest = min(tried[search_space.key(p)] for p in self.space)
-            if fewest > 0 and self.exhausted is None:
-                self.exhausted = len(self.space)
-            candidates = [p for p in self.space if tried[search_space.key(p)] == fewest]
+            if min(tried[search_space.key(p)] for p in self.space) > 0 and self.exhausted is None:
+                # (split: an estimator with fewer sets repeats them before the others are done)
+                self.exhausted = len(self.space) if assigned is None else len(trials)
+            mine = [p for p in self.space if assigned in (None, p["estimator"])]
+            fewest = min(tried[search_space.key(p)] for p in mine)
+            candidates = [p for p in mine if tried[search_space.key(p)] == fewest]
             draw = random.Random(sampler_seed(self.spec.seed, len(trials)))
             self._optuna(self.study.enqueue_trial, draw.choice(candidates))
+        elif assigned is not None:
+            self._optuna(self.study.enqueue_trial, {"estimator": assigned})
         # suggesting again returns the values Optuna already holds: retried as one
         before = {t.number for t in trials}
         trial = self._optuna(self._ask_once, before)
@@ -551,6 +567,8 @@ class SweepStores:
             key = "fail_reason" if state == "FAIL" else "reason"
             self._optuna(trial.set_user_attr, key, reason)
             tracker.set_tags({"reason": reason})
+        if state == "PRUNED":
+            self._record_pruned(trial, tracker)
         tracker.set_tags({"optuna_state": state})
         tracker.close(MLFLOW_STATUS[state])
         # skip_if_finished: a tell whose commit landed before the connection was lost
@@ -561,6 +579,18 @@ class SweepStores:
             state=getattr(optuna.trial.TrialState, state),
             skip_if_finished=True,
         )
+
+    def _record_pruned(self, trial: Any, tracker: Tracker) -> None:
+        """A pruned trial's last intermediate value (Optuna's tell makes it the trial's value)
+        and its step: user attr ``pruned_at_step``; MLflow metrics ``pruned_loss`` and
+        ``pruned_at_step`` at that step."""
+        frozen = self._optuna(self.study._storage.get_trial, trial._trial_id)
+        step = frozen.last_step
+        if step is None:
+            return
+        self._optuna(trial.set_user_attr, "pruned_at_step", step)
+        value = frozen.intermediate_values[step]
+        tracker.log_metrics(step, {"pruned_loss": value, "pruned_at_step": step})
 
     # -- checkpoints -------------------------------------------------------------------------
 

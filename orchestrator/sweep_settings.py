@@ -11,6 +11,8 @@ from rnnsweep.tasks.settings import Setting
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("median", "none", "hyperband")
+ESTIMATOR_CHOICES = ("split", "searched")
+PRUNE_SCOPES = ("estimator", "global")
 
 
 def _sweep(name: str, kind: type, default: object, doc: str, **bounds: object) -> Setting:
@@ -48,6 +50,29 @@ SWEEP_TABLE: tuple[Setting, ...] = (
     _sweep("pack", int, 1, "trials stepped together as one population per actor", low=1),
     _sweep("sampler", str, "tpe", "Optuna sampler", choices=SAMPLERS),
     _sweep("pruner", str, "median", "Optuna pruner (resources: learner steps)", choices=PRUNERS),
+    _sweep(
+        "estimator_choice",
+        str,
+        "split",
+        "split: trials shared evenly by the estimators, each searched by its own sampler; "
+        "searched: the estimator is one more categorical the sampler chooses",
+        choices=ESTIMATOR_CHOICES,
+    ),
+    _sweep(
+        "prune_within",
+        str,
+        "estimator",
+        "estimator: a trial is pruned only against trials of its estimator, task and cell; "
+        "global: against every trial",
+        choices=PRUNE_SCOPES,
+    ),
+    _sweep(
+        "min_complete_per_estimator",
+        int,
+        2,
+        "completed trials of an estimator (and task and cell) before its trials may be pruned",
+        low=0,
+    ),
     _sweep(
         "objective.metric",
         str,

@@ -430,18 +430,29 @@ def test_learner_spec_refuses_foreign_estimators_and_bad_settings():
 
 
 def test_samplers_and_pruners():
-    spec = load_spec_dict(base())
-    assert isinstance(make_sampler(spec, 0), optuna.samplers.TPESampler)
-    random = load_spec_dict(base(sampler="random"))
+    from rnnsweep.orchestrator.estimator_sampler import EstimatorSampler
+    from rnnsweep.orchestrator.grouped_pruner import GroupedPruner
+
+    spec = load_spec_dict(base())  # three estimators: split, one sampler each
+    split = make_sampler(spec, 0)
+    assert isinstance(split, EstimatorSampler) and set(split.samplers) == set(spec.estimators)
+    assert all(isinstance(s, optuna.samplers.TPESampler) for s in split.samplers.values())
+    searched = load_spec_dict(base(estimator_choice="searched"))
+    assert isinstance(make_sampler(searched, 0), optuna.samplers.TPESampler)
+    one = load_spec_dict(base(estimators=["uoro"], search={}))
+    assert isinstance(make_sampler(one, 0), optuna.samplers.TPESampler)
+    random = load_spec_dict(base(sampler="random", estimator_choice="searched"))
     assert isinstance(make_sampler(random, 0), optuna.samplers.RandomSampler)
-    gp = load_spec_dict(base(sampler="gp"))  # torch and scipy are installed
+    gp = load_spec_dict(base(sampler="gp", estimator_choice="searched"))  # torch, scipy here
     assert isinstance(make_sampler(gp, 0), optuna.samplers.GPSampler)
     median = make_pruner(spec)
-    assert isinstance(median, optuna.pruners.MedianPruner)
-    assert median._n_startup_trials == 2 and 0 < median._n_warmup_steps < spec.steps
-    hyperband = make_pruner(load_spec_dict(base(pruner="hyperband")))
-    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
-    assert hyperband._max_resource == spec.steps
+    assert isinstance(median, GroupedPruner)
+    assert isinstance(median.inner, optuna.pruners.MedianPruner)
+    assert (median.within, median.min_complete) == ("estimator", 2)
+    assert median.inner._n_startup_trials == 0 and 0 < median.inner._n_warmup_steps < spec.steps
+    hyperband = make_pruner(load_spec_dict(base(pruner="hyperband", prune_within="global")))
+    assert isinstance(hyperband.inner, optuna.pruners.HyperbandPruner)
+    assert hyperband.inner._max_resource == spec.steps and hyperband.within == "global"
     assert isinstance(make_pruner(load_spec_dict(base(pruner="none"))), optuna.pruners.NopPruner)
 
 

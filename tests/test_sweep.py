@@ -186,6 +186,13 @@ def test_pruned_member_leaves_the_rest_of_its_pack_undisturbed(ray_session, tmp_
         pruned.user_attrs["mlflow_run_id"], "loss"
     )
     assert max(m.step for m in history) == pruned.user_attrs["steps_done"]
+    # its last loss and the step it was pruned at, in Optuna and in MLflow
+    step = pruned.user_attrs["pruned_at_step"]
+    assert step == pruned.last_step == pruned.user_attrs["steps_done"]
+    assert pruned.value == pruned.intermediate_values[step]
+    run = _mlflow(record["tracking_uri"]).get_run(pruned.user_attrs["mlflow_run_id"])
+    assert run.data.metrics["pruned_loss"] == pruned.value
+    assert run.data.metrics["pruned_at_step"] == step
     for trial in (trials[0], trials[2]):
         assert trial.value == _plain_value(spec, trial)
 

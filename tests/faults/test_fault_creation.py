@@ -268,7 +268,13 @@ def test_three_resumes_never_repeat_a_parameter_set(ray_session, tmp_path):
 def test_a_finite_space_is_tried_once_before_any_repeat_across_a_resume(ray_session, tmp_path):
     search = {"truncation": {"type": "categorical", "choices": [2, 4], "estimators": ["tbptt"]}}
     spec = spec_.load_spec_dict(
-        _spec_dict(trials=6, steps=200, estimators=["uoro", "tbptt"], search=search)
+        _spec_dict(
+            trials=6,
+            steps=200,
+            estimators=["uoro", "tbptt"],
+            search=search,
+            estimator_choice="searched",  # every set once before a repeat, across estimators
+        )
     )
     with pytest.raises(KeyboardInterrupt):
         Driver(spec, str(tmp_path), workers=1, on_event=_interrupted_at_asked({1})).run()
