@@ -66,12 +66,12 @@ def select(
     return rows
 
 
-def row_text(row: Setting) -> str:
+def row_text(row: Setting, width: int) -> str:
     applies_to = "applies " + where(row) if row.group not in ("run", "sweep") else ""
     if row.group.startswith("task:"):
         applies_to = f"task {row.group.partition(':')[2]}"
     pack = {True: "per-member", False: "pack-shared", None: "per sweep"}[row.per_member]
-    head = f"{row.name:<20} {row.type_name:<5} default {row.default_text()}"
+    head = f"{row.name:<{width}} {row.type_name:<5} default {row.default_text()}"
     facts = "; ".join(part for part in (row.bounds_text() or "any", applies_to, pack) if part)
     indent = {"initial_indent": "    ", "subsequent_indent": "    "}
     lines = [head, *textwrap.wrap(facts, 92, **indent), *textwrap.wrap(row.doc, 92, **indent)]
@@ -88,6 +88,7 @@ def settings_text(rows: list[Setting]) -> str:
     for row in rows:
         groups.setdefault(row.group, []).append(row)
     current = None
+    width = max((len(row.name) for row in rows), default=0)  # one column for every section
     for group, members in groups.items():
         title = titles.get(group, group)
         if group.startswith("task:"):
@@ -97,7 +98,7 @@ def settings_text(rows: list[Setting]) -> str:
         if title is not None and title != current:
             out += ["", f"== {title}"]
             current = title
-        out += [row_text(row) for row in members]
+        out += [row_text(row, width) for row in members]
     return "\n".join(out)
 
 
