@@ -9,8 +9,10 @@ their child runs, and writes into one folder (default ``DIR/reports/NAME/``):
 - ``bias_variance_process_noise.png``: the same for Kalman-rule trials against
   ``process_noise`` (log x);
 - ``best_per_estimator.png``: the best objective value of each estimator;
-- ``summary.json``: per estimator the best value, trial and settings and the count of trials per
-  state; the probe points plotted; which figures were skipped and why.
+- ``summary.json``: per estimator of the spec the best value, trial and settings and the count
+  of trials per state (one without a completed trial has ``note``: "no completed trial (2
+  pruned, 1 failed)", also printed); the probe points plotted; which figures were skipped and
+  why.
 
 A figure without data (e.g. a sweep without probe metrics) is skipped with a note. Every file
 written is logged as an artifact of the sweep's MLflow parent run under ``report/``.
