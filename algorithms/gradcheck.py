@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from rnnsweep.algorithms.bptt import bptt_gradient
-from rnnsweep.algorithms.cell import make_cell
+from rnnsweep.algorithms.cell import Cell, make_cell
 from rnnsweep.algorithms.estimator import estimator_names, get_estimator, start
-from rnnsweep.algorithms.params import init_params
+from rnnsweep.algorithms.params import Params, init_params
 
 OUTPUTS = 3
 INPUTS = 3
@@ -51,6 +51,19 @@ def default_estimators() -> list[str]:
     return [name for name in estimator_names() if name != "bptt"]
 
 
+def draw_problem(
+    cell_name: str, hidden: int, steps: int, seed: int, scale: float = 1.0
+) -> tuple[Cell, Params, torch.Tensor, torch.Tensor]:
+    """The checked problem, in float64 on the CPU: a random cell (weights' std ``scale`` times
+    the default), readout, inputs ``xs [T, 1, m]`` and classes ``ys [T, 1]``, from ``seed``."""
+    cell = make_cell(cell_name, hidden, INPUTS)
+    gen = torch.Generator().manual_seed(seed)
+    params = init_params(cell, OUTPUTS, gen, torch.float64, scale=scale)
+    xs = torch.randn(steps, 1, INPUTS, generator=gen, dtype=torch.float64)
+    ys = torch.randint(0, OUTPUTS, (steps, 1), generator=gen)
+    return cell, params, xs, ys
+
+
 def exact_tolerance(dtype: torch.dtype) -> float:
     return 1e-9 if dtype == torch.float64 else 1e-4
 
@@ -66,8 +79,10 @@ def gradcheck(
     device: str = "cpu",
     truncation: int | None = None,
     progress: Callable[[str], None] | None = None,
+    scale: float = 1.0,
 ) -> dict[str, Any]:
-    """Run the check; returns ``{"cell": ..., "estimators": {name: CheckResult as dict}}``."""
+    """Run the check; returns ``{"cell": ..., "estimators": {name: CheckResult as dict}}``.
+    ``scale`` multiplies the recurrent weights' standard deviation (``draw_problem``)."""
     if steps < 1 or hidden < 1:
         raise ValueError(f"steps and hidden must be >= 1, got steps={steps}, hidden={hidden}")
     if samples < 2:
@@ -75,11 +90,7 @@ def gradcheck(
     names = list(estimators) if estimators else default_estimators()
     for name in names:
         get_estimator(name)
-    cell = make_cell(cell_name, hidden, INPUTS)
-    gen = torch.Generator().manual_seed(seed)
-    params = init_params(cell, OUTPUTS, gen, torch.float64)
-    xs = torch.randn(steps, 1, INPUTS, generator=gen, dtype=torch.float64)
-    ys = torch.randint(0, OUTPUTS, (steps, 1), generator=gen)
+    cell, params, xs, ys = draw_problem(cell_name, hidden, steps, seed, scale)
     params = type(params)(params.theta.to(device, dtype), params.readout.to(device, dtype))
     xs, ys = xs.to(device, dtype), ys.to(device)
     _, truth = bptt_gradient(cell, params, "ce", xs, ys)

@@ -22,8 +22,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
 GRADCHECK_EXAMPLES = """\
 examples:
   rnnsweep gradcheck                                # every estimator, tanh cell, float64
-  rnnsweep gradcheck --cell gru --estimators uoro,nobacktrack,rtrl
-  rnnsweep gradcheck --steps 30 --hidden 16 --samples 4096 --json
+  rnnsweep gradcheck --cell gru --hidden 8 --estimators uoro,nobacktrack,rtrl
+  rnnsweep gradcheck --steps 20 --hidden 8 --samples 1024 --json
   rnnsweep gradcheck --estimators tbptt --truncation 5   # a biased truncation: reported only
 
 exit status: 0 when every judged claim holds, 1 otherwise, 2 on bad arguments.
@@ -32,11 +32,11 @@ exit status: 0 when every judged claim holds, 1 otherwise, 2 on bad arguments.
 
 RUN_EXAMPLES = """\
 examples:
-  rnnsweep run --task add --estimator uoro --steps 100000
-  rnnsweep run --task add --estimator tbptt --set truncation=10 lr=0.01 --summary-json out.json
-  rnnsweep run --task influence-balancing --estimator rtrl --steps 20000 --no-mlflow
-  rnnsweep run --task add --estimator nobacktrack-kalman --set process_noise=1e-4
-  rnnsweep run --task add --estimator uoro --probe-every 5000 --checkpoint ck.pt
+  rnnsweep run --task add --estimator uoro --steps 1000     # default 100000 steps
+  rnnsweep run --task add --estimator tbptt --steps 2000 --set truncation=10 --summary-json o.json
+  rnnsweep run --task influence-balancing --estimator rtrl --steps 1000 --no-mlflow
+  rnnsweep run --task add --estimator nobacktrack-kalman --set process_noise=1e-4 --steps 300
+  rnnsweep run --task add --estimator uoro --steps 2000 --probe-every 1000 --checkpoint ck.pt
   rnnsweep run --resume ck.pt                     # continue bit-for-bit, same MLflow run
 
 
@@ -116,7 +116,7 @@ locked store: one line names it; resume once fixed); 130 when stopped by Ctrl-C 
 RESUME_EXAMPLES = """\
 examples:
   rnnsweep resume smoke             # running trials continue from their checkpoints
-  rnnsweep resume smoke --workers 2 --state-dir /data/sweeps
+  rnnsweep resume smoke --workers 2
   rnnsweep resume smoke --restart-broken   # a lost checkpoint's trial starts again at 0
 
 One driver at a time: a second launch or resume exits 3 naming the holder (host, pid) and its
@@ -135,14 +135,18 @@ does, the trials it left RUNNING show as INTERRUPTED and `rnnsweep resume NAME` 
 """
 BEST_EXAMPLES = """\
 examples:
-  rnnsweep best smoke                      # print the best trial per estimator
+  rnnsweep best smoke                      # the best trial of every estimator of the spec
   rnnsweep best smoke -o best.yaml
   rnnsweep run --config best.yaml --estimator uoro   # run a best configuration again
+
+One row per estimator of the spec; one without a completed trial reads "no completed trial
+(3 pruned, 1 failed)", its trials counted by state (running ones show as interrupted when no
+driver runs the sweep).
 """
 UI_EXAMPLES = """\
 examples:
   rnnsweep ui smoke                  # serve, print http://127.0.0.1:5000/#/experiments/<id>/runs
-  rnnsweep ui smoke --port 5055 --state-dir /data/sweeps
+  rnnsweep ui smoke --port 5055
   rnnsweep ui                        # every experiment of the state directory's store
   ssh -L 5000:127.0.0.1:5000 HOST    # from a laptop, while `rnnsweep ui` runs on HOST
 
@@ -154,7 +158,7 @@ in use or a server that does not start (its log's last lines are shown).
 REPORT_EXAMPLES = """\
 examples:
   rnnsweep report smoke                     # figures + summary.json in DIR/reports/smoke/
-  rnnsweep report smoke --out figures/smoke --state-dir /data/sweeps
+  rnnsweep report smoke --out figures/smoke
 
 Figures: loss curves per trial coloured by estimator; last probe bias and variance against the
 tbptt truncation and against the Kalman process_noise; the best value per estimator. A figure

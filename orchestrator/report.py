@@ -9,8 +9,10 @@ their child runs, and writes into one folder (default ``DIR/reports/NAME/``):
 - ``bias_variance_process_noise.png``: the same for Kalman-rule trials against
   ``process_noise`` (log x);
 - ``best_per_estimator.png``: the best objective value of each estimator;
-- ``summary.json``: per estimator the best value, trial and settings and the count of trials per
-  state; the probe points plotted; which figures were skipped and why.
+- ``summary.json``: per estimator of the spec the best value, trial and settings and the count
+  of trials per state (one without a completed trial has ``note``: "no completed trial (2
+  pruned, 1 failed)", also printed); the probe points plotted; which figures were skipped and
+  why.
 
 A figure without data (e.g. a sweep without probe metrics) is skipped with a note. Every file
 written is logged as an artifact of the sweep's MLflow parent run under ``report/``.
@@ -26,6 +28,7 @@ from typing import Any
 
 from rnnsweep.algorithms.atomic_file import write_atomic
 from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator.sweep_commands import driver_state, no_complete_text
 
 LOSS, BIAS_TRUNC, BIAS_NOISE, BEST = (
     "loss_curves.png",
@@ -61,9 +64,18 @@ def report_command(args) -> int:
     out = os.path.abspath(args.out or os.path.join(state_dir, "reports", record["name"]))
     mlflow_client = _client(record["tracking_uri"])
     trials = sweep_trials(record, mlflow_client)
+    if any(t["state"] == "RUNNING" for t in trials) and not driver_state(record)["running"]:
+        for t in trials:  # as `status` shows them: no driver runs them
+            if t["state"] == "RUNNING":
+                t["state"] = "INTERRUPTED"
     written, skipped = write_report(record, trials, out)
     for figure, reason in skipped.items():
         print(f"note: skipped {figure}: {reason}", file=sys.stderr)
+    direction = (record["spec"].get("objective") or {}).get("direction", "minimize")
+    for estimator, entry in summarize(record, trials, direction)["estimators"].items():
+        best = entry["best_value"]
+        line = f"{best:.4g} (trial {entry['best_trial']})" if best is not None else entry["note"]
+        print(f"best {estimator}: {line}", file=sys.stderr)
     print(out)
     for name in written:
         print(f"  {name}")
@@ -160,22 +172,27 @@ def write_report(
 def summarize(
     record: dict[str, Any], trials: list[dict[str, Any]], direction: str
 ) -> dict[str, Any]:
-    """Per estimator: trials, count per state, best value/trial/settings; and probe points."""
+    """Per estimator of the spec (then any other a trial names): trials, count per state,
+    best value/trial/settings, and a ``note`` ("no completed trial (2 pruned)") for one without
+    a completed trial; and probe points."""
     states: dict[str, int] = {}
     per: dict[str, dict[str, Any]] = {}
     probe = []
+
+    def new_entry() -> dict[str, Any]:
+        return {
+            "trials": 0,
+            "states": {},
+            "best_value": None,
+            "best_trial": None,
+            "best_settings": None,
+        }
+
+    for name in record["spec"].get("estimators") or ():
+        per[name] = new_entry()
     for t in sorted(trials, key=lambda t: t["number"]):
         states[t["state"]] = states.get(t["state"], 0) + 1
-        entry = per.setdefault(
-            t["estimator"],
-            {
-                "trials": 0,
-                "states": {},
-                "best_value": None,
-                "best_trial": None,
-                "best_settings": None,
-            },
-        )
+        entry = per.setdefault(t["estimator"], new_entry())
         entry["trials"] += 1
         entry["states"][t["state"]] = entry["states"].get(t["state"], 0) + 1
         value = t["value"]
@@ -199,6 +216,9 @@ def summarize(
             if _kalman(t) and "process_noise" in settings:
                 point["process_noise"] = settings["process_noise"]
             probe.append(point)
+    for entry in per.values():
+        if entry["best_value"] is None:
+            entry["note"] = no_complete_text(entry["states"])
     return {
         "sweep": record["name"],
         "objective": record["spec"].get("objective"),
@@ -302,6 +322,9 @@ def _best_figure(
             fontsize="small",
         )
     ax.set_ylabel(f"best {objective.get('metric', 'objective')} ({direction})")
+    missing = [f"{e}: {v['note']}" for e, v in per.items() if v["best_value"] is None]
+    if missing:  # listed, never dropped silently
+        ax.set_xlabel("\n".join(missing), fontsize="small", color="firebrick")
     ax.set_title("best value per estimator")
     ax.margins(y=0.15)
     ax.tick_params(axis="x", rotation=30)

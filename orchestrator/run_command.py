@@ -68,11 +68,16 @@ def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
     except ValueError as error:
         raise ValueError(f"--config {error}") from None
     if isinstance(data, dict) and isinstance(data.get("best"), list):
-        runs = [entry.get("run", {}) for entry in data["best"] if isinstance(entry, dict)]
+        entries = [entry for entry in data["best"] if isinstance(entry, dict)]
+        runs = [entry["run"] for entry in entries if isinstance(entry.get("run"), dict)]
         if estimator:
             runs = [r for r in runs if r.get("estimator") == estimator]
             if not runs:
-                raise ValueError(f"--config {path} has no run for estimator {estimator!r}")
+                notes = [e.get("note") for e in entries if e.get("estimator") == estimator]
+                why = f": {notes[0]}" if notes and notes[0] else ""
+                raise ValueError(
+                    f"--config {path} has no run for estimator {estimator!r}{why}"
+                )
         if len(runs) != 1:
             names = ", ".join(r.get("estimator", "?") for r in runs)
             raise ValueError(

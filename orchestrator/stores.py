@@ -46,7 +46,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -370,7 +370,9 @@ class SweepStores:
 
     def summary(self) -> dict[str, Any]:
         """``sweep_summary`` of the study (its read waits out an outage)."""
-        return self._optuna(sweep_summary, self.study, self.spec.objective.direction)
+        return self._optuna(
+            sweep_summary, self.study, self.spec.objective.direction, self.spec.estimators
+        )
 
     # -- trials ------------------------------------------------------------------------------
 
@@ -642,15 +644,21 @@ def checkpoint_step(checkpoint: bytes | None) -> int:
     return checkpoint_file.read_header(checkpoint, "received from an actor").step
 
 
-def sweep_summary(study: Any, direction: str) -> dict[str, Any]:
-    """Counts per state and the best complete trial per estimator."""
+def sweep_summary(study: Any, direction: str, estimators: Sequence[str] = ()) -> dict[str, Any]:
+    """Counts per state, the best complete trial per estimator (``best``: only those with one)
+    and, in ``estimators``, one entry per estimator: the spec's (``estimators``, in order),
+    then any other a trial names, each ``{"states": {STATE: count}, "best": best or None}``,
+    so that an estimator without a complete trial is listed with what became of its trials."""
     states: dict[str, int] = {}
     best: dict[str, dict[str, Any]] = {}
+    per: dict[str, dict[str, int]] = {name: {} for name in estimators}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
+        estimator = t.user_attrs.get("estimator", t.params.get("estimator", "?"))
+        counts = per.setdefault(estimator, {})
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
         if t.state.name != "COMPLETE" or t.value is None:
             continue
-        estimator = t.user_attrs.get("estimator", t.params.get("estimator", "?"))
         current = best.get(estimator)
         better = current is None or (
             t.value < current["value"] if direction == "minimize" else t.value > current["value"]
@@ -662,4 +670,8 @@ def sweep_summary(study: Any, direction: str) -> dict[str, Any]:
                 "settings": t.user_attrs.get("settings", {}),
                 "seed": t.user_attrs.get("seed"),
             }
-    return {"states": states, "best": best}
+    return {
+        "states": states,
+        "best": best,
+        "estimators": {e: {"states": c, "best": best.get(e)} for e, c in per.items()},
+    }

@@ -98,8 +98,14 @@ def _drive(spec, state_dir: str, workers: int, resume: bool, restart_broken=Fals
         return 130
     states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary["states"].items()))
     print(f"sweep {spec.name!r} done: {states}", file=sys.stderr)
-    for estimator, best in sorted(summary["best"].items()):
-        print(f"  best {estimator}: {best['value']:.4f} (trial {best['trial']})", file=sys.stderr)
+    for estimator, entry in summary["estimators"].items():
+        best = entry["best"]
+        line = (
+            f"{best['value']:.4f} (trial {best['trial']})"
+            if best
+            else no_complete_text(entry["states"])
+        )
+        print(f"  best {estimator}: {line}", file=sys.stderr)
     print(f"browse: rnnsweep ui {spec.name} --state-dir {state_dir}", file=sys.stderr)
     return 0
 
@@ -241,16 +247,56 @@ def status_command(args) -> int:
     return 0
 
 
-def best_command(args) -> int:
+# How ``best`` and ``report`` name the states of an estimator's unfinished trials, in order.
+STATE_WORDS = {
+    "PRUNED": "pruned",
+    "FAIL": "failed",
+    "RUNNING": "running",
+    "INTERRUPTED": "interrupted",
+    "WAITING": "waiting",
+}
+
+
+def no_complete_text(states: dict[str, int]) -> str:
+    """``"no completed trial (3 pruned, 1 failed)"`` from an estimator's count per state."""
+    parts = [f"{states[k]} {word}" for k, word in STATE_WORDS.items() if states.get(k)]
+    return f"no completed trial ({', '.join(parts) or 'none started'})"
+
+
+def estimator_summaries(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``sweep_summary``'s entry per estimator of the sweep's spec (and any other a trial
+    names), its RUNNING trials counted as INTERRUPTED when no driver runs the sweep."""
     from rnnsweep.orchestrator.stores import sweep_summary
 
+    spec = record["spec"]
+    summary = sweep_summary(
+        sweep_store.load_study(record), spec["objective"]["direction"], spec["estimators"]
+    )
+    per = summary["estimators"]
+    if any("RUNNING" in e["states"] for e in per.values()) and not driver_state(record)["running"]:
+        for entry in per.values():
+            if "RUNNING" in entry["states"]:
+                entry["states"]["INTERRUPTED"] = entry["states"].pop("RUNNING")
+    return per
+
+
+def best_command(args) -> int:
     state_dir, record = sweep_store.read_record(args.state_dir, args.name)
     spec = record["spec"]
-    summary = sweep_summary(sweep_store.load_study(record), spec["objective"]["direction"])
-    if not summary["best"]:
-        raise ValueError(f"sweep {args.name!r} has no complete trial yet")
     runs = []
-    for estimator, best in sorted(summary["best"].items()):
+    for estimator, entry in estimator_summaries(record).items():
+        trials = {k.lower(): v for k, v in sorted(entry["states"].items())}
+        best = entry["best"]
+        if best is None:
+            runs.append(
+                {
+                    "estimator": estimator,
+                    "value": None,
+                    "note": no_complete_text(entry["states"]),
+                    "trials": trials,
+                }
+            )
+            continue
         settings = dict(best["settings"])
         task_settings = spec.get("task_settings") or {}
         runs.append(
@@ -258,6 +304,7 @@ def best_command(args) -> int:
                 "estimator": estimator,
                 "value": best["value"],
                 "trial": best["trial"],
+                "trials": trials,
                 "command": _run_command(
                     spec, estimator, {**task_settings, **settings}, best["seed"]
                 ),

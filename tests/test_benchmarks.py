@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -24,3 +25,37 @@ def test_step_cost_json_has_learner_rows_against_their_estimator(capsys):
     )
     closed = {(r["estimator"], r["batch"]) for r in out["rows"] if r["path"] == "closed-form"}
     assert {(name, b) for name in step_cost.CLOSED_FORM for b in (1, 4)} == closed
+
+
+def test_variance_json_rows_hold_both_estimators_their_ratio_and_the_spread(capsys):
+    from rnnsweep.benchmarks import variance
+
+    assert variance.main(["--quick", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["machine"]["cores"] == os.cpu_count() and out["machine"]["threads"] == 1
+    assert out["machine"]["cpu"]
+    rows = out["rows"]
+    assert [(r["cell"], r["hidden"], r["scale"]) for r in rows] == variance.QUICK_CONFIGS
+    for r in rows:
+        assert r["uoro_rel_variance"] > 0 and r["nobacktrack_rel_variance"] > 0
+        assert r["ratio"] == pytest.approx(
+            r["nobacktrack_rel_variance"] / r["uoro_rel_variance"], rel=1e-12
+        )
+        states = r["hidden"] * (2 if r["cell"] == "lstm" else 1)
+        assert 1 / states <= r["spread_H"] <= 1 + 1e-12
+        assert r["predicted_step_ratio"] == pytest.approx(
+            (states * r["spread_H"] - 1) / (states - 1), rel=1e-12
+        )
+        # both are unbiased: gradcheck's verdict holds at K=64 too
+        assert r["uoro_passed"] and r["nobacktrack_passed"]
+
+
+def test_spread_is_one_for_equal_rows_and_the_active_fraction_for_saturated_units():
+    """H = (sum a)^2 / (S sum a^2): 1 when every unit's row norm is equal, k/S when k of S
+    units are equally active and the rest saturated (a = 0)."""
+    from rnnsweep.benchmarks.variance import spread
+
+    h = spread("tanh", 8, 5, 0, 1e-8)  # tiny weights: every d_k ~ 1, every ||z|| shared
+    assert h == pytest.approx(1.0, abs=1e-6)
+    saturated = spread("tanh", 32, 10, 0, 6.0)  # large weights: many d_k ~ 0
+    assert saturated < 0.8

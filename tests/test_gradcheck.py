@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -83,12 +81,3 @@ def test_bad_arguments_exit_2_naming_the_problem(capsys):
     assert exit_info.value.code == 2
     assert "expected an integer >= 1, got 0" in capsys.readouterr().err
 
-
-def test_help_has_examples():
-    out = subprocess.run(
-        [sys.executable, "-m", "rnnsweep.orchestrator.cli", "gradcheck", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "examples:" in out and "rnnsweep gradcheck --cell gru" in out

@@ -377,7 +377,7 @@ def test_status_best_and_run_back(ray_session, tmp_path, capsys):
         }
     best_file = tmp_path / "best.yaml"
     assert main(["best", "t", "--state-dir", str(tmp_path), "-o", str(best_file)]) == 0
-    best = yaml.safe_load(best_file.read_text())["best"][0]
+    best = next(b for b in yaml.safe_load(best_file.read_text())["best"] if "run" in b)
     out = tmp_path / "again.json"
     assert (
         main(
