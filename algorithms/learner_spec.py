@@ -20,6 +20,7 @@ from rnnsweep.algorithms.settings import (
     HYPER_KEYS,
     KALMAN_RULES,
     LEARNER_KEYS,
+    RULES,
     RUN_KEYS,
     SETTINGS,
     applies,
@@ -28,6 +29,7 @@ from rnnsweep.algorithms.settings import (
     hyper_defaults,
     lr_default,
     not_applying,
+    unknown_estimator,
 )
 from rnnsweep.tasks import make_task
 from rnnsweep.tasks.registry import task_setting_entries
@@ -81,10 +83,12 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
     a did-you-mean), hyperparameters of other estimators and bad values raise ``ValueError``
     naming them.
     """
+    if spec.estimator == "bptt":
+        raise ValueError("estimator 'bptt' is offline (a reference): use tbptt to learn online")
+    if spec.estimator not in RULES:
+        raise ValueError(unknown_estimator(spec.estimator))
     name = KALMAN_RULES.get(spec.estimator, spec.estimator)
     estimator = get_estimator(name)
-    if name == "bptt":
-        raise ValueError("estimator 'bptt' is offline (a reference): use tbptt to learn online")
     for key in RUN_KEYS:
         SETTINGS[key].check(getattr(spec, key))
     task_entries = {entry.name: entry for entry in task_setting_entries(spec.task)}

@@ -25,6 +25,9 @@ from rnnsweep.tasks.settings import Setting
 
 KALMAN_RULES = {"nobacktrack-kalman": "nobacktrack", "uoro-kalman": "uoro", "rtrl-kalman": "rtrl"}
 ONLINE = ("kf-rtrl", "nobacktrack", "rflo", "rtrl", "snap1", "tbptt", "uoro")
+# Every name a learner (``run``, a sweep's ``estimators``) takes: an online estimator or a
+# Kalman rule built on one.
+RULES = ONLINE + tuple(KALMAN_RULES)
 OPTIMIZERS = ("sgd", "adam", "kalman")
 # The optimizers a key of each group applies to (other groups: every optimizer).
 GROUP_OPTIMIZERS = {"gradient": ("sgd", "adam"), "adam": ("adam",), "kalman": ("kalman",)}
@@ -170,6 +173,12 @@ def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
     """`` (did you mean 'lr'?)`` for the closest option, or ``""``."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_estimator(name: Any) -> str:
+    """The message for an estimator name no learner takes, with the closest and every one."""
+    close = did_you_mean(name, RULES) if isinstance(name, str) else ""
+    return f"unknown estimator {name!r}{close}; known: {', '.join(RULES)}"
 
 
 def default_optimizer(estimator: str) -> str:

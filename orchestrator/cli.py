@@ -55,9 +55,13 @@ did-you-mean, a key that does not apply says where it does, a bad value exits 2.
 
 
 def _fill(text: str) -> str:
-    """``{set_keys}``, ``{default:KEY}`` and ``{sweep_default:KEY}`` filled from the settings
-    tables. Only when help is shown: the table loads the task modules (torch), which plain
-    commands need not."""
+    """``{set_keys}``, ``{rules}``, ``{default:KEY}`` and ``{sweep_default:KEY}`` filled from
+    the settings tables. Only when help is shown: the table loads the task modules (torch),
+    which plain commands need not."""
+    if "{rules}" in text:
+        from rnnsweep.algorithms.settings import RULES
+
+        text = text.replace("{rules}", ", ".join(RULES))
     if "{sweep_default:" in text:
         import re
 
@@ -133,6 +137,7 @@ examples:
 It says whether a driver runs the sweep (host, pid, heartbeat age, from its lease); when none
 does, the trials it left RUNNING show as INTERRUPTED and `rnnsweep resume NAME` continues them.
 """
+SWEEP_NAME = "the sweep's name (its spec's `name`, or launch --name)"
 BEST_EXAMPLES = """\
 examples:
   rnnsweep best smoke                      # the best trial of every estimator of the spec
@@ -224,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=GRADCHECK_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("--cell", choices=["tanh", "gru", "lstm"], default="tanh")
+    check.add_argument(
+        "--cell", choices=["tanh", "gru", "lstm"], default="tanh", help="the cell (default tanh)"
+    )
     check.add_argument("--hidden", type=_positive_int, default=16, help="units (default 16)")
     check.add_argument("--steps", type=_positive_int, default=30, help="stream length T (30)")
     check.add_argument(
@@ -233,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096,
         help="independent noise draws K for stochastic estimators (4096)",
     )
-    check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    check.add_argument(
+        "--dtype", choices=["float64", "float32"], default="float64", help="default float64"
+    )
     check.add_argument(
         "--estimators",
         type=_estimator_list,
@@ -246,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tbptt truncation (default: the stream length, which makes it exact)",
     )
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--seed", type=int, default=0, help="draws the cell and stream (default 0)")
     check.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(handler=gradcheck_command)
@@ -259,21 +268,30 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_TableHelp,
     )
     run.add_argument("--task", help="add, influence-balancing, copy, brackets, anbn, mimic, text")
-    run.add_argument("--estimator", help="e.g. uoro, nobacktrack, nobacktrack-kalman, rtrl, tbptt")
+    run.add_argument("--estimator", help="one of {rules}")
     run.add_argument("--cell", default=None, help="tanh, gru or lstm (default {default:cell})")
     run.add_argument("--hidden", type=int, default=None, help="units (default {default:hidden})")
     run.add_argument("--steps", type=_positive_int, default=None, help="default 100000")
-    run.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend", default=[])
+    run.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        action="extend",
+        default=[],
+        help="any setting of the table (see below and `rnnsweep settings`)",
+    )
     run.add_argument("--seed", type=int, default=None, help="default {default:seed}")
     run.add_argument("--dtype", default=None, help="float32 or float64 (default {default:dtype})")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     run.add_argument("--probe-every", type=int, default=None, help="probe every K steps")
-    run.add_argument("--summary-json", metavar="PATH")
+    run.add_argument("--summary-json", metavar="PATH", help="write the run's summary there")
     run.add_argument("--no-mlflow", action="store_true", help="do not record in MLflow")
     run.add_argument("--tracking-uri", help="MLflow URI (default: SQLite in the state dir)")
     run.add_argument("--state-dir", help="default $RNNSWEEP_STATE_DIR or ./.rnnsweep")
     run.add_argument("--checkpoint", metavar="PATH", help="write checkpoints here (atomically)")
-    run.add_argument("--checkpoint-every", type=_positive_int, default=10000)
+    run.add_argument(
+        "--checkpoint-every", type=_positive_int, default=10000, help="steps (default 10000)"
+    )
     run.add_argument("--resume", metavar="PATH", help="continue the run in this checkpoint")
     run.add_argument(
         "--config", metavar="FILE", help="a run file, e.g. written by `rnnsweep best -o FILE`"
@@ -301,8 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "launch_command"))
 
     resume = sweep_parser("resume", "continue an interrupted sweep", RESUME_EXAMPLES)
-    resume.add_argument("name")
-    resume.add_argument("--workers", type=_positive_int)
+    resume.add_argument("name", help=SWEEP_NAME)
+    resume.add_argument(
+        "--workers", type=_positive_int, help="concurrent trials (actors); default: the spec's"
+    )
     resume.add_argument(
         "--restart-broken",
         action="store_true",
@@ -312,13 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     resume.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "resume_command"))
 
     status = sweep_parser("status", "one row per trial of a sweep", STATUS_EXAMPLES)
-    status.add_argument("name")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("name", help=SWEEP_NAME)
+    status.add_argument(
+        "--json", action="store_true", help="print one JSON object (driver, trials) instead"
+    )
     status.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "status_command"))
 
     best = sweep_parser("best", "the best trial per estimator, as runs", BEST_EXAMPLES)
-    best.add_argument("name")
-    best.add_argument("-o", "--output", metavar="FILE")
+    best.add_argument("name", help=SWEEP_NAME)
+    best.add_argument(
+        "-o", "--output", metavar="FILE", help="write the rows (YAML, for run --config) there"
+    )
     best.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "best_command"))
 
     ui = sweep_parser("ui", "browse a sweep's runs in the MLflow UI (127.0.0.1 only)", UI_EXAMPLES)
@@ -360,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--cell", default="tanh", help="tanh, gru or lstm (default tanh)")
     compare.add_argument("--hidden", type=_positive_int, default=32, help="units (default 32)")
-    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--seed", type=int, default=0, help="the learner's seed (default 0)")
     compare.add_argument(
         "--dtype", choices=["float64", "float32"], default="float64", help="default float64"
     )
@@ -398,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     report = sweep_parser("report", "figures and a summary of a sweep", REPORT_EXAMPLES)
-    report.add_argument("name")
+    report.add_argument("name", help=SWEEP_NAME)
     report.add_argument("--out", metavar="FOLDER", help="default DIR/reports/NAME/")
     report.set_defaults(handler=_lazy("rnnsweep.orchestrator.report", "report_command"))
     return parser

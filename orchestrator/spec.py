@@ -43,17 +43,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import yaml
 from pydantic_core import PydanticCustomError
 
-from rnnsweep.algorithms.estimator import estimator_names, get_estimator
+from rnnsweep.algorithms.estimator import get_estimator
 from rnnsweep.algorithms.learner import KALMAN_RULES, LearnerSpec, split_settings
 from rnnsweep.algorithms.settings import (
     HYPER_KEYS,
     LEARNER_KEYS,
     PER_MEMBER,
     PROBE_KEYS,
+    RULES,
     SETTINGS,
     applies,
     default_optimizer,
     did_you_mean,
+    unknown_estimator,
     where,
 )
 from rnnsweep.orchestrator import spec_models
@@ -516,8 +518,6 @@ def _owner_text(key: str, task_keys: Mapping[str, Any]) -> str:
     return f"{kind}: it applies {where(entry)}"
 
 
-def _online_estimators() -> list[str]:
-    return [n for n in estimator_names() if n != "bptt"] + list(KALMAN_RULES)
 
 
 def _known_settings(task_keys: Mapping[str, Any]) -> list[str]:
@@ -592,15 +592,13 @@ def _importable(package: str) -> bool:
 def _estimators(value: Any, cell: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         _fail("estimators", f"must be a non-empty list of names, got {_describe(value)}")
-    known = _online_estimators()
     names: list[str] = []
     for index, name in enumerate(value):
         path = f"estimators[{index}]"
         if name == "bptt":
             _fail(path, "'bptt' is offline (a reference), not an online learner; use tbptt")
-        if not isinstance(name, str) or name not in known:
-            hint = _hint(name, known) if isinstance(name, str) else ""
-            _fail(path, f"unknown estimator {name!r}{hint}; known: {', '.join(known)}")
+        if not isinstance(name, str) or name not in RULES:
+            _fail(path, unknown_estimator(name))
         if name in names:
             _fail(path, f"duplicate estimator {name!r}")
         cells = get_estimator(KALMAN_RULES.get(name, name)).cells
