@@ -43,6 +43,16 @@ LR: dict[str, dict[str, float]] = {
     },
     "kalman": {"default": 1.0},  # unused: the filter sets its own step
 }
+# Learner defaults a task is documented with, by task, then estimator ("*": every estimator);
+# they replace the table's defaults for that task, and explicit settings override them
+# (``task_defaults``; ``split_settings`` applies them for `rnnsweep run`, sweeps and the
+# benchmarks alike). Each entry says where it was measured.
+TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    # Adam's bounded steps: theta reaches the optimum within a few thousand steps and the
+    # spikes of rank-one estimates cannot throw it far (SGD at a rate small enough for them
+    # stalls); the decay lets exact gradients settle (benchmarks/learning.py --only influence)
+    "influence-balancing": {"*": {"optimizer": "adam", "lr": 1e-2, "lr_decay": 0.3}},
+}
 
 
 def _with_kalman(*names: str) -> tuple[str, ...]:
@@ -172,8 +182,31 @@ def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
 
 def default_optimizer(estimator: str) -> str:
     """The optimizer a learner takes when ``optimizer`` is not set (a task may document
-    another: ``Task.learner_defaults``)."""
+    another: ``TASK_DEFAULTS``)."""
     return "kalman" if estimator in KALMAN_RULES else "adam"
+
+
+def task_defaults(task: str, estimator: str) -> dict[str, Any]:
+    """The learner defaults ``task`` documents for ``estimator`` (``TASK_DEFAULTS``)."""
+    by_estimator = TASK_DEFAULTS.get(task, {})
+    return {**by_estimator.get("*", {}), **by_estimator.get(estimator, {})}
+
+
+def task_default_text(key: str) -> str:
+    """``task anbn: uoro 3e-4, nobacktrack 3e-4`` for the rows of ``rnnsweep settings``."""
+    parts = []
+    for task, by_estimator in TASK_DEFAULTS.items():
+        values = [
+            f"{'every estimator' if est == '*' else est} {value:g}"
+            if isinstance(value, float)
+            else f"{'every estimator' if est == '*' else est} {value}"
+            for est, keys in by_estimator.items()
+            for k, value in keys.items()
+            if k == key
+        ]
+        if values:
+            parts.append(f"task {task}: {', '.join(values)}")
+    return "; ".join(parts)
 
 
 def lr_default(optimizer: str, estimator: str) -> float:
