@@ -52,6 +52,10 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     # spikes of rank-one estimates cannot throw it far (SGD at a rate small enough for them
     # stalls); the decay lets exact gradients settle (benchmarks/learning.py --only influence)
     "influence-balancing": {"*": {"optimizer": "adam", "lr": 1e-2, "lr_decay": 0.3}},
+    # GRU n=64, one stream: the rank-one rules learn faster at 3e-4 than at the table's 1e-4
+    # (20k-step pilots: 0.40 against 0.53 bpc); clipping at 1 or lr 1e-3 stall them near
+    # 1.0 bpc (benchmarks/learning.py --only anbn; README, "Learning")
+    "anbn": {"uoro": {"lr": 3e-4}, "nobacktrack": {"lr": 3e-4}},
 }
 
 
