@@ -54,8 +54,9 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "influence-balancing": {"*": {"optimizer": "adam", "lr": 1e-2, "lr_decay": 0.3}},
     # GRU n=64, one stream: the rank-one rules learn faster with a larger, faster-decaying
     # rate than the table's (lr 1e-4, decay 0.01): 20k-step pilots (seed 0) gave uoro 0.53 bpc
-    # at the table's, 0.40 at lr 3e-4, 0.37 at lr 1e-3 with decay 0.03 (rate 5e-5 at 360k);
-    # clipping at 1 stalls it near 1.0 (benchmarks/learning.py --only anbn; README)
+    # at the table's, 0.40 at lr 3e-4, 0.37 at lr 1e-3 with decay 0.03 (rate 5e-5 at 360k),
+    # and 0.277 after 360k steps; clipping at 1 stalls it near 1.0 (benchmarks/learning.py
+    # --only anbn; README, "Benchmarks")
     "anbn": {
         "uoro": {"lr": 1e-3, "lr_decay": 0.03},
         "nobacktrack": {"lr": 1e-3, "lr_decay": 0.03},
