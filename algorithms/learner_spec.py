@@ -29,6 +29,7 @@ from rnnsweep.algorithms.settings import (
     hyper_defaults,
     lr_default,
     not_applying,
+    task_defaults,
     unknown_estimator,
 )
 from rnnsweep.tasks import make_task
@@ -127,8 +128,9 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
         else:
             task_keys[key] = value
     resolve_hyper(estimator, est_keys)
-    for key, value in make_task(spec.task, **task_keys).learner_defaults.items():
-        if key not in spec.settings:
+    make_task(spec.task, **task_keys)  # refuses bad task settings here, naming them
+    for key, value in task_defaults(spec.task, spec.estimator).items():
+        if key not in spec.settings and (key != "optimizer" or spec.estimator not in KALMAN_RULES):
             learner[key] = value
     opt = learner["optimizer"] or default_optimizer(spec.estimator)
     learner["optimizer"] = opt

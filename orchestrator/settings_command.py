@@ -4,7 +4,8 @@ Rows come from the three declarations of the table: ``rnnsweep.algorithms.settin
 (run, learner, optimizer, Kalman, probe and estimator keys), each task's declared settings,
 and ``rnnsweep.orchestrator.sweep_settings.SWEEP_TABLE``. Text: one line per key
 (name, type, default, bounds or choices, where it applies, per-member or pack-shared), its doc
-on the next; ``--json``: a list of ``Setting.to_dict()`` rows.
+on the next, then the defaults a task documents for it (``TASK_DEFAULTS``); ``--json``: a
+list of ``Setting.to_dict()`` rows (with ``by_task`` where a task sets the key).
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import json
 import textwrap
 from typing import Any
 
-from rnnsweep.algorithms.settings import TABLE, applies, default_optimizer, did_you_mean, where
+from rnnsweep.algorithms.settings import (
+    TABLE,
+    applies,
+    default_optimizer,
+    did_you_mean,
+    task_default_text,
+    where,
+)
 from rnnsweep.orchestrator.sweep_settings import SWEEP_TABLE
 from rnnsweep.tasks.registry import task_names, task_setting_entries
 from rnnsweep.tasks.settings import Setting
@@ -77,6 +85,9 @@ def row_text(row: Setting, width: int) -> str:
     lines = [head, *textwrap.wrap(facts, 92, **indent), *textwrap.wrap(row.doc, 92, **indent)]
     if row.why:
         lines += textwrap.wrap(f"sweep default {row.sweep_default}: {row.why}", 92, **indent)
+    by_task = task_default_text(row.name) if row.group not in ("run", "sweep") else ""
+    if by_task:
+        lines += textwrap.wrap(f"default by task: {by_task}", 92, **indent)
     return "\n".join(lines)
 
 
@@ -102,10 +113,17 @@ def settings_text(rows: list[Setting]) -> str:
     return "\n".join(out)
 
 
+def json_row(row: Setting) -> dict[str, Any]:
+    """``Setting.to_dict()``, with ``by_task`` (the ``TASK_DEFAULTS`` text) where a task sets
+    the key."""
+    by_task = task_default_text(row.name) if row.group not in ("run", "sweep") else ""
+    return {**row.to_dict(), **({"by_task": by_task} if by_task else {})}
+
+
 def settings_command(args: Any) -> int:
     rows = select(entries(args.task), args.keys, args.estimator, args.optimizer)
     if args.json:
-        print(json.dumps([row.to_dict() for row in rows], indent=2))
+        print(json.dumps([json_row(row) for row in rows], indent=2))
     else:
         print(settings_text(rows))
     return 0

@@ -16,8 +16,9 @@ short compared to the chain sees only the positive short-term influence and driv
 the wrong way (it diverges); unbiased estimators (RTRL, UORO, NoBackTrack) converge.
 The system is plain data (``System``); the learner runs it as its cell. ``theta0`` (default
 0.5) is the initial ``theta``.
-Documented learner settings (``Task.learner_defaults``): Adam, ``lr = 1e-2``,
-``lr_decay = 0.3`` (rate ``lr / (1 + 0.3 sqrt(t))``).
+Documented learner settings (the settings table's ``TASK_DEFAULTS``, in
+``rnnsweep.algorithms.settings``): Adam, ``lr = 1e-2``, ``lr_decay = 0.3`` (rate
+``lr / (1 + 0.3 sqrt(t))``).
 """
 
 from __future__ import annotations
@@ -97,8 +98,4 @@ def influence_balancing_task(*, n: int, positive: int, theta0: float) -> Task:
         name, 1, 1, "mse", {"optimum": 0.0}, False, settings, make_stream,
         cell=lambda: influence_balancing_system(n, positive, theta0),
         readout=readout, hidden=n, initial_state=torch.ones(n, dtype=torch.float64),
-        # Adam's bounded steps: theta reaches the optimum within a few thousand steps and
-        # the spikes of rank-one estimates cannot throw it far (SGD at a rate small enough
-        # for them stalls); the decay lets exact gradients settle.
-        learner_defaults={"optimizer": "adam", "lr": 1e-2, "lr_decay": 0.3},
     )

@@ -14,7 +14,7 @@ float64 on the CPU; the learner casts them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,9 +44,6 @@ class Task:
     hidden: int | None = None  # the hidden size the learner must use
     initial_state: Tensor | None = None  # s_0 [S], float64
     alphabet: tuple[str, ...] | None = None  # names of the symbols, for symbol tasks
-    # learner settings this task is documented with (e.g. its learning rate); explicit
-    # settings override them
-    learner_defaults: dict[str, Any] = field(default_factory=dict)
 
     def new_stream(
         self,
