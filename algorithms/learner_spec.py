@@ -16,6 +16,7 @@ import torch
 
 from rnnsweep.algorithms import checkpoint_file
 from rnnsweep.algorithms.estimator import get_estimator, resolve_hyper
+from rnnsweep.algorithms.probe import METRICS as PROBE_METRICS  # what each window reports
 from rnnsweep.algorithms.settings import (
     HYPER_KEYS,
     KALMAN_RULES,
@@ -47,18 +48,6 @@ __all__ = [
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CHECKPOINT_VERSION = checkpoint_file.FORMAT  # a snapshot's layout is the file's body
-# What each probe window reports (``probe.METRICS``; definitions in ``probe``'s docstring).
-PROBE_METRICS = (
-    "bias",
-    "bias_sq",
-    "bias_se",
-    "variance",
-    "cosine",
-    "readout_cosine",
-    "staleness",
-    "horizon_error",
-    "staleness_full",
-)
 
 
 @dataclass
