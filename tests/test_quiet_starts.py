@@ -242,3 +242,26 @@ def test_a_users_own_auth_choice_is_left_alone(env, tmp_path, monkeypatch):
     assert local_ray.token_auth() == ""
     assert not (tmp_path / ".ray").exists()
     assert os.environ["RAY_AUTH_MODE"] == env["RAY_AUTH_MODE"]
+
+
+def test_trial_states_are_read_as_optuna_writes_them(storage_url):
+    """``trial_states`` reads Optuna's tables directly (SQLite and PostgreSQL, whose states
+    are a native enum): the same counts as Optuna's own API, of the named study only."""
+    import optuna
+
+    from rnnsweep.orchestrator.finished_sweep import trial_states
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=storage_url)
+    for state in ("COMPLETE", "COMPLETE", "PRUNED", "FAIL", "RUNNING"):
+        trial = study.ask()
+        if state != "RUNNING":
+            value = 1.0 if state == "COMPLETE" else None
+            study.tell(trial, value, state=optuna.trial.TrialState[state])
+    study.enqueue_trial({})  # WAITING
+    optuna.create_study(study_name="other", storage=storage_url).ask()
+    counts: dict[str, int] = {}
+    for frozen in optuna.load_study(study_name="s", storage=storage_url).get_trials():
+        counts[frozen.state.name] = counts.get(frozen.state.name, 0) + 1
+    assert trial_states(storage_url, "s") == counts
+    assert counts == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 1, "RUNNING": 1, "WAITING": 1}
