@@ -3,8 +3,14 @@
 It listens on 127.0.0.1 only: ``start`` sets Ray's single-machine switch
 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's default on macOS and Windows), under which the
 node's IP is the loopback address, so that the GCS, raylet, object manager, worker, metrics and
-agent servers all bind there. Token authentication stays as Ray sets it (on by default for a
-new local instance; ``RAY_AUTH_MODE`` is left alone).
+agent servers all bind there.
+
+Token authentication is on, set up once and quietly (``token_auth``): left unset,
+``RAY_AUTH_MODE`` makes Ray turn it on for each new local instance with a warning every time,
+and write the token world-readable. ``start`` sets it to ``token`` (unless the user set it) and
+keeps the token in ``~/.ray/auth_token``, mode 0600, created (or narrowed) the first time with
+one line saying so. The token itself is never read, printed or recorded here. A cluster named
+by ``RAY_ADDRESS`` never comes here: its own auth mode applies.
 
 It dies with its driver: ``start`` also starts a reaper, a small process in a session of its
 own that reads a pipe from the driver. When the pipe closes (the driver ended in any way,
@@ -17,18 +23,27 @@ within about a second. Ray's own reaper misses its dashboard and runtime-env age
 from __future__ import annotations
 
 import os
+import secrets
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
 SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+AUTH_MODE = "RAY_AUTH_MODE"
+# Where Ray looks for the token before ~/.ray/auth_token: the user's own choice, left alone.
+TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 def start(num_cpus: int, **init_args: Any) -> subprocess.Popen:
     """``ray.init`` a private instance bound to 127.0.0.1; returns its reaper (``stop``
     closes it)."""
+    said = token_auth()
+    if said:
+        print(said, file=sys.stderr)
     previous = os.environ.get(SINGLE_MACHINE)
     os.environ[SINGLE_MACHINE] = "0"  # for the processes Ray starts
     import ray
@@ -52,6 +67,57 @@ def start(num_cpus: int, **init_args: Any) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # neither a Ctrl-C nor Ray's own group kill reaches it
     )
+
+
+def token_auth() -> str:
+    """Turn Ray's token authentication on for this process and the processes Ray starts
+    (``RAY_AUTH_MODE=token``, unless the user set the mode), and make sure of the token file;
+    returns the line to say when the file was created or narrowed (``""`` afterwards)."""
+    if AUTH_MODE not in os.environ:
+        os.environ[AUTH_MODE] = "token"  # kept: the processes Ray starts later read it too
+        from ray._raylet import Config
+
+        # ``import ray`` cached the mode it found; read it again, as Ray's own default
+        # (``authentication_token_setup._enable_token_auth``) does before it warns.
+        Config.initialize("")
+    if os.environ[AUTH_MODE].lower() != "token" or any(os.environ.get(k) for k in TOKEN_SOURCES):
+        return ""
+    return secure_token_file(token_path())
+
+
+def token_path() -> str:
+    """``~/.ray/auth_token``: where Ray reads (and would generate) the token."""
+    return os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+
+
+def secure_token_file(path: str) -> str:
+    """Create the token file at ``path`` (mode 0600, a random 256-bit hex token, as Ray's own
+    generator makes) or narrow an existing one to 0600; returns the line that says so, or
+    ``""`` when it was already private (or cannot be changed: Ray then says what fails). The
+    token is written whole or not at all (linked into place), so a launch starting beside this
+    one never reads a partial token, and a token in use is never replaced."""
+    said = f"set up Ray token authentication for local sweeps: {path} (mode 0600)"
+    try:
+        if not os.path.exists(path):
+            folder = os.path.dirname(path)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            fd, draft = tempfile.mkstemp(dir=folder, prefix=".auth_token.")  # mode 0600
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(32))
+                os.link(draft, path)
+                return said
+            except FileExistsError:  # created meanwhile by another launch
+                pass
+            finally:
+                os.unlink(draft)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077 == 0:
+            return ""
+        os.chmod(path, 0o600)
+        return f"{said}; it was readable by others (mode {mode:04o})"
+    except OSError:  # a read-only home, another user's file
+        return ""
 
 
 def stop(reaper: subprocess.Popen) -> None:

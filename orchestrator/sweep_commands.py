@@ -60,9 +60,23 @@ def _workers(given: int | None, default: int) -> int:
 
 
 def resume_command(args) -> int:
-    from rnnsweep.orchestrator import spec as spec_
+    from rnnsweep.orchestrator.finished_sweep import nothing_to_resume
 
     state_dir, record = sweep_store.read_record(args.state_dir, args.name, creating=True)
+    if args.workers is not None:
+        _workers(args.workers, 1)  # checked even when nothing is left to run
+    states = nothing_to_resume(state_dir, record)
+    if states is not None:  # answered before Ray, MLflow or the spec's learners are imported
+        counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
+        where = f" --state-dir {state_dir}"
+        print(
+            f"sweep {args.name!r} is finished ({counts}): nothing to resume; best trials: "
+            f"`rnnsweep best {args.name}{where}`",
+            file=sys.stderr,
+        )
+        return 0
+    from rnnsweep.orchestrator import spec as spec_
+
     spec = spec_.load_spec_dict(
         record["spec"], source=sweep_store.record_path(state_dir, args.name)
     )
