@@ -250,7 +250,7 @@ class ProgressTable:
             f"{loss:>8} {value:>10}{mark} {_duration(r.wall(now)):>8} "
             f"{f'{rate:.1f}' if rate else '-':>8} {_duration(r.eta(now)):>8} {r.state:<9} "
             f"{r.note}"
-        )
+        ).rstrip()
 
     def draw(self, force: bool = False) -> None:
         """Redraw on a terminal (at most once a second unless ``force``); in a log, the
@@ -266,7 +266,7 @@ class ProgressTable:
         head = (
             f"{self.header(now)}\n"
             + (f"{self.note}\n" if self.note else "")
-            + f"{'trial':>5} {'estimator':<18} {'params':<40} {'step/total':>19} "
+            + f"{'trial':>5} {'estimator':<18} {'params':<40} {'step':>9}/{'total':<9} "
             f"{'loss':>8} {self.objective[0][:10]:>10}  {'wall':>8} {'steps/s':>8} {'ETA':>8} "
             "state"
         )

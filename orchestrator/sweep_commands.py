@@ -4,6 +4,7 @@ sweep's stores."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -196,7 +197,8 @@ def status_command(args) -> int:
     if getattr(args, "watch", False):
         from rnnsweep.orchestrator.status_watch import watch
 
-        return watch(lambda: _status(record, study, args, compact=True), args.interval)
+        render = functools.partial(_status, record, study, args, compact=True)
+        return watch(render, args.interval, json_lines=args.json)
     print(_status(record, study, args)[0])
     return 0
 

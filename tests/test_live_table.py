@@ -132,6 +132,9 @@ def test_resumed_table_counts_earlier_trials_and_status_shows_times(
     watched = capsys.readouterr().out
     assert len(re.findall(r"^-- \d\d:\d\d:\d\d \(sweep finished\)$", watched, re.M)) == 1
     assert watched.count("sweep t: 4/4 trials") == 1  # printed once, then it ended
+    assert main(["status", "t", "--state-dir", str(tmp_path), "--watch", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()  # one JSON object a line, for jq
+    assert json.loads(line)["trials"] == status["trials"]
 
 
 def test_status_watch_refreshes_a_running_sweep(tmp_path):
