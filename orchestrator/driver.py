@@ -95,7 +95,9 @@ class Driver:
         self.running: dict[int, Running] = {}  # asked and not told: queued or on an actor
         objective = (self.spec.objective.metric, self.spec.objective.direction)
         slots = self.workers * self.spec.pack
-        self.table = ProgressTable(self.spec.trials, self.out, objective, slots)
+        self.table = ProgressTable(
+            self.spec.trials, self.out, objective, slots, steps=self.spec.steps
+        )
         self._waiting_checked = 0.0
         for outage in self.stores.outages():
             outage.on_wait = lambda outage: self.table.store_status(outage.describe())
@@ -458,7 +460,8 @@ class Driver:
             # gap; the learner is already on its next chunk.
             run.tracker.flush()
             step = self.stores.write_checkpoint(trial, result["checkpoint"])
-            self.stores.record_timing(trial, run.row.timing(time.monotonic()))
+            if result["state"] == "running":  # (an ended trial's is recorded by _finish)
+                self.stores.record_timing(trial, run.row.timing(time.monotonic()))
         if result["state"] == "failed":  # e.g. its checkpoint refused by the actor
             self._finish(run, "FAIL", None, result["reason"])
         elif result["state"] == "done":

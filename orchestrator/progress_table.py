@@ -86,7 +86,7 @@ def row_from_trial(trial: Any, steps: int) -> TrialRow:
     return TrialRow(
         trial.number,
         attrs.get("estimator") or trial.params.get("estimator") or "?",
-        {k: v for k, v in attrs.get("settings", dict(trial.params)).items()},
+        dict(attrs.get("settings", trial.params)),
         steps,
         step=done,
         loss=last,
@@ -104,13 +104,14 @@ def _duration(seconds: float | None) -> str:
 
 @dataclass
 class ProgressTable:
-    """``total`` trials; ``objective``: the spec's (metric, direction); ``slots``: trials that
-    run at once (workers × pack), for the sweep's ETA."""
+    """``total`` trials of ``steps`` each; ``objective``: the spec's (metric, direction);
+    ``slots``: trials that run at once (workers × pack), for the sweep's ETA."""
 
     total: int
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     objective: tuple[str, str] = ("objective", "minimize")
     slots: int = 1
+    steps: int = 0
     rows: dict[int, TrialRow] = field(default_factory=dict)
     best: float | None = None
     best_trial: int | None = None
@@ -194,8 +195,7 @@ class ProgressTable:
             )
             for r in self.rows.values()
         ]
-        steps = next(iter(self.rows.values())).steps if self.rows else 0
-        left += [Remaining(steps)] * max(0, self.total - len(self.rows))
+        left += [Remaining(self.steps)] * max(0, self.total - len(self.rows))
         return sweep_eta(left, self.slots)
 
     def header(self, now: float) -> str:
