@@ -197,3 +197,26 @@ def test_status_watch_refreshes_a_running_sweep(tmp_path):
             os.killpg(launch.pid, signal.SIGKILL)
             launch.wait()
         kill(ray_processes(temp_root))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_table_names_the_objective_and_cuts_shared_params_first():
+    from rnnsweep.orchestrator.progress_table import ProgressTable, TrialRow
+
+    out = _Terminal()
+    table = ProgressTable(3, out, ("final_bpc", "maximize"), slots=1, steps=100)
+    shared = {f"setting_{i}": "x" for i in range(6)}  # longer than the column
+    for number, (lr, value) in enumerate([(0.5, 1.0), (0.25, 2.0)]):
+        row = TrialRow(number, "uoro", {**shared, "lr": lr}, 100, step=100, state="COMPLETE")
+        row.value = value
+        table.update(row)
+    table.draw(force=True)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("trials 2/3 finished · best final_bpc (maximize) 2.0000, trial 1")
+    assert "final_bpc" in lines[1].split()
+    assert "lr=0.5 setting_0=x" in lines[2] and "…" in lines[2]  # differing key first
+    assert "2.0000*" in lines[3]  # the best, by the objective's direction
