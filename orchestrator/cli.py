@@ -133,9 +133,15 @@ STATUS_EXAMPLES = """\
 examples:
   rnnsweep status smoke
   rnnsweep status smoke --json | jq '.trials[] | select(.state == "COMPLETE")'
+  rnnsweep status smoke --watch     # redrawn every 2 s until the sweep is finished
+  rnnsweep status smoke --watch --interval 5 --json   # one JSON line per refresh
 
 It says whether a driver runs the sweep (host, pid, heartbeat age, from its lease); when none
 does, the trials it left RUNNING show as INTERRUPTED and `rnnsweep resume NAME` continues them.
+Each trial shows its objective, wall time, steps/s and ETA (from the rate its driver last
+recorded), its parameters in full, those that differ between trials first; the header gives
+the sweep's ETA (remaining steps at each trial's rate, on the driver's workers). It only
+reads the stores: it never starts Ray nor takes the lease, --watch included.
 """
 SWEEP_NAME = "the sweep's name (its spec's `name`, or launch --name)"
 BEST_EXAMPLES = """\
@@ -207,6 +213,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
 
 
@@ -335,6 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name", help=SWEEP_NAME)
     status.add_argument(
         "--json", action="store_true", help="print one JSON object (driver, trials) instead"
+    )
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw every --interval seconds (in place on a terminal, a new block in a log) "
+        "until the sweep is finished; Ctrl-C stops it (exit 0)",
+    )
+    status.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between --watch refreshes (default: 2)",
     )
     status.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "status_command"))
 

@@ -36,7 +36,7 @@ from typing import Any, TextIO
 from rnnsweep.orchestrator import cluster_resources
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator.environment_fault import EnvironmentFault, describe
-from rnnsweep.orchestrator.progress_table import ProgressTable, TrialRow
+from rnnsweep.orchestrator.progress_table import ProgressTable, TrialRow, row_from_trial
 from rnnsweep.orchestrator.scheduler import Group, Outcome, Running, Scheduler
 from rnnsweep.orchestrator.stop_signal import sigterm_as_interrupt
 from rnnsweep.orchestrator.store_outage import StoreOutage
@@ -93,7 +93,11 @@ class Driver:
             self.spec, self.workers, self.chunk_seconds, self.stores.checkpoint_name
         )
         self.running: dict[int, Running] = {}  # asked and not told: queued or on an actor
-        self.table = ProgressTable(self.spec.trials, self.out)
+        objective = (self.spec.objective.metric, self.spec.objective.direction)
+        slots = self.workers * self.spec.pack
+        self.table = ProgressTable(
+            self.spec.trials, self.out, objective, slots, steps=self.spec.steps
+        )
         self._waiting_checked = 0.0
         for outage in self.stores.outages():
             outage.on_wait = lambda outage: self.table.store_status(outage.describe())
@@ -108,6 +112,7 @@ class Driver:
         restore_sigterm = sigterm_as_interrupt()  # after Ray's start: it sets its own
         try:
             if resume:
+                self._seed_table()
                 for unfinished in self.stores.unfinished(self.restart_broken):
                     self._begin(
                         unfinished.trial, unfinished.estimator, unfinished.settings, unfinished
@@ -155,6 +160,11 @@ class Driver:
             self.scheduler.stop()
             restore_sigterm()
         raise KeyboardInterrupt
+
+    def _seed_table(self) -> None:
+        """Resume: the trials earlier drivers finished go into the table as they ended."""
+        ended = [t for t in self.stores.study.get_trials(deepcopy=False) if t.state.is_finished()]
+        self.table.seed([row_from_trial(t, self.spec.steps) for t in ended])
 
     def _close(self, status: str, summary: dict[str, Any] | None, quiet: bool) -> None:
         """End the running trials' MLflow runs (``KILLED``; Optuna keeps them RUNNING for
@@ -308,6 +318,10 @@ class Driver:
         row = TrialRow(
             number, estimator, settings_for_display(settings), self.spec.steps, step=restart_from
         )
+        if resumed is not None:  # the time earlier drivers ran it
+            timing = trial.user_attrs.get("timing") or {}
+            row.wall_before = timing.get("wall_s", 0.0)
+            row.rate_before = timing.get("steps_per_sec")
         reported = resumed.reported if resumed is not None else set()
         run = Running(
             number,
@@ -388,13 +402,11 @@ class Driver:
         self.scheduler.enqueue(again, front=True)
 
     def _finish(self, run: Running, state: str, value: float | None, reason: str = "") -> None:
+        if run.row.started is not None:
+            run.row.end(time.monotonic())
+            self.stores.record_timing(run.trial, run.row.timing(time.monotonic()))
         self.stores.end(run.trial, run.tracker, state, value, reason)
-        run.row.state, run.row.note = state, reason[:60]
-        if state == "COMPLETE" and value is not None:
-            best = self.table.best
-            direction = self.spec.objective.direction
-            if best is None or (value < best if direction == "minimize" else value > best):
-                self.table.best = value
+        run.row.state, run.row.note, run.row.value = state, reason[:60], value
         self.table.update(run.row, changed_state=True)
         del self.running[run.number]
         group = run.group
@@ -448,12 +460,15 @@ class Driver:
             # gap; the learner is already on its next chunk.
             run.tracker.flush()
             step = self.stores.write_checkpoint(trial, result["checkpoint"])
+            if result["state"] == "running":  # (an ended trial's is recorded by _finish)
+                self.stores.record_timing(trial, run.row.timing(time.monotonic()))
         if result["state"] == "failed":  # e.g. its checkpoint refused by the actor
             self._finish(run, "FAIL", None, result["reason"])
         elif result["state"] == "done":
             summary = result["summary"]
             metric = self.spec.objective.metric
             value = summary.get(metric)
+            run.row.step = summary["steps"]
             self.stores.record_steps(trial, summary["steps"])
             run.tracker.log_metrics(
                 summary["steps"],

@@ -559,6 +559,10 @@ class SweepStores:
     def record_steps(self, trial: Any, steps: int) -> None:
         self._optuna(trial.set_user_attr, "steps_done", steps)
 
+    def record_timing(self, trial: Any, timing: dict[str, Any]) -> None:
+        """``timing``: the seconds the trial has run, its steps/s and when (``status``)."""
+        self._optuna(trial.set_user_attr, "timing", timing)
+
     def end(
         self, trial: Any, tracker: Tracker, state: str, value: float | None, reason: str = ""
     ) -> None:

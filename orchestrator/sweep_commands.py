@@ -4,6 +4,7 @@ sweep's stores."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -124,8 +125,8 @@ def _drive(spec, state_dir: str, workers: int, resume: bool, restart_broken=Fals
     return 0
 
 
-def trial_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    study = sweep_store.load_study(record)
+def trial_rows(record: dict[str, Any], study: Any = None) -> list[dict[str, Any]]:
+    study = study or sweep_store.load_study(record)
     rows = []
     for t in study.get_trials(deepcopy=False):
         steps_done = t.user_attrs.get("steps_done")
@@ -141,6 +142,7 @@ def trial_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
                 "steps_done": steps_done or 0,
                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
                 "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("reason", ""),
+                "timing": t.user_attrs.get("timing"),
             }
         )
     return rows
@@ -202,63 +204,103 @@ def _driver_line(driver: dict[str, Any], rows: list[dict[str, Any]], record, arg
 
 
 def status_command(args) -> int:
+    """One row per trial, or with ``--watch`` the same redrawn every ``--interval`` seconds
+    until the sweep is finished (or Ctrl-C: exit 0). Reads the stores only: no Ray, no lease."""
     state_dir, record = sweep_store.read_record(args.state_dir, args.name)
-    rows = trial_rows(record)
+    study = sweep_store.load_study(record)
+    if getattr(args, "watch", False):
+        from rnnsweep.orchestrator.status_watch import watch
+
+        render = functools.partial(_status, record, study, args, compact=True)
+        return watch(render, args.interval, json_lines=args.json)
+    print(_status(record, study, args)[0])
+    return 0
+
+
+def _status(record, study, args, compact: bool = False) -> tuple[str, bool]:
+    """``status``'s text (or JSON: one line if ``compact``) now, and whether the sweep is
+    finished (every trial asked and ended)."""
+    import time
+
+    from rnnsweep.orchestrator.sweep_eta import recorded_times
+
+    rows = trial_rows(record, study)
     driver = driver_state(record)
+    spec = record["spec"]
+    now = time.time()
+    live = driver["running"]
+    for row in rows:
+        state, done = row["state"], row["steps_done"]
+        row.update(recorded_times(row["timing"], state, done, spec["steps"], live, now))
     if not driver["running"]:  # RUNNING in Optuna, but no driver runs them
         for row in rows:
             if row["state"] == "RUNNING":
                 row["state"] = "INTERRUPTED"
+    eta = _sweep_eta(rows, spec, driver["running"])
+    ended = ("COMPLETE", "PRUNED", "FAIL")
+    finished = len(rows) >= spec["trials"] and all(r["state"] in ended for r in rows)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "name": record["name"],
-                    "storage": redact(record["optuna_storage"]),
-                    "tracking_uri": redact(record["tracking_uri"]),
-                    "driver": driver,
-                    "trials": [
-                        {
-                            k: r[k]
-                            for k in (
-                                "number",
-                                "state",
-                                "estimator",
-                                "params",
-                                "value",
-                                "steps_done",
-                                "mlflow_run_id",
-                            )
-                        }
-                        for r in rows
-                    ],
-                },
-                indent=2,
-                default=str,
-            )
-        )
-        return 0
-    spec = record["spec"]
-    print(
+        keys = ("number", "state", "estimator", "params", "value", "steps_done")
+        keys += ("wall_s", "steps_per_sec", "eta_s", "mlflow_run_id")
+        document = {
+            "name": record["name"],
+            "storage": redact(record["optuna_storage"]),
+            "tracking_uri": redact(record["tracking_uri"]),
+            "driver": driver,
+            "eta_s": eta,
+            "trials": [{k: r[k] for k in keys} for r in rows],
+        }
+        return json.dumps(document, indent=None if compact else 2, default=str), finished
+    from rnnsweep.orchestrator.param_display import format_params, key_order
+    from rnnsweep.orchestrator.progress import format_duration
+
+    def duration(seconds: float | None) -> str:
+        return "-" if seconds is None else format_duration(seconds)
+
+    objective = spec["objective"]
+    lines = [
         f"sweep {record['name']}: {len(rows)}/{spec['trials']} trials, task {spec['task']}, "
-        f"{spec['steps']} steps each\nstorage {redact(record['optuna_storage'])}\n"
-        f"tracking {redact(record['tracking_uri'])}\n{_driver_line(driver, rows, record, args)}"
-    )
-    print(
-        f"{'trial':>5} {'state':<11} {'estimator':<18} {'value':>9} {'steps':>9}  "
-        f"{'mlflow run':<32}  params"
-    )
+        f"{spec['steps']} steps each, objective {objective['metric']} "
+        f"({objective['direction']}); sweep ETA {duration(eta)}",
+        f"storage {redact(record['optuna_storage'])}",
+        f"tracking {redact(record['tracking_uri'])}",
+        _driver_line(driver, rows, record, args),
+        f"{'trial':>5} {'state':<11} {'estimator':<18} {objective['metric'][:10]:>10} "
+        f"{'steps':>9} {'wall':>8} {'steps/s':>8} {'ETA':>8}  {'mlflow run':<32}  params",
+    ]
+    order = key_order(r["params"] for r in rows)
     for r in rows:
         value = f"{r['value']:.4f}" if r["value"] is not None else "-"
-        params = " ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()
-        )
+        rate = f"{r['steps_per_sec']:.1f}" if r["steps_per_sec"] else "-"
         reason = f"  ({r['reason']})" if r["reason"] else ""
-        print(
-            f"{r['number']:>5} {r['state']:<11} {r['estimator'] or '-':<18} {value:>9} "
-            f"{r['steps_done']:>9}  {r['mlflow_run_id'] or '-':<32}  {params}{reason}"
+        lines.append(
+            f"{r['number']:>5} {r['state']:<11} {r['estimator'] or '-':<18} {value:>10} "
+            f"{r['steps_done']:>9} {duration(r['wall_s']):>8} {rate:>8} "
+            f"{duration(r['eta_s']):>8}  {r['mlflow_run_id'] or '-':<32}  "
+            f"{format_params(r['params'], order)}{reason}"
         )
-    return 0
+    return "\n".join(lines), finished
+
+
+def _sweep_eta(rows: list[dict[str, Any]], spec: dict[str, Any], live: bool) -> float | None:
+    """The sweep's ETA (``sweep_eta``) in seconds: its running driver's slots are its RUNNING
+    trials (it asks one per free slot); with no driver, a resume's (the spec's workers × pack)."""
+    from rnnsweep.orchestrator.sweep_eta import Remaining, sweep_eta
+
+    running = sum(r["state"] == "RUNNING" for r in rows)
+    slots = running if live and running else spec["workers"] * spec.get("pack", 1)
+    left = [  # the ended ones with 0 steps left: their rates count
+        Remaining(
+            0 if r["state"] in ("COMPLETE", "PRUNED", "FAIL") else spec["steps"] - r["steps_done"],
+            r["steps_per_sec"],
+            r["estimator"],
+            started=r["state"] in ("RUNNING", "INTERRUPTED"),
+        )
+        for r in rows
+    ]
+    left += [Remaining(spec["steps"])] * max(0, spec["trials"] - len(rows))
+    eta = sweep_eta(left, slots)
+    return None if eta is None else round(eta, 1)
 
 
 # How ``best`` and ``report`` name the states of an estimator's unfinished trials, in order.

@@ -373,6 +373,9 @@ def test_status_best_and_run_back(ray_session, tmp_path, capsys):
             "params",
             "value",
             "steps_done",
+            "wall_s",
+            "steps_per_sec",
+            "eta_s",
             "mlflow_run_id",
         }
     best_file = tmp_path / "best.yaml"
