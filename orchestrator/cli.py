@@ -101,6 +101,12 @@ examples:
   rnnsweep launch examples/smoke.yaml --workers 2       # a 2-minute laptop sweep
   rnnsweep launch examples/compare_add.yaml --dry-run   # validate, show the search space
   RAY_ADDRESS=auto rnnsweep launch examples/gpu_cluster.yaml   # on a Ray cluster's head
+  rnnsweep launch examples/smoke.yaml --set trials=4 --set search.lr.high=1e-3 --dry-run
+
+--set KEY=VALUE overrides one key of the spec (repeatable; a later one wins): a dotted KEY
+reaches into sections (search.lr.high, probe.every, fixed.log_every, resources.cpus), the
+VALUE is YAML (1e-2, true, [uoro, rtrl]; null removes the key). An unknown key (with a
+did-you-mean) or a bad value exits 2 naming the --set, before anything is created.
 
 estimators and pruning (spec keys with their defaults; --dry-run shows both):
   estimator_choice: {sweep_default:estimator_choice}
@@ -313,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("spec", help="the sweep spec (YAML); see examples/")
     launch.add_argument("--name", help="override the spec's name")
     launch.add_argument("--workers", type=_positive_int, help="concurrent trials (actors)")
+    launch.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a spec key, dotted into sections (trials=40, search.lr.high=1e-2); "
+        "repeatable; checked against the spec's schema",
+    )
     launch.add_argument(
         "--dry-run", action="store_true", help="validate and show the search space; start nothing"
     )
