@@ -143,6 +143,18 @@ examples:
 It says whether a driver runs the sweep (host, pid, heartbeat age, from its lease); when none
 does, the trials it left RUNNING show as INTERRUPTED and `rnnsweep resume NAME` continues them.
 """
+STOP_EXAMPLES = """\
+examples:
+  rnnsweep stop smoke               # ask its driver to stop; wait until it has
+  rnnsweep stop smoke --no-wait     # ask, and return at once
+
+Works from any terminal or machine that reaches the sweep's Optuna database: the request is
+a row beside the sweep's lease, read by the driver's heartbeat (every 5 s). The driver then
+stops as on Ctrl-C: running trials keep their checkpoints and show as INTERRUPTED, their
+MLflow runs and the parent run end KILLED, it exits 130; `rnnsweep resume NAME` continues.
+exit status: 0 once stopped, or when no driver holds the sweep (nothing to stop); 1 if the
+driver still holds it after --timeout; 2 on an unknown sweep.
+"""
 SWEEP_NAME = "the sweep's name (its spec's `name`, or launch --name)"
 BEST_EXAMPLES = """\
 examples:
@@ -351,6 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object (driver, trials) instead"
     )
     status.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "status_command"))
+
+    stop = sweep_parser("stop", "stop a sweep's driver gracefully (any machine)", STOP_EXAMPLES)
+    stop.add_argument("name", help=SWEEP_NAME)
+    stop.add_argument(
+        "--no-wait", action="store_true", help="return once asked, without waiting for the stop"
+    )
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for the driver to stop (default 600)",
+    )
+    stop.set_defaults(handler=_lazy("rnnsweep.orchestrator.stop_command", "stop_command"))
 
     best = sweep_parser("best", "the best trial per estimator, as runs", BEST_EXAMPLES)
     best.add_argument("name", help=SWEEP_NAME)
