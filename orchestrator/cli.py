@@ -155,6 +155,19 @@ MLflow runs and the parent run end KILLED, it exits 130; `rnnsweep resume NAME` 
 exit status: 0 once stopped, or when no driver holds the sweep (nothing to stop); 1 if the
 driver still holds it after --timeout; 2 on an unknown sweep.
 """
+DELETE_EXAMPLES = """\
+examples:
+  rnnsweep launch examples/smoke.yaml --name scratch --set trials=2 --set steps=500
+  rnnsweep delete scratch <<< scratch    # asks to type its name (here on stdin)
+  rnnsweep launch examples/smoke.yaml --name scratch --set trials=2 --set steps=500
+  rnnsweep delete scratch --yes          # without the question
+
+Deletes the Optuna study, the MLflow parent and child runs (and the experiment when nothing
+else is in it; MLflow marks them deleted, `mlflow gc` purges them), the checkpoints, the
+metric journal and the sweep's record. Interrupted half-way, `delete` again finishes it.
+exit status: 0 deleted; 1 not confirmed; 2 on an unknown sweep; 3 while a driver holds it
+(stop it first: `rnnsweep stop NAME`).
+"""
 SWEEP_NAME = "the sweep's name (its spec's `name`, or launch --name)"
 BEST_EXAMPLES = """\
 examples:
@@ -377,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the driver to stop (default 600)",
     )
     stop.set_defaults(handler=_lazy("rnnsweep.orchestrator.stop_command", "stop_command"))
+
+    delete = sweep_parser(
+        "delete", "delete a sweep: study, MLflow runs, checkpoints, record", DELETE_EXAMPLES
+    )
+    delete.add_argument("name", help=SWEEP_NAME)
+    delete.add_argument(
+        "--yes", action="store_true", help="delete without asking to type the sweep's name"
+    )
+    delete.set_defaults(handler=_lazy("rnnsweep.orchestrator.delete_command", "delete_command"))
 
     best = sweep_parser("best", "the best trial per estimator, as runs", BEST_EXAMPLES)
     best.add_argument("name", help=SWEEP_NAME)

@@ -399,3 +399,24 @@ def request_stop(url: str, name: str, timeout: float, by: str) -> Holder | None:
         return holder
     finally:
         engine.dispose()
+
+
+def forget(url: str, name: str) -> None:
+    """Remove sweep ``name``'s lease row and stop requests (``rnnsweep delete``, once its
+    lease is released)."""
+    import sqlalchemy as sa
+
+    engine = _engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        metadata = sa.MetaData()
+        tables = [
+            make(metadata)
+            for make, table_name in ((_table, TABLE), (_stop_table, STOP_TABLE))
+            if inspector.has_table(table_name)
+        ]
+        with engine.begin() as connection:
+            for table in tables:
+                connection.execute(sa.delete(table).where(table.c.sweep == name))
+    finally:
+        engine.dispose()
