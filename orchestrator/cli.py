@@ -168,6 +168,17 @@ metric journal and the sweep's record. Interrupted half-way, `delete` again fini
 exit status: 0 deleted; 1 not confirmed; 2 on an unknown sweep; 3 while a driver holds it
 (stop it first: `rnnsweep stop NAME`).
 """
+EXTEND_EXAMPLES = """\
+examples:
+  rnnsweep extend smoke --trials +2             # two more trials, then run them
+  rnnsweep extend smoke --steps 5000 --workers 2   # unfinished and new trials run 5000 steps
+
+Works on a finished or stopped sweep (a driver holding it: exit 3). --steps is the budget of
+every trial not finished: a stopped trial continues from its checkpoint to it; a COMPLETE
+trial stays as it is (Optuna's COMPLETE is final). Neither may shrink (exit 2).
+exit status as for resume: 0 when the sweep ends, 2 bad input, 3 while a driver holds it, 130
+when stopped.
+"""
 SWEEP_NAME = "the sweep's name (its spec's `name`, or launch --name)"
 BEST_EXAMPLES = """\
 examples:
@@ -369,6 +380,22 @@ def build_parser() -> argparse.ArgumentParser:
         "MLflow run (default: that trial fails with the reason; the others go on)",
     )
     resume.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "resume_command"))
+
+    extend = sweep_parser(
+        "extend", "add trials or steps to a finished or stopped sweep, and run them",
+        EXTEND_EXAMPLES,
+    )
+    extend.add_argument("name", help=SWEEP_NAME)
+    extend.add_argument(
+        "--trials", metavar="+N|N", help="+N: N more trials; N: N trials in all (not fewer)"
+    )
+    extend.add_argument(
+        "--steps", type=_positive_int, help="the step budget of unfinished and new trials"
+    )
+    extend.add_argument(
+        "--workers", type=_positive_int, help="concurrent trials (actors); default: the spec's"
+    )
+    extend.set_defaults(handler=_lazy("rnnsweep.orchestrator.extend_command", "extend_command"))
 
     status = sweep_parser("status", "one row per trial of a sweep", STATUS_EXAMPLES)
     status.add_argument("name", help=SWEEP_NAME)
