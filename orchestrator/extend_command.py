@@ -56,6 +56,8 @@ def extend_command(args) -> int:
     _refuse_if_driven(record)
     old = record["spec"]
     new = extended_spec(old, args.trials, args.steps)
+    if new["steps"] != old["steps"]:
+        _check_unfinished(record, new["steps"])
     changes = [f"{k} {old[k]} -> {new[k]}" for k in ("trials", "steps") if old[k] != new[k]]
     if changes:
         sweep_store.write_record(state_dir, record["name"], {**record, "spec": new})
@@ -68,3 +70,15 @@ def extend_command(args) -> int:
         )
     spec = spec_.load_spec_dict(new, source=sweep_store.record_path(state_dir, record["name"]))
     return _drive(spec, state_dir, _workers(args.workers, spec.workers), resume=True)
+
+
+def _check_unfinished(record: dict[str, Any], steps: int) -> None:
+    """``ValueError`` when a stopped trial has passed the start of the new budget's tail (the
+    last 10%, which its final loss averages): ``Population.replan`` would refuse it."""
+    for trial in sweep_store.load_study(record).get_trials(deepcopy=False):
+        done = trial.user_attrs.get("checkpoint_step", 0)
+        if trial.state.name == "RUNNING" and steps - max(1, steps // 10) < done:
+            raise ValueError(
+                f"--steps {steps}: trial {trial.number} stopped at step {done}, inside the new "
+                f"budget's last 10%; give at least {done + max(1, done // 9) + 1} steps"
+            )

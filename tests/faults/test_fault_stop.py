@@ -168,3 +168,35 @@ def test_a_request_reaches_its_holder_only(tmp_path):
         assert second.stop_requested == ""
     finally:
         second.release()
+
+
+def test_extend_steps_of_a_stopped_sweep(ray_session, tmp_path, capsys):
+    """Stopped mid-way, then ``extend --steps``: the stopped trials continue from their
+    checkpoints to the new budget, every metric step once."""
+    state_dir = str(tmp_path / "state")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+    temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
+    try:
+        _wait_for_checkpointed_trials(proc, state_dir)
+        assert main(["stop", "t", "--state-dir", state_dir]) == 0  # waits for the release
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill(ray_processes(temp_root))
+    assert proc.returncode == 130, out
+    record = record_checks.record_of(state_dir, "t")
+    stopped = {t.number for t in sweep_store.load_study(record).get_trials()
+               if t.state.name == "RUNNING"}
+    assert stopped == {0, 1}
+    capsys.readouterr()
+    more = STEPS + 8000
+    assert main(["extend", "t", "--state-dir", state_dir, "--steps", str(more)]) == 0
+    assert f"steps {STEPS} -> {more}" in capsys.readouterr().err
+    trials = sweep_store.load_study(record).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert [t.user_attrs["steps_done"] for t in trials] == [more, more]
+    expected = list(range(LOG_EVERY, more + 1, LOG_EVERY))
+    assert record_checks.metric_rows(record, ("loss",)) == {0: expected, 1: expected}
