@@ -38,6 +38,7 @@ examples:
   rnnsweep run --task add --estimator nobacktrack-kalman --set process_noise=1e-4 --steps 300
   rnnsweep run --task add --estimator uoro --steps 2000 --probe-every 1000 --checkpoint ck.pt
   rnnsweep run --resume ck.pt                     # continue bit-for-bit, same MLflow run
+  rnnsweep run --resume ck.pt --steps 3000        # extend it to 3000 steps (--set refused)
 
 
 {set_keys}
@@ -313,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--estimator", help="one of {rules}")
     run.add_argument("--cell", default=None, help="tanh, gru or lstm (default {default:cell})")
     run.add_argument("--hidden", type=int, default=None, help="units (default {default:hidden})")
-    run.add_argument("--steps", type=_positive_int, default=None, help="default 100000")
+    run.add_argument(
+        "--steps", type=_positive_int, default=None,
+        help="default 100000; with --resume: extend the run to this many steps",
+    )
     run.add_argument(
         "--set",
         nargs="+",
