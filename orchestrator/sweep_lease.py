@@ -313,20 +313,28 @@ class SweepLease:
                         )
                     ).rowcount
                     holder = _read(connection, table, self.name) if renewed == 0 else None
-                    stop = self.stop_table
-                    asked = connection.execute(
-                        sa.select(stop.c.by).where(
-                            stop.c.sweep == self.name, stop.c.token == self.token
-                        )
-                    ).first()
             except sa.exc.SQLAlchemyError:
                 continue  # the database is unreachable for now: try at the next beat
             if renewed == 0:
                 by = holder.who() if holder is not None and holder.token else "nobody"
                 self.lost = f"the lease of sweep {self.name!r} was taken over by {by}"
                 return
-            if asked is not None:
-                self.stop_requested = asked.by
+            self._read_stop_request()
+
+    def _read_stop_request(self) -> None:
+        """Set ``stop_requested`` if ``rnnsweep stop`` asked this holder (read apart from the
+        renewal, so that a failed read never undoes it)."""
+        import sqlalchemy as sa
+
+        stop = self.stop_table
+        try:
+            with self.engine.connect() as connection:
+                mine = (stop.c.sweep == self.name) & (stop.c.token == self.token)
+                asked = connection.execute(sa.select(stop.c.by).where(mine)).first()
+        except sa.exc.SQLAlchemyError:
+            return  # read again at the next beat
+        if asked is not None:
+            self.stop_requested = asked.by
 
     def release(self) -> None:
         """Stop the heartbeat and mark the lease released (its heartbeat: the last moment

@@ -43,6 +43,7 @@ SPEC = {
     "sampler": "random",
     "checkpoint_every": 2000,
     "workers": 2,
+    "lease_timeout": 8.0,  # a heartbeat every 2 s: the stop is read within 2 s
 }
 
 
@@ -121,7 +122,8 @@ def test_stop_from_another_process_then_resume(ray_session, tmp_path, capsys):
     assert client.get_run(record["mlflow_parent_run_id"]).info.status == "KILLED"
     study = sweep_store.load_study(record)
     running = [t for t in study.get_trials() if t.state.name == "RUNNING"]
-    assert len(running) == 2  # both stopped mid-way
+    # stopped mid-way (one may have finished while the request travelled: loaded machine)
+    assert running and {t.state.name for t in study.get_trials()} <= {"RUNNING", "COMPLETE"}
     for trial in running:  # its checkpoint kept, its child run KILLED
         path = sweep_store.checkpoint_path(state_dir, "t", trial.number)
         with open(path, "rb") as handle:
@@ -188,15 +190,16 @@ def test_extend_steps_of_a_stopped_sweep(ray_session, tmp_path, capsys):
         kill(ray_processes(temp_root))
     assert proc.returncode == 130, out
     record = record_checks.record_of(state_dir, "t")
-    stopped = {t.number for t in sweep_store.load_study(record).get_trials()
-               if t.state.name == "RUNNING"}
-    assert stopped == {0, 1}
+    states = {t.number: t.state.name for t in sweep_store.load_study(record).get_trials()}
+    assert "RUNNING" in states.values(), states  # at least one stopped mid-way
     capsys.readouterr()
     more = STEPS + 8000
     assert main(["extend", "t", "--state-dir", state_dir, "--steps", str(more)]) == 0
     assert f"steps {STEPS} -> {more}" in capsys.readouterr().err
     trials = sweep_store.load_study(record).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
-    assert [t.user_attrs["steps_done"] for t in trials] == [more, more]
-    expected = list(range(LOG_EVERY, more + 1, LOG_EVERY))
-    assert record_checks.metric_rows(record, ("loss",)) == {0: expected, 1: expected}
+    budget = {n: more if state == "RUNNING" else STEPS for n, state in states.items()}
+    assert [t.user_attrs["steps_done"] for t in trials] == [budget[0], budget[1]]
+    assert record_checks.metric_rows(record, ("loss",)) == {
+        n: list(range(LOG_EVERY, b + 1, LOG_EVERY)) for n, b in budget.items()
+    }
