@@ -663,6 +663,30 @@ class Population:
             )
         return out
 
+    def replan(self, steps: int) -> None:
+        """Lengthen a restored run to ``steps`` (``rnnsweep extend --steps``, ``run --resume
+        --steps``): its tail, the last 10% that ``final_loss`` averages, moves to the new end
+        and what it had summed is dropped. ``ValueError`` for a shorter run, or when the new
+        tail would start before the step reached (those losses were summed under the old
+        plan); the message gives the least length that works."""
+        c = self.counters
+        if not c["planned"] or c["planned"] == steps:
+            return
+        if steps < c["planned"]:
+            raise ValueError(f"this run was planned for {c['planned']} steps; it cannot shrink")
+        if steps - max(1, steps // 10) < c["t"]:
+            least = c["t"] + 1
+            while least - max(1, least // 10) < c["t"]:
+                least += 1
+            raise ValueError(
+                f"at step {c['t']}, a run of {steps} steps would average its final loss over "
+                f"steps already taken; extend it to at least {least} steps"
+            )
+        self._fold()
+        c["planned"], c["tail_steps"] = steps, max(1, steps // 10)
+        self.sums[:, 1] = 0
+        self._tail_from = c["planned"] - c["tail_steps"]
+
     def summaries(self) -> list[dict[str, Any]]:
         """Each member's ``Learner.summary()`` (frozen members as they were when frozen)."""
         self._fold()

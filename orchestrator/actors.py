@@ -118,6 +118,7 @@ class LearnerHost:
         def stop() -> bool:
             return time.monotonic() >= deadline
 
+        pop.replan(self.steps)  # `rnnsweep extend --steps`: a restored trial runs longer
         summaries = pop.run(
             self.steps, on_report=lambda i, r: reports[trials[i]].append(r), should_stop=stop
         )

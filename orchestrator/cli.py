@@ -38,6 +38,7 @@ examples:
   rnnsweep run --task add --estimator nobacktrack-kalman --set process_noise=1e-4 --steps 300
   rnnsweep run --task add --estimator uoro --steps 2000 --probe-every 1000 --checkpoint ck.pt
   rnnsweep run --resume ck.pt                     # continue bit-for-bit, same MLflow run
+  rnnsweep run --resume ck.pt --steps 3000        # extend it to 3000 steps (--set refused)
 
 
 {set_keys}
@@ -101,6 +102,12 @@ examples:
   rnnsweep launch examples/smoke.yaml --workers 2       # a 2-minute laptop sweep
   rnnsweep launch examples/compare_add.yaml --dry-run   # validate, show the search space
   RAY_ADDRESS=auto rnnsweep launch examples/gpu_cluster.yaml   # on a Ray cluster's head
+  rnnsweep launch examples/smoke.yaml --set trials=4 --set search.lr.high=1e-3 --dry-run
+
+--set KEY=VALUE overrides one key of the spec (repeatable; a later one wins): a dotted KEY
+reaches into sections (search.lr.high, probe.every, fixed.log_every, resources.cpus), the
+VALUE is YAML (1e-2, true, [uoro, rtrl]; null removes the key). An unknown key (with a
+did-you-mean) or a bad value exits 2 naming the --set, before anything is created.
 
 estimators and pruning (spec keys with their defaults; --dry-run shows both):
   estimator_choice: {sweep_default:estimator_choice}
@@ -142,6 +149,42 @@ Each trial shows its objective, wall time, steps/s and ETA (from the rate its dr
 recorded), its parameters in full, those that differ between trials first; the header gives
 the sweep's ETA (remaining steps at each trial's rate, on the driver's workers). It only
 reads the stores: it never starts Ray nor takes the lease, --watch included.
+"""
+STOP_EXAMPLES = """\
+examples:
+  rnnsweep stop smoke               # ask its driver to stop; wait until it has
+  rnnsweep stop smoke --no-wait     # ask, and return at once
+
+Works from any terminal or machine that reaches the sweep's Optuna database: the request is
+a row beside the sweep's lease, read by the driver's heartbeat (every 5 s). The driver then
+stops as on Ctrl-C: running trials keep their checkpoints and show as INTERRUPTED, their
+MLflow runs and the parent run end KILLED, it exits 130; `rnnsweep resume NAME` continues.
+exit status: 0 once stopped, or when no driver holds the sweep (nothing to stop); 1 if the
+driver still holds it after --timeout; 2 on an unknown sweep.
+"""
+DELETE_EXAMPLES = """\
+examples:
+  rnnsweep launch examples/smoke.yaml --name scratch --set trials=2 --set steps=500
+  rnnsweep delete scratch <<< scratch    # asks to type its name (here on stdin)
+  rnnsweep launch examples/smoke.yaml --name scratch --set trials=2 --set steps=500
+  rnnsweep delete scratch --yes          # without the question
+
+Deletes the Optuna study, the MLflow parent and child runs (and the experiment when nothing
+else is in it; MLflow marks them deleted, `mlflow gc` purges them), the checkpoints, the
+metric journal and the sweep's record. Interrupted half-way, `delete` again finishes it.
+exit status: 0 deleted; 1 not confirmed; 2 on an unknown sweep; 3 while a driver holds it
+(stop it first: `rnnsweep stop NAME`).
+"""
+EXTEND_EXAMPLES = """\
+examples:
+  rnnsweep extend smoke --trials +2             # two more trials, then run them
+  rnnsweep extend smoke --steps 5000 --workers 2   # unfinished and new trials run 5000 steps
+
+Works on a finished or stopped sweep (a driver holding it: exit 3). --steps is the budget of
+every trial not finished: a stopped trial continues from its checkpoint to it; a COMPLETE
+trial stays as it is (Optuna's COMPLETE is final). Neither may shrink (exit 2).
+exit status as for resume: 0 when the sweep ends, 2 bad input, 3 while a driver holds it, 130
+when stopped.
 """
 SWEEP_NAME = "the sweep's name (its spec's `name`, or launch --name)"
 BEST_EXAMPLES = """\
@@ -287,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--estimator", help="one of {rules}")
     run.add_argument("--cell", default=None, help="tanh, gru or lstm (default {default:cell})")
     run.add_argument("--hidden", type=int, default=None, help="units (default {default:hidden})")
-    run.add_argument("--steps", type=_positive_int, default=None, help="default 100000")
+    run.add_argument(
+        "--steps", type=_positive_int, default=None,
+        help="default 100000; with --resume: extend the run to this many steps",
+    )
     run.add_argument(
         "--set",
         nargs="+",
@@ -330,6 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--name", help="override the spec's name")
     launch.add_argument("--workers", type=_positive_int, help="concurrent trials (actors)")
     launch.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a spec key, dotted into sections (trials=40, search.lr.high=1e-2); "
+        "repeatable; checked against the spec's schema",
+    )
+    launch.add_argument(
         "--dry-run", action="store_true", help="validate and show the search space; start nothing"
     )
     launch.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "launch_command"))
@@ -346,6 +400,22 @@ def build_parser() -> argparse.ArgumentParser:
         "MLflow run (default: that trial fails with the reason; the others go on)",
     )
     resume.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "resume_command"))
+
+    extend = sweep_parser(
+        "extend", "add trials or steps to a finished or stopped sweep, and run them",
+        EXTEND_EXAMPLES,
+    )
+    extend.add_argument("name", help=SWEEP_NAME)
+    extend.add_argument(
+        "--trials", metavar="+N|N", help="+N: N more trials; N: N trials in all (not fewer)"
+    )
+    extend.add_argument(
+        "--steps", type=_positive_int, help="the step budget of unfinished and new trials"
+    )
+    extend.add_argument(
+        "--workers", type=_positive_int, help="concurrent trials (actors); default: the spec's"
+    )
+    extend.set_defaults(handler=_lazy("rnnsweep.orchestrator.extend_command", "extend_command"))
 
     status = sweep_parser("status", "one row per trial of a sweep", STATUS_EXAMPLES)
     status.add_argument("name", help=SWEEP_NAME)
@@ -366,6 +436,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between --watch refreshes (default: 2)",
     )
     status.set_defaults(handler=_lazy("rnnsweep.orchestrator.sweep_commands", "status_command"))
+
+    stop = sweep_parser("stop", "stop a sweep's driver gracefully (any machine)", STOP_EXAMPLES)
+    stop.add_argument("name", help=SWEEP_NAME)
+    stop.add_argument(
+        "--no-wait", action="store_true", help="return once asked, without waiting for the stop"
+    )
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for the driver to stop (default 600)",
+    )
+    stop.set_defaults(handler=_lazy("rnnsweep.orchestrator.stop_command", "stop_command"))
+
+    delete = sweep_parser(
+        "delete", "delete a sweep: study, MLflow runs, checkpoints, record", DELETE_EXAMPLES
+    )
+    delete.add_argument("name", help=SWEEP_NAME)
+    delete.add_argument(
+        "--yes", action="store_true", help="delete without asking to type the sweep's name"
+    )
+    delete.set_defaults(handler=_lazy("rnnsweep.orchestrator.delete_command", "delete_command"))
 
     best = sweep_parser("best", "the best trial per estimator, as runs", BEST_EXAMPLES)
     best.add_argument("name", help=SWEEP_NAME)

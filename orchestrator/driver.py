@@ -121,6 +121,9 @@ class Driver:
             while True:
                 if self.stores.lease_lost():
                     raise LeaseHeld(f"{self.stores.lease_lost()}; this driver stops")
+                if self.stores.stop_requested():  # `rnnsweep stop`: as on Ctrl-C
+                    print(f"\nstop requested by {self.stores.stop_requested()}", file=sys.stderr)
+                    raise KeyboardInterrupt
                 self._started(self.scheduler.fill())
                 while self.scheduler.has_room() and self.stores.asked() < self.spec.trials:
                     # up to one pack's worth; those that cannot share a pack wait their turn

@@ -113,6 +113,13 @@ def build_learner(args) -> tuple[Learner, dict[str, Any]]:
                     f"--{flag} {given} contradicts the checkpoint {args.resume!r} "
                     f"({key} = {saved_spec.get(key)})"
                 )
+        if args.set or args.probe_every is not None:  # never ignored silently
+            flags = ["--probe-every"] if args.probe_every is not None else []
+            given = ", ".join([*(args.set or []), *flags])
+            raise ValueError(
+                f"--resume {args.resume!r} continues the run with the settings in its checkpoint; "
+                f"{given} cannot change them (start a new run to try other settings)"
+            )
         return learner_from(saved, checkpoint_file.describe(args.resume)), dict(saved.extra)
     base: dict[str, Any] = {}
     if args.config:
@@ -145,10 +152,12 @@ def run_command(args) -> int:
     args.device = resolve_device(args.device)
     learner, extra = build_learner(args)
     steps = args.steps if not args.resume else (args.steps or learner.counters["planned"])
-    if learner.counters["planned"] and steps != learner.counters["planned"]:
-        raise ValueError(
-            f"the checkpoint was planned for {learner.counters['planned']} steps, not {steps}"
-        )
+    planned = learner.counters["planned"]
+    if planned and steps != planned:
+        try:  # --steps above the checkpoint's plan extends the run
+            learner.population.replan(steps)
+        except ValueError as error:
+            raise ValueError(f"--steps {steps} for checkpoint {args.resume!r}: {error}") from None
     tracker = None
     last_logged = -1
     if not args.no_mlflow:
@@ -179,6 +188,8 @@ def run_command(args) -> int:
                 **spec.settings,
             }
         )
+        if planned and steps != planned:  # the run's `steps` param keeps its first value
+            tracker.set_tags({"rnnsweep.steps_extended": f"{planned} -> {steps}"})
         extra["mlflow_run_id"] = tracker.run_id
         print(f"MLflow run {tracker.run_id} at {redact(uri)}", file=sys.stderr)
 

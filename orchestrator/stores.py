@@ -183,6 +183,10 @@ class SweepStores:
         if self.lease is not None:
             self.lease.release()
 
+    def stop_requested(self) -> str:
+        """Who asked this driver to stop (``rnnsweep stop``, read by the lease's heartbeat)."""
+        return self.lease.stop_requested if self.lease is not None else ""
+
     def lease_lost(self) -> str:
         """Whose takeover of the lease this driver found at its last heartbeat (or ``""``)."""
         return self.lease.lost if self.lease is not None else ""

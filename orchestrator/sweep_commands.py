@@ -23,11 +23,25 @@ def launch_command(args) -> int:
     data = read_spec_file(args.spec)  # limits first: a hostile file costs no heavy import
     from rnnsweep.orchestrator import spec as spec_
 
-    spec = spec_.load_spec_dict(data, source=args.spec)
+    sets = getattr(args, "set", None) or []
+    if sets:
+        from rnnsweep.orchestrator.spec_overrides import apply_overrides, blame
+
+        data = apply_overrides(data, sets)
+        try:
+            spec = spec_.load_spec_dict(data, source=args.spec)
+        except spec_.SpecError as error:
+            raise blame(error, sets) from None
+    else:
+        spec = spec_.load_spec_dict(data, source=args.spec)
     if args.name:
         spec = spec_.load_spec_dict({**spec.to_dict(), "name": args.name}, source=args.spec)
     workers = _workers(args.workers, spec.workers)
     if args.dry_run:
+        if sets:
+            from rnnsweep.orchestrator.spec_overrides import overrides_text
+
+            print(overrides_text(sets))
         print(spec_.dry_run_text(dataclasses.replace(spec, workers=workers)))
         return 0
     state_dir = resolve_state_dir(args.state_dir or spec.storage.state_dir)

@@ -17,6 +17,12 @@ this host and its pid is not running (a killed driver never makes ``resume`` wai
 until the lease may be taken over. A driver whose lease was taken over learns so at its next
 renewal (``lost``) and stops writing. Read-only commands only read the row (``read_holder``).
 
+A stop request (``rnnsweep stop``, from any machine reaching the database) is a row of table
+``rnnsweep_stop``: ``sweep``, the ``token`` of the holder asked to stop (so that a later
+driver of the sweep is not stopped by it), ``by`` (who asked) and ``requested``. The holder's
+heartbeat thread reads it at each renewal and sets ``stop_requested``; the driver then stops
+as on Ctrl-C.
+
 SQLAlchemy is imported inside the functions: the CLI imports this module for ``LeaseHeld``.
 """
 
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 TABLE = "rnnsweep_lease"
+STOP_TABLE = "rnnsweep_stop"
 HEARTBEAT_SECONDS = 5.0
 
 
@@ -124,6 +131,19 @@ def _table(metadata: Any) -> Any:
     )
 
 
+def _stop_table(metadata: Any) -> Any:
+    import sqlalchemy as sa
+
+    return sa.Table(
+        STOP_TABLE,
+        metadata,
+        sa.Column("sweep", sa.String(512), primary_key=True),
+        sa.Column("token", sa.String(64), nullable=False),
+        sa.Column("by", sa.String(512), nullable=False),
+        sa.Column("requested", sa.Double, nullable=False),
+    )
+
+
 def _now(dialect: str) -> Any:
     """The database's clock in seconds since the epoch, as an SQL expression."""
     import sqlalchemy as sa
@@ -193,8 +213,10 @@ class SweepLease:
         self.url, self.name, self.timeout = url, name, timeout
         self.token = ""
         self.lost = ""
+        self.stop_requested = ""  # who asked this driver to stop (``rnnsweep stop``)
         self.engine: Any = None
         self.table = _table(sa.MetaData())
+        self.stop_table = _stop_table(self.table.metadata)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -297,6 +319,22 @@ class SweepLease:
                 by = holder.who() if holder is not None and holder.token else "nobody"
                 self.lost = f"the lease of sweep {self.name!r} was taken over by {by}"
                 return
+            self._read_stop_request()
+
+    def _read_stop_request(self) -> None:
+        """Set ``stop_requested`` if ``rnnsweep stop`` asked this holder (read apart from the
+        renewal, so that a failed read never undoes it)."""
+        import sqlalchemy as sa
+
+        stop = self.stop_table
+        try:
+            with self.engine.connect() as connection:
+                mine = (stop.c.sweep == self.name) & (stop.c.token == self.token)
+                asked = connection.execute(sa.select(stop.c.by).where(mine)).first()
+        except sa.exc.SQLAlchemyError:
+            return  # read again at the next beat
+        if asked is not None:
+            self.stop_requested = asked.by
 
     def release(self) -> None:
         """Stop the heartbeat and mark the lease released (its heartbeat: the last moment
@@ -318,6 +356,10 @@ class SweepLease:
                         .where(table.c.sweep == self.name, table.c.token == self.token)
                         .values(token="", heartbeat=_now(connection.dialect.name))
                     )
+                    stop = self.stop_table
+                    connection.execute(
+                        sa.delete(stop).where(stop.c.sweep == self.name, stop.c.token == self.token)
+                    )
         except sa.exc.SQLAlchemyError as error:  # it frees itself once its heartbeat is stale
             print(
                 f"the lease of sweep {self.name!r} was not released ({type(error).__name__}: "
@@ -330,3 +372,59 @@ class SweepLease:
             self.token = ""
             self.engine.dispose()
             self.engine = None
+
+
+def request_stop(url: str, name: str, timeout: float, by: str) -> Holder | None:
+    """Ask the driver holding sweep ``name``'s lease to stop (a row of ``rnnsweep_stop`` for
+    its token; ``by`` says who asked); returns that holder, or ``None`` when no live driver
+    holds the lease (nothing asked)."""
+    import sqlalchemy as sa
+
+    engine = _engine(url)
+    try:
+        if not sa.inspect(engine).has_table(TABLE):
+            return None
+        metadata = sa.MetaData()
+        table, stop = _table(metadata), _stop_table(metadata)
+        try:
+            stop.create(engine, checkfirst=True)
+        except sa.exc.SQLAlchemyError:  # created at the same moment by another command
+            if not sa.inspect(engine).has_table(STOP_TABLE):
+                raise
+        with engine.begin() as connection:
+            holder = _read(connection, table, name)
+            if holder is None or holder.free_because(timeout):
+                return None
+            connection.execute(sa.delete(stop).where(stop.c.sweep == name))
+            connection.execute(
+                sa.insert(stop).values(
+                    sweep=name,
+                    token=holder.token,
+                    by=by[:512],
+                    requested=_now(connection.dialect.name),
+                )
+            )
+        return holder
+    finally:
+        engine.dispose()
+
+
+def forget(url: str, name: str) -> None:
+    """Remove sweep ``name``'s lease row and stop requests (``rnnsweep delete``, once its
+    lease is released)."""
+    import sqlalchemy as sa
+
+    engine = _engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        metadata = sa.MetaData()
+        tables = [
+            make(metadata)
+            for make, table_name in ((_table, TABLE), (_stop_table, STOP_TABLE))
+            if inspector.has_table(table_name)
+        ]
+        with engine.begin() as connection:
+            for table in tables:
+                connection.execute(sa.delete(table).where(table.c.sweep == name))
+    finally:
+        engine.dispose()

@@ -1,0 +1,205 @@
+"""``rnnsweep stop NAME`` against a real driver process on SQLite: the request goes through the
+sweep's Optuna database, the driver stops as on Ctrl-C (exit 130, resume hint), its running
+trials keep their checkpoints, the runs end KILLED, and ``resume`` completes the sweep. With no
+driver, ``stop`` says there is nothing to stop (exit 0)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import record_checks
+import yaml
+from ray_processes import kill, ray_processes
+
+from rnnsweep.algorithms import checkpoint_file
+from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator.cli import main
+from rnnsweep.orchestrator.sweep_lease import read_holder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LOG_EVERY, STEPS = 200, 40000
+
+SPEC = {
+    "name": "t",
+    "task": "add",
+    "hidden": 8,
+    "dtype": "float64",
+    "steps": STEPS,
+    "trials": 2,
+    "estimators": ["uoro", "tbptt"],
+    "fixed": {"log_every": LOG_EVERY, "optimizer": "sgd"},
+    "search": {
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "truncation": {"type": "int", "low": 2, "high": 8, "estimators": ["tbptt"]},
+    },
+    "pruner": "none",
+    "sampler": "random",
+    "checkpoint_every": 2000,
+    "workers": 2,
+    "lease_timeout": 8.0,  # a heartbeat every 2 s: the stop is read within 2 s
+}
+
+
+def _rnnsweep(args: list[str], temp_root: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_TMPDIR": temp_root}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rnnsweep.orchestrator.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for_checkpointed_trials(proc: subprocess.Popen, state_dir: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if proc.poll() is not None:
+            pytest.fail(f"the driver ended first:\n{proc.stdout.read()}")
+        record = record_checks.created_record(state_dir, "t")
+        if record is None:
+            continue
+        study = sweep_store.load_study(record)
+        checkpointed = [
+            t
+            for t in study.get_trials()
+            if t.state.name == "RUNNING" and t.user_attrs.get("checkpoint_step", 0) > 0
+        ]
+        if len(checkpointed) == 2:
+            return
+    pytest.fail("no trial was checkpointed in 300 s")
+
+
+def test_stop_from_another_process_then_resume(ray_session, tmp_path, capsys):
+    state_dir = str(tmp_path / "state")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+    temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
+    try:
+        _wait_for_checkpointed_trials(proc, state_dir)
+        capsys.readouterr()
+        # `stop` in a process of its own, as from another terminal: it waits for the release
+        stopper = subprocess.run(
+            [sys.executable, "-m", "rnnsweep.orchestrator.cli", "stop", "t"]
+            + ["--state-dir", state_dir],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert stopper.returncode == 0, stopper.stderr
+        holder = f"pid {proc.pid} on {socket.gethostname()}"
+        assert f"asked the driver of sweep 't' ({holder}) to stop" in stopper.stdout
+        assert f"stopped: continue it with `rnnsweep resume t --state-dir {state_dir}`" in (
+            stopper.stdout
+        )
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill(ray_processes(temp_root))
+    assert proc.returncode == 130, out
+    assert "stop requested by `rnnsweep stop` (pid " in out
+    assert f"interrupted: continue with `rnnsweep resume t --state-dir {state_dir}`" in out
+    assert "Traceback" not in out
+
+    record = record_checks.record_of(state_dir, "t")
+    holder_now = read_holder(sweep_store.study_url(record), "t")
+    assert holder_now is not None and holder_now.token == ""  # released
+    client = record_checks._client(record["tracking_uri"])
+    assert client.get_run(record["mlflow_parent_run_id"]).info.status == "KILLED"
+    study = sweep_store.load_study(record)
+    running = [t for t in study.get_trials() if t.state.name == "RUNNING"]
+    # stopped mid-way (one may have finished while the request travelled: loaded machine)
+    assert running and {t.state.name for t in study.get_trials()} <= {"RUNNING", "COMPLETE"}
+    for trial in running:  # its checkpoint kept, its child run KILLED
+        path = sweep_store.checkpoint_path(state_dir, "t", trial.number)
+        with open(path, "rb") as handle:
+            step = checkpoint_file.read_header(handle.read(), path).step
+        assert STEPS > step >= trial.user_attrs["checkpoint_step"] > 0
+        assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+    # no driver now: nothing to stop, exit 0, and the sweep's state is untouched
+    assert main(["stop", "t", "--state-dir", state_dir]) == 0
+    assert "no driver holds sweep 't': nothing to stop" in capsys.readouterr().out
+
+    # an old request does not stop the next driver (it was addressed to the first one)
+    assert main(["resume", "t", "--state-dir", state_dir]) == 0
+    study = sweep_store.load_study(record)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"]
+    expected = list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+    rows = record_checks.metric_rows(record, ("loss",))
+    assert rows == {0: expected, 1: expected}  # every step once across the stop
+
+
+def test_a_request_reaches_its_holder_only(tmp_path):
+    """The heartbeat reads a request addressed to its token; a released lease's request is
+    gone, and a free lease gets none."""
+    from rnnsweep.orchestrator.sweep_lease import SweepLease, request_stop
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert request_stop(url, "s", 4.0, "me") is None  # no lease table yet: nothing to stop
+    lease = SweepLease(url, "s", 4.0)  # heartbeat every 1 s
+    lease.acquire()
+    try:
+        holder = request_stop(url, "s", 4.0, "`rnnsweep stop` (test)")
+        assert holder is not None and holder.token == lease.token
+        deadline = time.monotonic() + 60
+        while not lease.stop_requested and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert lease.stop_requested == "`rnnsweep stop` (test)"
+    finally:
+        lease.release()
+    assert request_stop(url, "s", 4.0, "me") is None  # released: nothing to stop
+    second = SweepLease(url, "s", 4.0)
+    second.acquire()
+    try:
+        time.sleep(2.5)  # two beats
+        assert second.stop_requested == ""
+    finally:
+        second.release()
+
+
+def test_extend_steps_of_a_stopped_sweep(ray_session, tmp_path, capsys):
+    """Stopped mid-way, then ``extend --steps``: the stopped trials continue from their
+    checkpoints to the new budget, every metric step once."""
+    state_dir = str(tmp_path / "state")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+    temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
+    try:
+        _wait_for_checkpointed_trials(proc, state_dir)
+        assert main(["stop", "t", "--state-dir", state_dir]) == 0  # waits for the release
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill(ray_processes(temp_root))
+    assert proc.returncode == 130, out
+    record = record_checks.record_of(state_dir, "t")
+    states = {t.number: t.state.name for t in sweep_store.load_study(record).get_trials()}
+    assert "RUNNING" in states.values(), states  # at least one stopped mid-way
+    capsys.readouterr()
+    more = STEPS + 8000
+    assert main(["extend", "t", "--state-dir", state_dir, "--steps", str(more)]) == 0
+    assert f"steps {STEPS} -> {more}" in capsys.readouterr().err
+    trials = sweep_store.load_study(record).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    budget = {n: more if state == "RUNNING" else STEPS for n, state in states.items()}
+    assert [t.user_attrs["steps_done"] for t in trials] == [budget[0], budget[1]]
+    assert record_checks.metric_rows(record, ("loss",)) == {
+        n: list(range(LOG_EVERY, b + 1, LOG_EVERY)) for n, b in budget.items()
+    }
