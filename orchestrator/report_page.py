@@ -17,6 +17,7 @@ import html
 import io
 import json
 import math
+import warnings
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -248,18 +249,21 @@ def _importance_section(plt, study) -> str:
     if len(complete) < 2:
         return _note(f"not computed: {len(complete)} completed trial(s), at least 2 needed")
     try:
-        importances = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. "less than 2 trials"
+            warnings.simplefilter("always")
+            importances = optuna.importance.get_param_importances(study)
     except Exception as error:  # noqa: BLE001 - too few trials, conditional params, one value
         return _note(f"not computed: {' '.join(str(error).split())[:200]}")
+    cautions = "".join(_note(f"Optuna: {w.message}") for w in caught)
     if not importances:
         return _note("not computed: no parameter is shared by every completed trial")
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.6))
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
-    ax.set_xlabel("importance (fANOVA share of the objective's variance)")
+    ax.set_xlabel("importance (Optuna's default evaluator; the shares sum to 1)")
     ax.set_title("Optuna parameter importances (completed trials)")
     fig.tight_layout()
-    image = _img(plt, fig, "parameter importances")
+    image = _img(plt, fig, "parameter importances") + cautions
     if len(importances) < len({k for t in complete for k in t.params}):
         image += _note(
             "computed over the parameters every completed trial has; a parameter searched "
@@ -282,6 +286,8 @@ def _axis_position(value: Any, distribution: Any) -> float:
 
 
 def _parallel_section(plt, trials, study, summary) -> str:
+    from optuna.distributions import CategoricalDistribution
+
     complete = [t for t in study.get_trials(deepcopy=False)
                 if t.state.name == "COMPLETE" and t.value is not None]
     distributions: dict[str, Any] = {}
@@ -297,16 +303,19 @@ def _parallel_section(plt, trials, study, summary) -> str:
     xs = list(range(len(names) + 1))
     for t in complete:
         span = (t.value - vmin) / (vmax - vmin) if vmax > vmin else 0.5
-        ys = [_axis_position(t.params[n], distributions[n]) if n in t.params else math.nan
-              for n in names] + [span]
-        ax.plot(xs, ys, color=cmap(span), alpha=0.8, lw=1.2, marker="o", ms=3)
+        points = [(x, _axis_position(t.params[n], distributions[n]))
+                  for x, n in enumerate(names) if n in t.params] + [(len(names), span)]
+        px, py = zip(*points, strict=True)
+        ax.plot(px, py, color=cmap(span), alpha=0.8, lw=1.2, marker="o", ms=3)
     for x, n in enumerate(names):
         d = distributions[n]
-        low, high = (d.choices[0], d.choices[-1]) if hasattr(d, "choices") else (d.low, d.high)
-        ax.annotate(f"{high:.3g}" if isinstance(high, float) else str(high), (x, 1.02),
-                    ha="center", fontsize="x-small")
-        ax.annotate(f"{low:.3g}" if isinstance(low, float) else str(low), (x, -0.07),
-                    ha="center", fontsize="x-small")
+        if isinstance(d, CategoricalDistribution):  # every choice at its place
+            for choice in d.choices:
+                ax.annotate(str(choice), (x, _axis_position(choice, d)), xytext=(4, 3),
+                            textcoords="offset points", fontsize="x-small")
+            continue
+        for value, y in ((d.high, 1.02), (d.low, -0.07)):
+            ax.annotate(f"{value:.3g}", (x, y), ha="center", fontsize="x-small")
     ax.annotate(f"{vmax:.4g}", (len(names), 1.02), ha="center", fontsize="x-small")
     ax.annotate(f"{vmin:.4g}", (len(names), -0.07), ha="center", fontsize="x-small")
     for x in xs:
@@ -316,8 +325,8 @@ def _parallel_section(plt, trials, study, summary) -> str:
     ax.set_xticks(xs, labels + [metric])
     ax.set_yticks([])
     ax.set_ylim(-0.12, 1.08)
-    ax.set_title(f"completed trials, coloured by {metric} (a gap: parameter not searched)",
-                 fontsize="medium")
+    ax.set_title(f"completed trials, coloured by {metric} "
+                 "(a line passes an axis it was not searched on)", fontsize="medium")
     fig.tight_layout()
     return _img(plt, fig, "parallel coordinates")
 
@@ -353,7 +362,8 @@ def _trials_section(record, trials) -> str:
         ]
         rows.append(f'<tr class="trial">{"".join(f"<td>{c}</td>" for c in cells)}</tr>')
     head = "".join(f"<th>{h}</th>" for h in (
-        "trial", "estimator", "state", "objective", "settings", "pruned at step", "MLflow run"))
+        "trial", "estimator", "state", "objective (pruned: last loss)", "settings",
+        "pruned at step", "MLflow run"))
     note = "" if absolute else _note(
         "the tracking store is not an MLflow server, so the run links are relative "
         "(#/experiments/ID/runs/RUN): open them from an MLflow UI serving this store, e.g. "
