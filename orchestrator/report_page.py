@@ -150,9 +150,11 @@ def _loss_section(plt, trials, colors, task) -> str:
     curves = _by_estimator(trials, "loss")
     if not curves:
         return _note("no trial has reported a loss yet")
-    unit = "loss (MSE)" if task is not None and task.loss_kind == "mse" else None
-    if unit is None:
-        unit = f"loss ({task.unit} per step)" if task is not None else "loss (nats per step)"
+    unit = "loss (nats per step)"
+    if task is not None and task.loss_kind == "mse":
+        unit = "loss (mean squared error)"
+    elif task is not None and task.bits_per_char:
+        unit = "loss (bpc: bits per character)"
     convert = task.in_report_units if task is not None else (lambda v: v)
     fig, ax = plt.subplots(figsize=(9, 5))
     drawn: list[float] = []

@@ -106,9 +106,30 @@ def test_report_page_has_one_row_per_trial_with_its_run(reported):
 
 def test_report_page_names_exact_estimators_and_reference_levels(reported):
     _, _, page = reported
-    if "<td>rtrl</td>" in page:  # the sampler drew rtrl: its bias/variance are named, not drawn
-        assert "exact estimators (rtrl)" in page
-    assert "the task names no reference loss levels" not in page  # add: 0.6616 / 0.5192 / 0.4545
+    assert "<td>rtrl</td>" in page  # the seeded sampler draws rtrl; its bias is not drawn
+    assert "exact estimators (rtrl): bias and variance are zero up to rounding" in page
+    assert "the task names no reference loss levels" not in page
+    task = report_page._task(SPEC)
+    assert sorted(round(v, 4) for v in task.references.values()) == [0.4545, 0.5192, 0.6616]
+
+
+@pytest.mark.parametrize(
+    "values, scale",
+    [
+        ([1e-4, 0.5, 2.0], "log"),  # positive, four decades
+        ([0.2, 0.9, 1.0], "linear"),  # within one decade
+        ([0.0, 1e-3, 10.0], "linear"),  # a zero: no log axis
+        ([-1e-3, 1e-1, 10.0], "linear"),
+    ],
+)
+def test_a_probe_axis_is_logarithmic_only_for_positive_values_spanning_decades(values, scale):
+    from rnnsweep.orchestrator.report import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    report_page._y_scale(ax, values)
+    assert ax.get_yscale() == scale
+    plt.close(fig)
 
 
 def test_report_page_is_logged_to_the_parent_run(reported):
