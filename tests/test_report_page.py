@@ -148,3 +148,21 @@ def test_run_links_point_at_a_tracking_server_without_its_credentials():
     assert (href, absolute) == ("http://mlflow.lan:5000/#/experiments/7/runs/ab12", True)
     href, absolute = report_page.run_link("postgresql://bob:s3cret@db/mlflow", "7", "ab12")
     assert (href, absolute) == ("#/experiments/7/runs/ab12", False)
+
+
+def test_the_best_objective_section_names_an_estimator_without_a_completed_trial():
+    from rnnsweep.orchestrator.report import pyplot, summarize
+
+    record = {"name": NAME, "spec": {"estimators": ["uoro", "tbptt"]}}
+    trials = [
+        {"number": 0, "state": "COMPLETE", "value": 0.6, "estimator": "uoro", "settings": {},
+         "histories": {}},
+        {"number": 1, "state": "PRUNED", "value": 0.9, "estimator": "tbptt", "settings": {},
+         "histories": {}},
+        {"number": 2, "state": "FAIL", "value": None, "estimator": "tbptt", "settings": {},
+         "histories": {}},
+    ]
+    summary = summarize(record, trials, "minimize")
+    section = report_page._best_section(pyplot(), trials, summary, {"uoro": "C0", "tbptt": "C1"})
+    assert section.count("<img ") == 1
+    assert "tbptt: no completed trial (1 pruned, 1 failed)" in section
