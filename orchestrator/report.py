@@ -9,6 +9,8 @@ their child runs, and writes into one folder (default ``DIR/reports/NAME/``):
 - ``bias_variance_process_noise.png``: the same for Kalman-rule trials against
   ``process_noise`` (log x);
 - ``best_per_estimator.png``: the best objective value of each estimator;
+- ``report.html``: one self-contained page (inline figures, a table of every trial with
+  links to its MLflow run; ``orchestrator/report_page.py``);
 - ``summary.json``: per estimator of the spec the best value, trial and settings and the count
   of trials per state (one without a completed trial has ``note``: "no completed trial (2
   pruned, 1 failed)", also printed); the probe points plotted; which figures were skipped and
@@ -27,7 +29,7 @@ import sys
 from typing import Any
 
 from rnnsweep.algorithms.atomic_file import write_atomic
-from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator import report_page, sweep_store
 from rnnsweep.orchestrator.sweep_commands import driver_state, no_complete_text
 
 LOSS, BIAS_TRUNC, BIAS_NOISE, BEST = (
@@ -37,6 +39,7 @@ LOSS, BIAS_TRUNC, BIAS_NOISE, BEST = (
     "best_per_estimator.png",
 )
 SUMMARY = "summary.json"
+HISTORIES = ("loss", "bias", "variance", "cosine", "staleness")  # MLflow metrics read per trial
 ARTIFACT_PATH = "report"
 EXIT_FAILED = 1
 MATPLOTLIB_REQUIREMENT = "matplotlib>=3.7,<4"  # as in pyproject.toml
@@ -104,7 +107,7 @@ def sweep_trials(record: dict[str, Any], mlflow_client) -> list[dict[str, Any]]:
         run_id = t.user_attrs.get("mlflow_run_id")
         histories: dict[str, list[tuple[int, float]]] = {}
         if run_id:
-            for key in ("loss", "bias", "variance"):
+            for key in HISTORIES:
                 points = sorted(
                     (m.step, m.value)
                     for m in mlflow_client.get_metric_history(run_id, key)
@@ -120,6 +123,8 @@ def sweep_trials(record: dict[str, Any], mlflow_client) -> list[dict[str, Any]]:
                 "estimator": t.user_attrs.get("estimator", t.params.get("estimator", "?")),
                 "settings": t.user_attrs.get("settings", dict(t.params)),
                 "histories": histories,
+                "run_id": run_id,
+                "pruned_at_step": t.user_attrs.get("pruned_at_step"),
             }
         )
     return trials
@@ -166,6 +171,11 @@ def write_report(
         os.path.join(out, SUMMARY), (json.dumps(summary, indent=2, default=str) + "\n").encode()
     )
     written.append(SUMMARY)
+    page = report_page.render(
+        plt, record, trials, sweep_store.load_study(record), summary, colors
+    )
+    write_atomic(os.path.join(out, report_page.PAGE), page.encode())
+    written.append(report_page.PAGE)
     return written, skipped
 
 

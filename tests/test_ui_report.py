@@ -185,7 +185,7 @@ def test_report_writes_figures_summary_and_artifacts(sweep, capsys):
     out = state_dir / "reports" / NAME
     printed = capsys.readouterr().out.split()
     assert printed[0] == str(out)
-    assert set(printed[1:]) == PNGS | {"summary.json"}
+    assert set(printed[1:]) == PNGS | {"summary.json", "report.html"}
 
     for name in PNGS:
         data = (out / name).read_bytes()
@@ -219,7 +219,7 @@ def test_report_writes_figures_summary_and_artifacts(sweep, capsys):
 
     client = tracking.client(record["tracking_uri"])
     logged = {a.path for a in client.list_artifacts(record["mlflow_parent_run_id"], "report")}
-    assert logged == {f"report/{name}" for name in PNGS | {"summary.json"}}
+    assert logged == {f"report/{name}" for name in PNGS | {"summary.json", "report.html"}}
 
 
 def test_report_skips_figures_without_data(tmp_path, capsys):
@@ -236,6 +236,7 @@ def test_report_skips_figures_without_data(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [
         "best_per_estimator.png",
         "loss_curves.png",
+        "report.html",
         "summary.json",
     ]
     summary = json.loads((out / "summary.json").read_text())
@@ -246,7 +247,7 @@ def test_report_skips_figures_without_data(tmp_path, capsys):
     }
     client = tracking.client(record["tracking_uri"])
     logged = {a.path for a in client.list_artifacts(record["mlflow_parent_run_id"], "report")}
-    kept = ("best_per_estimator.png", "loss_curves.png", "summary.json")
+    kept = ("best_per_estimator.png", "loss_curves.png", "report.html", "summary.json")
     assert logged == {f"report/{name}" for name in kept}
 
 
