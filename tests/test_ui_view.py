@@ -47,3 +47,15 @@ def test_final_loss_as_objective_is_one_column_and_urls_name_the_classic_table()
     )
     key = ui_view.storage_key("7")
     assert key == 'MLflowLocalStorage-1.1-ExperimentPage-["7"]-ReactComponentState'
+
+
+def test_opener_page_carries_the_view_as_script_safe_json_and_redirects_without_one():
+    from rnnsweep.orchestrator.mlflow_ui_app import opener_html
+
+    view = {"selectedColumns": ["params.`</script><b>`"], "runsExpanded": {"p": True}}
+    page = opener_html("7", view)
+    assert page.count("</script>") == 1  # the value cannot close the script
+    assert '"MLflowLocalStorage-1.1-ExperimentPage-[\\"7\\"]-ReactComponentState"' in page
+    assert '"#/experiments/7/runs?workflowType=machine_learning&compareRunsMode=TABLE"' in page
+    bare = opener_html("7", None)
+    assert "var key = " in bare and "view = null" in bare
