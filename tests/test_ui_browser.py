@@ -1,7 +1,8 @@
 """``rnnsweep ui`` in a real browser: headless Chromium (the distribution's ``/usr/bin/chromium``)
 driven by Playwright opens the printed address of a finished sweep and must land on the classic
 runs table with one row per trial (the parent expanded, its children under it) and the columns
-of the objective, ``final_loss``, the estimator and every searched parameter.
+of the objective, ``final_loss``, the estimator and every searched parameter, next to a column
+the browser had already chosen.
 
 The screenshot goes to ``$RNNSWEEP_TEST_ARTIFACTS/mlflow_ui.png`` (``.ci/run`` sets it to
 ``test-artifacts/`` in the checkout, which CI keeps), else to the test's ``tmp_path``. Without
@@ -23,10 +24,11 @@ from typing import Any
 import pytest
 from test_ui_report import NAME, REPO, TRIALS, _free_port, _processes_mentioning, build_sweep
 
-from rnnsweep.orchestrator import sweep_store, tracking
+from rnnsweep.orchestrator import sweep_store, tracking, ui_view
 
 CHROMIUM = "/usr/bin/chromium"
 OBJECTIVE = "tail_loss"  # not final_loss, so that both columns must be there
+USER_COLUMN = "metrics.`loss`"  # chosen in this browser before `ui` opens the table
 # Chromium's background services would try to reach the internet; the sandbox needs
 # namespaces a container (or root) does not give.
 CHROMIUM_ARGS = [
@@ -126,6 +128,12 @@ def test_ui_opens_the_runs_table_with_every_trial_and_the_sweep_columns(tmp_path
                 # wide: ag-grid leaves columns out of the DOM while they are off-screen
                 context = browser.new_context(viewport={"width": 2400, "height": 1000})
                 page = context.new_page()
+                # a column this browser already shows for the experiment must stay
+                page.goto(url.split("/rnnsweep/")[0] + "/health", timeout=60_000)
+                page.evaluate(
+                    "([key, state]) => localStorage.setItem(key, JSON.stringify(state))",
+                    [ui_view.storage_key(experiment), {"selectedColumns": [USER_COLUMN]}],
+                )
                 page.goto(url, timeout=120_000)
                 page.wait_for_url(f"**/#/experiments/{experiment}/runs?*", timeout=60_000)
                 assert "workflowType=machine_learning" in page.url
@@ -143,6 +151,7 @@ def test_ui_opens_the_runs_table_with_every_trial_and_the_sweep_columns(tmp_path
                     )
                 )
                 wanted = {
+                    USER_COLUMN,
                     f"metrics.`{OBJECTIVE}`",
                     "metrics.`final_loss`",
                     "params.`estimator`",
@@ -150,6 +159,9 @@ def test_ui_opens_the_runs_table_with_every_trial_and_the_sweep_columns(tmp_path
                 }
                 assert wanted <= headers, f"missing columns {sorted(wanted - headers)}"
                 assert len(record["spec"]["search"]) == 4  # truncation, lr, process/obs noise
+                # MLflow's assistant panel is told it already opened once (so it stays shut)
+                opened = "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"
+                assert page.evaluate(f"localStorage.getItem('{opened}')") == "true"
             finally:
                 browser.close()
     finally:
