@@ -29,6 +29,7 @@ from typing import Any
 
 from rnnsweep.orchestrator import metric_journal, url_secrets
 from rnnsweep.orchestrator.store_outage import FIRST_DELAY, MAX_DELAY, Outage, Patient, unavailable
+from rnnsweep.orchestrator.ui_view import KIND_TAG, MODEL_TRAINING
 from rnnsweep.orchestrator.url_secrets import redact
 
 BATCH = 1000
@@ -87,7 +88,10 @@ def experiment_id(mlflow_client, name: str, artifact_location: str | None = None
             mlflow_client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+        # model training, not GenAI: MLflow's own kind tag (see ui_view)
+        return mlflow_client.create_experiment(
+            name, artifact_location=artifact_location, tags={KIND_TAG: MODEL_TRAINING}
+        )
     except Exception:  # noqa: BLE001 - created concurrently by another process
         return mlflow_client.get_experiment_by_name(name).experiment_id
 

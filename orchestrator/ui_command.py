@@ -1,10 +1,13 @@
 """``rnnsweep ui``: the MLflow UI on a sweep's runs table, bound to 127.0.0.1 only.
 
 A local store (SQLite, PostgreSQL) gets an ``mlflow server`` started as a subprocess in its own
-process group; the command waits until it answers HTTP, prints the address of the sweep's runs
-table (``#/experiments/<id>/runs``: MLflow 3 otherwise opens its GenAI traces page) and keeps it
-running until Ctrl-C, then stops the whole process group. A remote ``http(s)://`` tracking
-server is not started: its runs-table address is printed.
+process group, as ``mlflow server --app-name rnnsweep`` (``mlflow_ui_app``); the command tags
+the sweep's experiment as model training with its view (``ui_view.mark``), waits until the
+server answers HTTP, prints the address of the opener page (which sets the columns and expands
+the parent run in the browser, then goes to the classic runs table) and keeps it running until
+Ctrl-C, then stops the whole process group. A remote ``http(s)://`` tracking server is not
+started: the address of its classic runs table is printed (``workflowType=machine_learning``:
+MLflow 3 otherwise opens its GenAI pages).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from rnnsweep.orchestrator import sweep_store, tracking
+from rnnsweep.orchestrator import sweep_store, tracking, ui_view
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 from rnnsweep.orchestrator.url_secrets import connectable, redact, without_password
 
@@ -40,7 +43,7 @@ def ui_command(args) -> int:
         state_dir, record = sweep_store.read_record(args.state_dir, args.name)
         uri = record["tracking_uri"]
         experiment = record.get("mlflow_experiment_id") or _experiment_id(uri, args.name)
-        page = f"#/experiments/{experiment}/runs"
+        page = ui_view.runs_page(experiment)
     else:
         state_dir = resolve_state_dir(args.state_dir)
         uri = tracking.default_tracking_uri(state_dir)
@@ -50,6 +53,11 @@ def ui_command(args) -> int:
         print(f"(tracking server {redact(uri)}; nothing started here)", file=sys.stderr)
         return 0
     _check_store(uri)
+    opener = _opener_installed()
+    if args.name:
+        ui_view.mark(tracking.client(uri), experiment, record)
+        if opener:
+            page = f"{ui_view.OPENER.lstrip('/')}{experiment}"
     port = choose_port(args.port)
     log_path = os.path.join(state_dir, "logs", f"mlflow-ui-{port}.log")
     base = f"http://{HOST}:{port}"
@@ -60,7 +68,9 @@ def ui_command(args) -> int:
         flush=True,
     )
     try:
-        proc = start_server(uri, port, log_path, os.path.join(state_dir, "mlartifacts"))
+        proc = start_server(
+            uri, port, log_path, os.path.join(state_dir, "mlartifacts"), app=opener
+        )
     except OSError as error:
         raise ValueError(f"could not start `mlflow server`: {error}") from None
     try:
@@ -71,6 +81,12 @@ def ui_command(args) -> int:
                 print(f"rnnsweep ui: error: {error}", file=sys.stderr)
                 return EXIT_USAGE
             print(f"{base}/{page}", flush=True)
+            if args.name and opener:
+                print(
+                    f"(it opens {base}/{ui_view.runs_page(experiment)} with the sweep's columns "
+                    "and its trials shown under the parent run)",
+                    file=sys.stderr,
+                )
             print(f"MLflow UI ready (server pid {proc.pid}); Ctrl-C to stop", file=sys.stderr)
             while proc.poll() is None:
                 time.sleep(0.5)
@@ -86,8 +102,9 @@ def ui_command(args) -> int:
         stop_server(proc)
 
 
-def server_command(uri: str, port: int, artifacts: str) -> list[str]:
-    """``mlflow server`` on ``uri``, reachable from this machine only."""
+def server_command(uri: str, port: int, artifacts: str, app: bool = False) -> list[str]:
+    """``mlflow server`` on ``uri``, reachable from this machine only; ``app``: with rnnsweep's
+    opener page (``mlflow_ui_app``)."""
     return [
         sys.executable,
         "-m",
@@ -103,10 +120,13 @@ def server_command(uri: str, port: int, artifacts: str) -> list[str]:
         "1",
         "--artifacts-destination",
         artifacts,
+        *(["--app-name", "rnnsweep"] if app else []),
     ]
 
 
-def start_server(uri: str, port: int, log_path: str, artifacts: str) -> subprocess.Popen:
+def start_server(
+    uri: str, port: int, log_path: str, artifacts: str, app: bool = False
+) -> subprocess.Popen:
     """Start the server in a new session (its own process group), output to ``log_path``."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     # Job execution (GenAI evaluation workers) is not needed to browse runs; it would start
@@ -118,7 +138,7 @@ def start_server(uri: str, port: int, log_path: str, artifacts: str) -> subproce
         env["PGPASSWORD"] = password
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            server_command(uri, port, artifacts),
+            server_command(uri, port, artifacts, app),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -240,6 +260,14 @@ def _check_store(uri: str) -> None:
                 f"no MLflow store at {path}: nothing recorded there yet (launch a sweep, or "
                 "pass the --state-dir it used)"
             )
+
+
+def _opener_installed() -> bool:
+    """Whether ``mlflow server --app-name rnnsweep`` can find this package's app (an install
+    made before the entry point existed cannot: then the runs table is opened directly)."""
+    from mlflow.utils.plugins import get_entry_points
+
+    return any(app.name == "rnnsweep" for app in get_entry_points("mlflow.app"))
 
 
 def _experiment_id(uri: str, name: str) -> str:

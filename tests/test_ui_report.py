@@ -328,10 +328,17 @@ def test_ui_serves_the_runs_table_and_stops_cleanly(sweep):
         except queue.Empty:
             pytest.fail(f"no URL printed within 120 s; stderr:\n{''.join(errors)}")
         experiment = record["mlflow_experiment_id"]
-        assert url == f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs"
+        # the opener page (mlflow_ui_app), served by the MLflow server itself
+        assert url == f"http://127.0.0.1:{port}/rnnsweep/open/{experiment}"
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200
-            assert b"<html" in response.read().lower()
+            page = response.read().decode()
+        assert f'"#/experiments/{experiment}/runs?workflowType=machine_learning' in page
+        assert record["mlflow_parent_run_id"] in page  # the parent run it expands
+        tags = tracking.client(record["tracking_uri"]).get_experiment(experiment).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert b"<html" in response.read().lower()  # MLflow's own UI still served
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get?experiment_id={experiment}"
         with urllib.request.urlopen(api, timeout=10) as response:
             assert json.load(response)["experiment"]["name"] == NAME  # the sweep's store
@@ -369,7 +376,9 @@ def test_ui_server_dying_at_start_exits_2_with_its_output(sweep, capsys, monkeyp
     state_dir, _ = sweep
     fail = "import sys; print('cannot open the backend store: boom', file=sys.stderr); sys.exit(3)"
     monkeypatch.setattr(
-        ui_command, "server_command", lambda uri, port, artifacts: [sys.executable, "-c", fail]
+        ui_command,
+        "server_command",
+        lambda uri, port, artifacts, app=False: [sys.executable, "-c", fail],
     )
     port = _free_port()
     assert cli.main(["ui", NAME, "--state-dir", str(state_dir), "--port", str(port)]) == 2
@@ -389,7 +398,10 @@ def test_ui_remote_tracking_server_prints_its_runs_table(tmp_path, capsys):
     }
     sweep_store.write_record(str(tmp_path), NAME, record)
     assert cli.main(["ui", NAME, "--state-dir", str(tmp_path)]) == 0
-    assert capsys.readouterr().out == "https://mlflow.example.org:5000/#/experiments/7/runs\n"
+    assert capsys.readouterr().out == (
+        "https://mlflow.example.org:5000/#/experiments/7/runs"
+        "?workflowType=machine_learning&compareRunsMode=TABLE\n"
+    )
 
 
 # -- cluster.yaml ---------------------------------------------------------------------------
