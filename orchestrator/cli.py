@@ -199,7 +199,7 @@ driver runs the sweep).
 """
 UI_EXAMPLES = """\
 examples:
-  rnnsweep ui smoke                  # serve, print http://127.0.0.1:5000/#/experiments/<id>/runs
+  rnnsweep ui smoke                  # serve, print http://127.0.0.1:5000/rnnsweep/open/<id>
   rnnsweep ui smoke --port 5055
   rnnsweep ui                        # every experiment of the state directory's store
   ssh -L 5000:127.0.0.1:5000 HOST    # from a laptop, while `rnnsweep ui` runs on HOST
@@ -211,13 +211,16 @@ in use or a server that does not start (its log's last lines are shown).
 """
 REPORT_EXAMPLES = """\
 examples:
-  rnnsweep report smoke                     # figures + summary.json in DIR/reports/smoke/
+  rnnsweep report smoke             # report.html, figures, summary.json in DIR/reports/smoke/
   rnnsweep report smoke --out figures/smoke
 
-Figures: loss curves per trial coloured by estimator; last probe bias and variance against the
-tbptt truncation and against the Kalman process_noise; the best value per estimator. A figure
-without data is skipped with a note. Every file is also logged to the sweep's MLflow parent run
-under report/.
+report.html is one self-contained page (figures inline, no network needed): loss curves per
+estimator (median and interquartile band, the task's reference levels), the probe's bias,
+variance, cosine and staleness against step, the best objective per estimator with its spread,
+Optuna's parameter importances, a parallel-coordinate plot of the searched parameters and a
+table of every trial linked to its MLflow run. The PNG figures and summary.json sit beside it.
+A figure without data is skipped with a note. Every file is also logged to the sweep's MLflow
+parent run under report/.
 """
 
 COMPARE_EXAMPLES = (  # one line per example, so that each can be run as written

@@ -75,11 +75,15 @@ def token_auth() -> str:
     returns the line to say when the file was created or narrowed (``""`` afterwards)."""
     if AUTH_MODE not in os.environ:
         os.environ[AUTH_MODE] = "token"  # kept: the processes Ray starts later read it too
-        from ray._raylet import Config
-
         # ``import ray`` cached the mode it found; read it again, as Ray's own default
-        # (``authentication_token_setup._enable_token_auth``) does before it warns.
-        Config.initialize("")
+        # (``authentication_token_setup._enable_token_auth``) does before it warns. A private
+        # call: should a later Ray lack it, the only loss is Ray's warning coming back.
+        try:
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):
+            pass
     if os.environ[AUTH_MODE].lower() != "token" or any(os.environ.get(k) for k in TOKEN_SOURCES):
         return ""
     return secure_token_file(token_path())
