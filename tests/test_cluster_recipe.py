@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -274,15 +275,22 @@ def test_sweep_submitted_as_a_ray_job_to_a_two_node_cluster(
         (job_dir / "spec.yaml").write_text(yaml.safe_dump(_spec(optuna_url, tracking_uri)))
         state = tmp_path / "state"  # absolute: the job's cwd is a throwaway copy of job_dir
         rnnsweep = os.path.join(os.path.dirname(sys.executable), "rnnsweep")
-        submission = f"recipe-{uuid.uuid4().hex[:8]}"
-        submitted = subprocess.run(
-            [sys.executable, "-m", "ray.scripts.scripts", "job", "submit",
-             "--address", ready["url"], "--working-dir", str(job_dir),
-             "--submission-id", submission, "--no-wait", "--",
-             rnnsweep, "launch", "spec.yaml", "--state-dir", str(state)],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-        )
-        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        deadline = time.monotonic() + 120
+        while True:
+            submission = f"recipe-{uuid.uuid4().hex[:8]}"
+            submitted = subprocess.run(
+                [sys.executable, "-m", "ray.scripts.scripts", "job", "submit",
+                 "--address", ready["url"], "--working-dir", str(job_dir),
+                 "--submission-id", submission, "--no-wait", "--",
+                 rnnsweep, "launch", "spec.yaml", "--state-dir", str(state)],
+                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+            )
+            said = submitted.stdout + submitted.stderr
+            # the dashboard may answer before the head's job agent has registered with it
+            if "No available agent" not in said or time.monotonic() > deadline:
+                break
+            time.sleep(2.0)
+        assert submitted.returncode == 0, said
 
         holder.stdin.write(f"wait {submission} 300\n")
         holder.stdin.flush()
@@ -325,3 +333,57 @@ def test_sweep_submitted_as_a_ray_job_to_a_two_node_cluster(
             _stop_group(int((home / "mlflow.pid").read_text()))
         shutil.rmtree(temp_root, ignore_errors=True)
     assert not left, f"Ray processes left: {left}"
+
+
+def _words(command: str) -> list[str]:
+    """A shell command's words (continuation lines joined, quotes removed, ``$HOME`` kept)."""
+    return shlex.split(command.replace("\\\n", " "), comments=True)
+
+
+def _submit_commands(text: str) -> list[list[str]]:
+    """The words of every ``ray job submit`` command in ``text`` (shell lines, maybe behind
+    ``# `` of a YAML comment)."""
+    lines = [re.sub(r"^#\s?", "", line).strip() for line in text.splitlines()]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    return [_words(line) for line in joined.splitlines() if line.startswith("ray job submit")]
+
+
+def test_readme_and_example_commands_match_cluster_yaml():
+    """The README's cluster commands are cluster.yaml's: the same `mlflow server` arguments,
+    a job entrypoint and state directory that cluster.yaml makes on the head, given as the
+    head's absolute paths; the example spec's stores are the head's services."""
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Sweeps on a cluster") :]
+    section = section[: section.index("\n## ")]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+
+    started = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    assert len(started) == 1, started
+    words = _words(started[0])
+    server = words[words.index("mlflow") : words.index(">")]
+    shown = [_words(b) for b in blocks if "mlflow server" in b]
+    assert len(shown) == 1, shown
+    assert shown[0] == ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false", *server]
+    assert server[server.index("--host") + 1] == "127.0.0.1"
+
+    home = f"/home/{config['auth']['ssh_user']}"
+    setup = "\n".join(config["setup_commands"])
+    assert "python3 -m venv ~/venv" in setup and "mkdir -p ~/rnnsweep-state" in setup
+    example_text = (REPO / "examples" / "gpu_cluster.yaml").read_text()
+    submits = _submit_commands(section) + _submit_commands(example_text)
+    assert len(submits) == 3, submits  # launch and resume in the README, launch in the example
+    for command in submits:
+        assert command[command.index("--address") + 1] == "http://127.0.0.1:8265", command
+        assert command[command.index("--working-dir") + 1] == ".", command
+        entry = command[command.index("--") + 1 :]
+        assert entry[0] == f"{home}/venv/bin/rnnsweep", command
+        assert entry[entry.index("--state-dir") + 1] == f"{home}/rnnsweep-state", command
+        assert not any(word.startswith("~") for word in entry), command
+
+    example = yaml.safe_load(example_text)
+    port = server[server.index("--port") + 1]
+    assert example["storage"]["mlflow"] == f"http://127.0.0.1:{port}"
+    database = example["storage"]["optuna"].rsplit("/", 1)[1]
+    assert f"for db in {database} mlflow;" in "\n".join(config["head_setup_commands"])
+    assert server[server.index("--backend-store-uri") + 1].endswith("@127.0.0.1:5432/mlflow")
