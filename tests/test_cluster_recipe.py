@@ -371,8 +371,13 @@ def test_readme_and_example_commands_match_cluster_yaml():
     setup = "\n".join(config["setup_commands"])
     assert "python3 -m venv ~/venv" in setup and "mkdir -p ~/rnnsweep-state" in setup
     example_text = (REPO / "examples" / "gpu_cluster.yaml").read_text()
-    submits = _submit_commands(section) + _submit_commands(example_text)
-    assert len(submits) == 3, submits  # launch and resume in the README, launch in the example
+    submits = [
+        *_submit_commands(section),
+        *_submit_commands(example_text),
+        *_submit_commands((REPO / "cluster.yaml").read_text()),
+    ]
+    # launch and resume in the README, launch in the example and in cluster.yaml's header
+    assert len(submits) == 4, submits
     for command in submits:
         assert command[command.index("--address") + 1] == "http://127.0.0.1:8265", command
         assert command[command.index("--working-dir") + 1] == ".", command
