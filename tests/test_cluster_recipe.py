@@ -240,6 +240,11 @@ def test_sweep_submitted_as_a_ray_job_to_a_two_node_cluster(
     env = _ray_env(temp_root)
     home = tmp_path / "home"
     (home / "rnnsweep-state").mkdir(parents=True)  # made by cluster.yaml's setup_commands
+    t0 = time.monotonic()
+
+    def phase(what: str) -> None:  # in the captured output of a failure: where time went
+        print(f"{time.monotonic() - t0:6.1f} s  {what}", flush=True)
+
     mlflow_port = _free_port()
     holder_log = tmp_path / "cluster.log"
     holder = None
@@ -261,12 +266,14 @@ def test_sweep_submitted_as_a_ray_job_to_a_two_node_cluster(
         mlflow_log = home / "rnnsweep-state" / "mlflow.log"
 
         ready = _next_json(answers, 240, holder_log)
+        phase(f"cluster up: {ready}")
         tracking_uri = f"http://127.0.0.1:{mlflow_port}"
         deadline = time.monotonic() + 180
         while not _answers(f"{tracking_uri}/health"):
             assert os.path.exists(f"/proc/{mlflow_pid}"), mlflow_log.read_text()[-3000:]
             assert time.monotonic() < deadline, mlflow_log.read_text()[-3000:]
             time.sleep(0.5)
+        phase(f"tracking server answers at {tracking_uri}")
 
         # the folder shipped as the job's working directory: the spec alone
         job_dir = tmp_path / "job"
@@ -291,10 +298,12 @@ def test_sweep_submitted_as_a_ray_job_to_a_two_node_cluster(
                 break
             time.sleep(2.0)
         assert submitted.returncode == 0, said
+        phase(f"job {submission} submitted")
 
         holder.stdin.write(f"wait {submission} 300\n")
         holder.stdin.flush()
         job = _next_json(answers, 360, holder_log)
+        phase(f"job {job['status']}")
         assert job["status"] == "SUCCEEDED", f"job {job['status']}:\n{job['logs'][-6000:]}"
 
         # Optuna (PostgreSQL): every trial COMPLETE
@@ -316,6 +325,7 @@ def test_sweep_submitted_as_a_ray_job_to_a_two_node_cluster(
         assert len(job["nodes"]) == 2, job["nodes"]
         assert sorted(job["actors"]) == sorted(job["nodes"]), job
         assert job["advanced_on"] == sorted(job["nodes"]), job
+        phase("record checked")
     finally:
         if holder is not None:
             try:
@@ -332,6 +342,7 @@ def test_sweep_submitted_as_a_ray_job_to_a_two_node_cluster(
         if (home / "mlflow.pid").exists():
             _stop_group(int((home / "mlflow.pid").read_text()))
         shutil.rmtree(temp_root, ignore_errors=True)
+        phase("cleaned up")
     assert not left, f"Ray processes left: {left}"
 
 
