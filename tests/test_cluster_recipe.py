@@ -232,7 +232,7 @@ def _spec(optuna_url: str, tracking_uri: str) -> dict:
     }
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)  # above the sum of its own deadlines: cleanup runs
 def test_sweep_submitted_as_a_ray_job_to_a_two_node_cluster(
     tmp_path, fresh_postgres_database, mlflow_database
 ):
@@ -300,9 +300,9 @@ def test_sweep_submitted_as_a_ray_job_to_a_two_node_cluster(
         assert submitted.returncode == 0, said
         phase(f"job {submission} submitted")
 
-        holder.stdin.write(f"wait {submission} 300\n")
+        holder.stdin.write(f"wait {submission} 240\n")
         holder.stdin.flush()
-        job = _next_json(answers, 360, holder_log)
+        job = _next_json(answers, 300, holder_log)
         phase(f"job {job['status']}")
         assert job["status"] == "SUCCEEDED", f"job {job['status']}:\n{job['logs'][-6000:]}"
 
