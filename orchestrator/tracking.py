@@ -179,7 +179,7 @@ class Tracker:
         run_name: str | None = None,
         run_id: str | None = None,
         parent_run_id: str | None = None,
-        tags: Mapping[str, str] | None = None,
+        tags: Mapping[str, Any] | None = None,
         outage: Outage | None = None,
         journal_dir: str | None = None,
     ) -> None:
@@ -191,7 +191,8 @@ class Tracker:
         self._outage = outage
         self.client = self._raw if outage is None else Patient(self._raw, outage)
         if run_id is None:
-            all_tags = dict(tags or {})
+            # as strings: a tracking server (REST) refuses other values, a SQL store casts them
+            all_tags = {k: str(v) for k, v in (tags or {}).items()}
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = self.client.create_run(
