@@ -1,0 +1,139 @@
+"""The GRU's closed-form derivatives (``gru_rows``) against ``torch.func``, and NoBackTrack's GRU
+closed-form step against its generic path: the same numbers, the same learning trajectory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnsweep.algorithms.cell import make_cell
+from rnnsweep.algorithms.estimator import start
+from rnnsweep.algorithms.forward_mode import param_rows, state_jvp
+from rnnsweep.algorithms.gru_rows import gru_forward, gru_jvp, gru_pull, gru_row_norms
+from rnnsweep.algorithms.learner import Learner, LearnerSpec
+from rnnsweep.algorithms.params import Params, init_params
+
+F64 = torch.float64
+N, M = 6, 3
+
+
+def _point(batch: int, shared: bool, dtype=F64, seed=0):
+    """A random GRU, state, input, tangent and cotangent (weights of order 1: no saturation)."""
+    cell = make_cell("gru", N, M)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (cell.num_params,) if shared else (batch, cell.num_params)
+    theta = torch.randn(shape, generator=gen, dtype=F64) * 0.7
+    s, v, nu = (torch.randn(batch, N, generator=gen, dtype=F64) for _ in range(3))
+    x = torch.randn(batch, M, generator=gen, dtype=F64)
+    return cell, *(t.to(dtype) for t in (theta, s, x, v, nu))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-stream"])
+def test_closed_form_rows_pull_and_jvp_equal_torch_func(batch, shared):
+    cell, theta, s, x, v, nu = _point(batch, shared)
+    norms, pull = param_rows(cell, theta, s, x)
+    pulled = pull(nu)  # once: the generic pull frees its graph
+    s_next, jv = state_jvp(cell, theta, s, x, v)
+    step = gru_forward(cell, theta, s, x)
+    assert norms.shape == (batch, N) and pulled.shape == (batch, cell.num_params)
+    assert float(norms.min()) > 1e-3  # every unit active: the norms are not trivially zero
+    for closed, generic in (
+        (gru_row_norms(step), norms),
+        (gru_pull(step, nu), pulled),
+        (step.s_next, s_next),
+        (gru_jvp(step, v), jv),
+    ):
+        assert closed.shape == generic.shape
+        torch.testing.assert_close(closed, generic, rtol=1e-10, atol=1e-10)
+
+
+def test_reset_block_couples_every_unit():
+    """dF_k/dTheta_r has a nonzero row j for every j: the pull of e_k reaches all reset rows."""
+    cell, theta, s, x, _, _ = _point(1, True)
+    step = gru_forward(cell, theta, s, x)
+    e0 = torch.zeros(1, N, dtype=F64)
+    e0[0, 0] = 1.0
+    reset = gru_pull(step, e0).view(3, N, -1)[1]
+    assert bool((reset.abs().sum(1) > 0).all())
+
+
+def test_float32_matches_float64():
+    cell, theta, s, x, v, nu = _point(3, False)
+    step64 = gru_forward(cell, theta, s, x)
+    step32 = gru_forward(cell, theta.float(), s.float(), x.float())
+    assert gru_pull(step32, nu.float()).dtype == torch.float32
+    for a, b in (
+        (gru_row_norms(step32), gru_row_norms(step64)),
+        (gru_pull(step32, nu.float()), gru_pull(step64, nu)),
+        (gru_jvp(step32, v.float()), gru_jvp(step64, v)),
+    ):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+def _sgd_run(cell, params, xs, ys, path, lr=0.05):
+    """NoBackTrack with plain SGD applied every step: losses and gradients depend on every
+    estimate before them."""
+    batch = xs.shape[1]
+    est, state = start("nobacktrack", cell, params, "ce", batch, seed=4, path=path)
+    losses, grads = [], []
+    for x, y in zip(xs, ys, strict=True):
+        result = est.step(params, state, x, y)
+        losses.append(result.loss)
+        grads.append(result.grad.theta)
+        grad = result.grad
+        params = Params(params.theta - lr * grad.theta, params.readout - lr * grad.readout)
+    return state, torch.stack(losses), torch.stack(grads)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-stream"])
+def test_nobacktrack_gru_paths_give_the_same_run(batch, shared):
+    cell = make_cell("gru", N, M)
+    gen = torch.Generator().manual_seed(2)
+    params = init_params(cell, 2, gen, F64)
+    if not shared:
+        params = Params(
+            params.theta + 0.1 * torch.randn(batch, cell.num_params, generator=gen, dtype=F64),
+            params.readout.expand(batch, -1, -1).clone(),
+        )
+    xs = torch.randn(25, batch, M, generator=gen, dtype=F64)
+    ys = torch.randint(0, 2, (25, batch), generator=gen)
+    closed, l_closed, g_closed = _sgd_run(cell, params, xs, ys, "auto")
+    generic, l_generic, g_generic = _sgd_run(cell, params, xs, ys, "generic")
+    assert closed.closed_form and not generic.closed_form
+    assert float(l_closed[-1].sub(l_closed[0]).abs().max()) > 1e-3  # the run moved
+    torch.testing.assert_close(l_closed, l_generic, rtol=0, atol=1e-9)
+    torch.testing.assert_close(g_closed, g_generic, rtol=1e-9, atol=1e-10)
+
+
+def test_learner_losses_equal_on_both_paths():
+    """The whole learner (task stream, Adam) on the GRU: path auto == path generic."""
+
+    def losses(path):
+        spec = LearnerSpec(
+            "add", "nobacktrack", "gru", 8, seed=1, dtype="float64",
+            settings={"path": path, "batch": 2, "lr": 1e-2},
+        )
+        learner = Learner(spec)
+        assert learner.population.est_state.closed_form is (path == "auto")
+        return torch.stack([learner.step().clone() for _ in range(30)])
+
+    auto = losses("auto")
+    assert auto.shape == (30, 2) and float(auto.std()) > 0
+    torch.testing.assert_close(auto, losses("generic"), rtol=0, atol=1e-9)
+
+
+def test_only_nobacktrack_takes_a_gru_closed_form():
+    gru, lstm = make_cell("gru", 4, 3), make_cell("lstm", 4, 3)
+    _, nbt = start("nobacktrack", gru, init_params(gru, 2, None, F64), "ce", 1)
+    _, uoro = start("uoro", gru, init_params(gru, 2, None, F64), "ce", 1)
+    assert nbt.closed_form and not uoro.closed_form
+    forced = "path=closed-form exists for the tanh"
+    params = init_params(gru, 2, None, F64)
+    _, state = start("nobacktrack", gru, params, "ce", 1, path="closed-form")
+    assert state.closed_form and state.w.shape == (1, gru.num_params)
+    with pytest.raises(ValueError, match=f"{forced} and gru cells only, not lstm"):
+        start("nobacktrack", lstm, init_params(lstm, 2, None, F64), "ce", 1, path="closed-form")
+    with pytest.raises(ValueError, match=f"{forced} cell only, not gru"):
+        start("uoro", gru, init_params(gru, 2, None, F64), "ce", 1, path="closed-form")
