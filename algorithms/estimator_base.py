@@ -97,9 +97,9 @@ def by_path(closed_form: StepFn, generic: StepFn) -> StepFn:
 
 def use_closed_form(cell: Cell, path: str, name: str, cells: tuple[str, ...] = ("tanh",)) -> bool:
     """Resolve the ``path`` hyperparameter: ``cells`` are those ``name`` has a closed form for
-    (the tanh cell, and for NoBackTrack also the GRU)."""
+    (the tanh cell, and for NoBackTrack also the GRU and the LSTM)."""
     if path == "closed-form" and cell.name not in cells:
-        which = " and ".join(cells) + (" cells" if len(cells) > 1 else " cell")
+        which = ", ".join(cells) + (" cells" if len(cells) > 1 else " cell")
         raise ValueError(f"{name}: path=closed-form exists for the {which} only, not {cell.name}")
     return path == "closed-form" or (path == "auto" and cell.name in cells)
 

@@ -18,10 +18,10 @@ Tanh RNN closed form: ``b_k = d_k z`` on unit k's row (``d = leak (1 - tanh^2) >
 
     v' = rho_0 J v + nu * rho,       w' = w / rho_0 + (nu * d / rho) z^T,
 
-a few passes over ``w``: O(P). The GRU has closed forms of ``J v``, the row norms
-``||b_k||`` and the pull ``nu -> sum_k nu_k b_k / rho_k`` too (``rnnsweep.algorithms.gru_rows``),
-also O(P); other cells (and ``path: generic``) take them from ``torch.func``: S + 1 reverse
-passes per step.
+a few passes over ``w``: O(P). The GRU and the LSTM have closed forms of ``J v``, the row
+norms ``||b_k||`` and the pull ``nu -> sum_k nu_k b_k / rho_k`` too (``gru_rows``,
+``lstm_rows``), also O(P); other cells (and ``path: generic``) take them from ``torch.func``:
+S + 1 reverse passes per step.
 The gradient of the step's loss is ``(dl/ds . v) w`` plus the exact readout gradient.
 """
 
@@ -38,6 +38,7 @@ from rnnsweep.algorithms.cell import Cell
 from rnnsweep.algorithms.estimator_base import Estimator, StepFn, StepResult, by_path
 from rnnsweep.algorithms.forward_mode import param_rows, state_jvp
 from rnnsweep.algorithms.gru_rows import gru_forward, gru_jvp, gru_pull, gru_row_norms
+from rnnsweep.algorithms.lstm_rows import lstm_forward, lstm_jvp, lstm_pull, lstm_row_norms
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.uoro import (
@@ -95,11 +96,23 @@ def _update(
     return StepResult(loss, out, rank_one_gradient(params, state, ds, g_readout))
 
 
-def _step_gru(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
-    nu = state.signs.next()
-    gru = gru_forward(state.traj.cell, params.theta, state.traj.s, x)
-    jv = gru_jvp(gru, state.v)
-    return _update(params, state, y, nu, gru.s_next, jv, gru_row_norms(gru), partial(gru_pull, gru))
+def _closed_rows(
+    forward: Callable[..., Any],
+    jvp: Callable[[Any, Tensor], Tensor],
+    row_norms: Callable[[Any], Tensor],
+    pull: Callable[[Any, Tensor], Tensor],
+) -> StepFn:
+    """The step of a cell whose ``forward`` gives the factors that ``jvp``, ``row_norms`` and
+    ``pull`` take (``gru_rows``, ``lstm_rows``)."""
+
+    def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+        nu = state.signs.next()
+        cell_step = forward(state.traj.cell, params.theta, state.traj.s, x)
+        jv = jvp(cell_step, state.v)
+        norms = row_norms(cell_step)
+        return _update(params, state, y, nu, cell_step.s_next, jv, norms, partial(pull, cell_step))
+
+    return step
 
 
 def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
@@ -111,7 +124,11 @@ def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> 
 
 
 # The cells with a closed-form step (``path: auto`` takes it; ``generic`` never does).
-CLOSED_FORMS: dict[str, StepFn] = {"tanh": _step_tanh, "gru": _step_gru}
+CLOSED_FORMS: dict[str, StepFn] = {
+    "tanh": _step_tanh,
+    "gru": _closed_rows(gru_forward, gru_jvp, gru_row_norms, gru_pull),
+    "lstm": _closed_rows(lstm_forward, lstm_jvp, lstm_row_norms, lstm_pull),
+}
 
 
 def _step_closed(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
