@@ -8,7 +8,7 @@ repeated), each repeat times a fixed number of steps per path, sized from a warm
 repeat lasts about ``--seconds``; the speed-up is the median over repeats of the per-repeat
 ratio, so that a noisy neighbour slows both alike.
 
-Run: ``nice -n 10 python -m rnnsweep.benchmarks.path_speed [--json] [--quick]``.
+Run: ``nice -n 10 python -m rnnsweep.benchmarks.path_speed [--cell lstm] [--json] [--quick]``.
 """
 
 from __future__ import annotations
