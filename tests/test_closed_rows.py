@@ -123,13 +123,23 @@ def test_nobacktrack_paths_give_the_same_run(cell_name, batch, shared):
 
 
 @pytest.mark.parametrize("cell_name", CELLS)
-def test_learner_losses_equal_on_both_paths(cell_name):
-    """The whole learner (task stream, Adam): path auto == path generic."""
+@pytest.mark.parametrize(
+    "rule,settings",
+    [
+        ("nobacktrack", {"lr": 1e-2}),
+        ("nobacktrack-kalman", {}),
+        ("nobacktrack", {"probe_every": 10, "probe_window": 4, "probe_samples": 2,
+                         "probe_horizon": 8}),
+    ],
+    ids=["adam", "kalman", "probe"],
+)
+def test_learner_losses_equal_on_both_paths(cell_name, rule, settings):
+    """The whole learner (task stream, optimizer or filter, probe): auto == generic."""
 
     def losses(path):
         spec = LearnerSpec(
-            "add", "nobacktrack", cell_name, 8, seed=1, dtype="float64",
-            settings={"path": path, "batch": 2, "lr": 1e-2},
+            "add", rule, cell_name, 8, seed=1, dtype="float64",
+            settings={"path": path, "batch": 2, **settings},
         )
         learner = Learner(spec)
         assert learner.population.est_state.closed_form is (path == "auto")
