@@ -95,11 +95,13 @@ def by_path(closed_form: StepFn, generic: StepFn) -> StepFn:
     return step
 
 
-def use_closed_form(cell: Cell, path: str, name: str) -> bool:
-    """Resolve the ``path`` hyperparameter: closed forms exist for the tanh cell only."""
-    if path == "closed-form" and cell.name != "tanh":
-        raise ValueError(f"{name}: path=closed-form exists for the tanh cell only, not {cell.name}")
-    return path == "closed-form" or (path == "auto" and cell.name == "tanh")
+def use_closed_form(cell: Cell, path: str, name: str, cells: tuple[str, ...] = ("tanh",)) -> bool:
+    """Resolve the ``path`` hyperparameter: ``cells`` are those ``name`` has a closed form for
+    (the tanh cell, and for NoBackTrack also the GRU and the LSTM)."""
+    if path == "closed-form" and cell.name not in cells:
+        which = ", ".join(cells) + (" cells" if len(cells) > 1 else " cell")
+        raise ValueError(f"{name}: path=closed-form exists for the {which} only, not {cell.name}")
+    return path == "closed-form" or (path == "auto" and cell.name in cells)
 
 
 def zeros_like_params(params: Params) -> Params:

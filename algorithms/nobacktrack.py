@@ -18,20 +18,27 @@ Tanh RNN closed form: ``b_k = d_k z`` on unit k's row (``d = leak (1 - tanh^2) >
 
     v' = rho_0 J v + nu * rho,       w' = w / rho_0 + (nu * d / rho) z^T,
 
-a few passes over ``w``: O(P). Other cells take ``dF/dtheta`` from ``torch.func`` (O(S P)).
+a few passes over ``w``: O(P). The GRU and the LSTM have closed forms of ``J v``, the row
+norms ``||b_k||`` and the pull ``nu -> sum_k nu_k b_k / rho_k`` too (``gru_rows``,
+``lstm_rows``), also O(P); other cells (and ``path: generic``) take them from ``torch.func``:
+S + 1 reverse passes per step.
 The gradient of the step's loss is ``(dl/ds . v) w`` plus the exact readout gradient.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator_base import Estimator, StepResult, by_path
+from rnnsweep.algorithms.estimator_base import Estimator, StepFn, StepResult, by_path
 from rnnsweep.algorithms.forward_mode import param_rows, state_jvp
+from rnnsweep.algorithms.gru_rows import gru_forward, gru_jvp, gru_pull, gru_row_norms
+from rnnsweep.algorithms.lstm_rows import lstm_forward, lstm_jvp, lstm_pull, lstm_row_norms
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.uoro import (
@@ -47,7 +54,9 @@ from rnnsweep.algorithms.uoro import (
 def init(
     cell: Cell, params: Params, loss_kind: str, batch: int, seeds: Tensor, hyper: dict[str, Any]
 ) -> RankOneState:
-    return init_rank_one(cell, params, loss_kind, batch, seeds, hyper, "nobacktrack")
+    return init_rank_one(
+        cell, params, loss_kind, batch, seeds, hyper, "nobacktrack", tuple(CLOSED_FORMS)
+    )
 
 
 def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
@@ -63,11 +72,18 @@ def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> Ste
     return StepResult(loss, out, rank_one_gradient(params, state, dh, g_readout))
 
 
-def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+def _update(
+    params: Params,
+    state: RankOneState,
+    y: Tensor,
+    nu: Tensor,
+    s_next: Tensor,
+    jv: Tensor,
+    row_norms: Tensor,
+    pull: Callable[[Tensor], Tensor],
+) -> StepResult:
+    """The rank-one update from one step's ``J v``, ``||b_k|| [B, S]`` and ``nu -> nu^T b``."""
     traj, v, w, norms, eps = state.traj, state.v, state.w, state.norms, state.eps
-    nu = state.signs.next()
-    s_next, jv = state_jvp(traj.cell, params.theta, traj.s, x, v)
-    row_norms, pull = param_rows(traj.cell, params.theta, traj.s, x)
     torch.linalg.vector_norm(w, dim=1, out=norms[:, 0])
     torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
     r0 = rho(norms, eps)[:, 0:1]
@@ -80,7 +96,46 @@ def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> 
     return StepResult(loss, out, rank_one_gradient(params, state, ds, g_readout))
 
 
-step = by_path(_step_tanh, _step_generic)
+def _closed_rows(
+    forward: Callable[..., Any],
+    jvp: Callable[[Any, Tensor], Tensor],
+    row_norms: Callable[[Any], Tensor],
+    pull: Callable[[Any, Tensor], Tensor],
+) -> StepFn:
+    """The step of a cell whose ``forward`` gives the factors that ``jvp``, ``row_norms`` and
+    ``pull`` take (``gru_rows``, ``lstm_rows``)."""
+
+    def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+        nu = state.signs.next()
+        cell_step = forward(state.traj.cell, params.theta, state.traj.s, x)
+        jv = jvp(cell_step, state.v)
+        norms = row_norms(cell_step)
+        return _update(params, state, y, nu, cell_step.s_next, jv, norms, partial(pull, cell_step))
+
+    return step
+
+
+def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    cell, s = state.traj.cell, state.traj.s
+    nu = state.signs.next()
+    s_next, jv = state_jvp(cell, params.theta, s, x, state.v)
+    row_norms, pull = param_rows(cell, params.theta, s, x)
+    return _update(params, state, y, nu, s_next, jv, row_norms, pull)
+
+
+# The cells with a closed-form step (``path: auto`` takes it; ``generic`` never does).
+CLOSED_FORMS: dict[str, StepFn] = {
+    "tanh": _step_tanh,
+    "gru": _closed_rows(gru_forward, gru_jvp, gru_row_norms, gru_pull),
+    "lstm": _closed_rows(lstm_forward, lstm_jvp, lstm_row_norms, lstm_pull),
+}
+
+
+def _step_closed(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    return CLOSED_FORMS[state.traj.cell.name](params, state, x, y)
+
+
+step = by_path(_step_closed, _step_generic)
 
 
 NOBACKTRACK = Estimator(

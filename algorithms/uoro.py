@@ -60,14 +60,17 @@ def init_rank_one(
     seeds: Tensor,
     hyper: dict[str, Any],
     name: str,
+    cells: tuple[str, ...] = ("tanh",),
 ) -> RankOneState:
+    """``cells``: those ``name`` has a closed form for; the tanh one keeps a ``TanhTrajectory``
+    and ``w`` as unit blocks, the others the generic layout."""
     dtype, device = params.theta.dtype, params.theta.device
-    closed = use_closed_form(cell, hyper["path"], name)
-    traj_type = TanhTrajectory if closed else Trajectory
-    traj = traj_type(cell, loss_kind, batch, dtype, device)
+    closed = use_closed_form(cell, hyper["path"], name, cells)
+    tanh = closed and cell.name == "tanh"
+    traj = (TanhTrajectory if tanh else Trajectory)(cell, loss_kind, batch, dtype, device)
     v = torch.zeros(batch, cell.state_size, dtype=dtype, device=device)
     w = torch.zeros(batch, cell.num_params, dtype=dtype, device=device)
-    if closed:
+    if tanh:
         w = w.view(batch, cell.hidden, cell.hidden + 1 + cell.inputs)
     signs = SignStream(seeds, cell.state_size, dtype)
     norms = torch.empty(batch, 4, dtype=dtype, device=device)
