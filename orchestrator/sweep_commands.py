@@ -157,6 +157,8 @@ def trial_rows(record: dict[str, Any], study: Any = None) -> list[dict[str, Any]
                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
                 "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("reason", ""),
                 "timing": t.user_attrs.get("timing"),
+                "ray_node_id": t.user_attrs.get("ray_node_id"),
+                "ray_node_ip": t.user_attrs.get("ray_node_ip"),
             }
         )
     return rows
