@@ -402,6 +402,7 @@ class Driver:
             run.row.state, run.row.note = "RESTARTING", f"retry {run.retries}"
             self.table.update(run.row, changed_state=True)
         self._requeue(again)
+        self._resize()  # its node may be gone: no new actor beyond what the cluster holds
 
     def _requeue(self, runs: list[Running]) -> None:
         """Back to the front of the queue (in order), to continue from their last checkpoint;

@@ -219,8 +219,9 @@ class Scheduler:
     # -- the queue ---------------------------------------------------------------------------
 
     def has_room(self) -> bool:
-        """An actor is free and no trial waits for one: time to ask Optuna for more."""
-        return len(self.groups) < self.pool and not self.queue
+        """An actor is free and no trial waits for one: time to ask Optuna for more (one
+        trial even while the pool is empty, so that the sweep waits for a node, not ends)."""
+        return len(self.groups) < max(1, self.pool) and not self.queue
 
     def enqueue(self, runs: list[Running], front: bool = False) -> None:
         if front:

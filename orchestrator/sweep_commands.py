@@ -257,7 +257,7 @@ def _status(record, study, args, compact: bool = False) -> tuple[str, bool]:
     finished = len(rows) >= spec["trials"] and all(r["state"] in ended for r in rows)
     if args.json:
         keys = ("number", "state", "estimator", "params", "value", "steps_done")
-        keys += ("wall_s", "steps_per_sec", "eta_s", "mlflow_run_id")
+        keys += ("wall_s", "steps_per_sec", "eta_s", "mlflow_run_id", "ray_node_id", "ray_node_ip")
         document = {
             "name": record["name"],
             "storage": redact(record["optuna_storage"]),
