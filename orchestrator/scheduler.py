@@ -282,11 +282,12 @@ class Scheduler:
             if group not in self.groups:
                 continue
             try:
-                outcomes.append(Outcome(group, result=ray.get(future)))
+                outcome = Outcome(group, result=ray.get(future))
                 if group.node is None:  # its start is done: the advance followed it
                     start = ray.get(group.start_future)
                     group.node = {key: start[key] for key in ("node_id", "node_ip")}
-                    outcomes[-1].node = group.node
+                    outcome.node = group.node
+                outcomes.append(outcome)
             except ray.exceptions.RayActorError as error:
                 outcomes.append(Outcome(group, died=error))
             except ray.exceptions.RayTaskError as task_error:
