@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -136,6 +137,13 @@ def _wait_for(condition, seconds: float, what: str, procs=()):
     raise AssertionError(f"{what}: not within {seconds} s")
 
 
+def _line(proc, seconds: float) -> str:
+    """The next line ``proc`` prints, within ``seconds`` (an assertion error if not)."""
+    ready, _, _ = select.select([proc.stdout], [], [], seconds)
+    assert ready, f"no line from the cluster's process in {seconds} s"
+    return proc.stdout.readline()
+
+
 def _output(proc) -> str:
     try:
         return proc.communicate(timeout=5)[0][-4000:]
@@ -177,7 +185,7 @@ def test_lost_node_trials_continue_on_the_head(tmp_path, capsys):
 
     try:
         cluster = start(["-c", CLUSTER], {}, stdin=subprocess.PIPE)
-        line = cluster.stdout.readline()  # blocks until the nodes are up (or it fails)
+        line = _line(cluster, 180)  # once the nodes are up (or it failed)
         assert line.startswith("{"), line + _output(cluster)
         ids = json.loads(line)
         head, worker = ids["head"], ids["worker"]
@@ -198,7 +206,7 @@ def test_lost_node_trials_continue_on_the_head(tmp_path, capsys):
 
         cluster.stdin.write("remove\n")
         cluster.stdin.flush()
-        assert cluster.stdout.readline().strip() == "removed"
+        assert _line(cluster, 120).strip() == "removed"
         go_file.write_text("go")
         out, _ = driver.communicate(timeout=600)
         assert driver.returncode == 0, out
