@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,6 +219,7 @@ def test_lost_node_trials_continue_on_the_head(tmp_path, capsys):
         kill(ray_processes(temp_root))
         left = wait_until_gone(temp_root, 10.0)
         kill(left)
+        shutil.rmtree(temp_root, ignore_errors=True)
 
     assert f"pool 2→1: node {worker[:8]} lost" in out, out
     assert f"paused trials: [{moved}]" in out, out
