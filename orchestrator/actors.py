@@ -50,6 +50,15 @@ class LearnerHost:
 
         return "cuda" if ray.get_gpu_ids() else "cpu"
 
+    def node(self) -> dict[str, str]:
+        """The Ray node this actor runs on: ``{"node_id": hex id, "node_ip": address}``."""
+        import ray
+
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
+        }
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -62,7 +71,8 @@ class LearnerHost:
     ) -> dict[str, Any]:
         """Build (or restore) the pack ``[(trial, learner spec, checkpoint or None), ...]``;
         ``names`` says how messages name a trial's checkpoint (its file). Returns ``{"step":
-        steps already done, "device": ..., "refused": {trial: reason}}``."""
+        steps already done, "device": ..., "refused": {trial: reason}, "node_id": Ray's hex id
+        of this node, "node_ip": its address}`` (a retried trial may run on another node)."""
         from rnnsweep.algorithms.learner import LearnerSpec
         from rnnsweep.algorithms.population import Population
 
@@ -90,7 +100,7 @@ class LearnerHost:
         self.steps, self.checkpoint_every = steps, checkpoint_every
         done = self.population.counters["t"] if self.population is not None else 0
         self.next_checkpoint = (done // checkpoint_every + 1) * checkpoint_every
-        return {"step": done, "device": device, "refused": dict(refused)}
+        return {"step": done, "device": device, "refused": dict(refused), **self.node()}
 
     def advance(self, seconds: float = 1.0) -> dict[str, Any]:
         """Step for about ``seconds``; per trial: reports, maybe a checkpoint, its state."""

@@ -7,11 +7,14 @@ and no node type of the cluster's autoscaler (``ray up``'s ``available_node_type
 resource, what each node has and how to fix it; without that check the actors would wait for
 ever, silently. ``waiting(resources)`` says, during a sweep, whether the live nodes can host
 a trial now (a node that offered it may have left), for the progress output's "waiting for
-resources" line.
+resources" line. ``capacity(resources)`` says how many actors the live nodes can hold at once
+(the scheduler never creates more: an actor beyond it would wait for ever, silently) and which
+nodes those are, so that a lost or added node resizes the pool.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 # spec key -> Ray resource name
@@ -37,6 +40,24 @@ def live_nodes() -> list[tuple[str, dict[str, float]]]:
         for node in ray.nodes()
         if node.get("Alive")
     ]
+
+
+def capacity(resources: Any) -> tuple[int | None, set[str]]:
+    """``(actors, node ids)``: how many actors the live nodes can hold (Σ over nodes of
+    min over resources of ⌊total / demand⌋), ``None`` when unbounded (nothing demanded, or an
+    autoscaler may add nodes for waiting actors), and the live nodes' ids."""
+    import ray
+
+    wanted = demand(resources)
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    ids = {str(node.get("NodeID", "")) for node in alive}
+    if not wanted or _node_types():
+        return None, ids
+    total = 0
+    for node in alive:
+        offer = node.get("Resources", {})
+        total += min(math.floor(offer.get(key, 0.0) / need + 1e-9) for key, need in wanted.items())
+    return total, ids
 
 
 def _node_types() -> list[tuple[str, dict[str, float]]]:

@@ -21,6 +21,8 @@ with ``EnvironmentFault`` naming the path, its running trials left RUNNING for `
 trial no node can host stops it before any store is created (``cluster_resources``);
 a store unavailable for a while is waited for, the wait shown on the progress table, and past
 ``storage.outage_limit`` the driver stops as on Ctrl-C (``StoreOutage``), its trials resumable.
+A lost Ray node kills its actors (their trials retried as above, on the nodes left); the pool
+shrinks to what the live nodes can hold ("pool 2→1: node … lost") and grows back with them.
 """
 
 from __future__ import annotations
@@ -204,10 +206,21 @@ class Driver:
         if now - self._waiting_checked < 3.0:
             return
         self._waiting_checked = now
+        self._resize()
         numbers = self.scheduler.waiting() if self.running else []
         need = cluster_resources.waiting(self.spec.resources) if numbers else ""
         trials = ", ".join(map(str, numbers))
         self.table.waiting(f"waiting for resources: trials {trials}: {need}" if need else "")
+
+    def _resize(self) -> None:
+        """The pool follows the live nodes; trials of the actors it removed queue again."""
+        line, again = self.scheduler.resize()
+        if line:
+            print(line, file=self.out, flush=True)
+        for run in again:
+            run.row.state, run.row.note = "QUEUED", "its actor was removed"
+            self.table.update(run.row, changed_state=True)
+        self._requeue(again)
 
     def _start(self, resume: bool) -> None:
         """Take the sweep's lease, start Ray and check that a node can host a trial
@@ -365,6 +378,9 @@ class Driver:
 
     def _on_outcome(self, outcome: Outcome) -> None:
         group = outcome.group
+        if outcome.node is not None:  # (re)started on this node
+            for run in group.members.values():
+                self.stores.record_node(run.trial, run.tracker, outcome.node)
         if outcome.died is not None:
             self._actor_died(group, outcome.died)
         elif outcome.error:
@@ -386,6 +402,7 @@ class Driver:
             run.row.state, run.row.note = "RESTARTING", f"retry {run.retries}"
             self.table.update(run.row, changed_state=True)
         self._requeue(again)
+        self._resize()  # its node may be gone: no new actor beyond what the cluster holds
 
     def _requeue(self, runs: list[Running]) -> None:
         """Back to the front of the queue (in order), to continue from their last checkpoint;

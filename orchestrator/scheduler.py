@@ -6,8 +6,11 @@ can share one (the same pack key: task, cell, estimator, structure; and the same
 each pack has one ``advance`` call in flight, and ``wait`` returns the calls that ended: a
 result, a failed call, or a dead actor. An actor that dies is replaced; ``actor_died`` says
 which of its trials go again (from their last checkpoints, at the front of the queue) and
-which have used up their ``max_retries``. The scheduler writes no store: its callers record
-what it decides.
+which have used up their ``max_retries``. The pool holds at most what the live nodes can hold
+(``cluster_resources.capacity``), never more than ``workers``: ``resize`` follows the cluster
+(a node lost, a node added) and gives back the trials of the actors it removes, to queue again
+from their checkpoints (no retry counted: a trial never waits on an actor no node can place).
+The scheduler writes no store: its callers record what it decides.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class Group:
     members: dict[int, Running]
     future: Any = None
     start_future: Any = None
+    node: dict[str, str] | None = None  # where it runs: {"node_id": .., "node_ip": ..}
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Outcome:
     result: dict[str, Any] | None = None
     died: Exception | None = None
     error: str = ""
+    node: dict[str, str] | None = None  # the pack's node, on its first result after a start
 
 
 class Scheduler:
@@ -91,6 +96,9 @@ class Scheduler:
         self.groups: list[Group] = []  # packs on actors
         self.idle: list[Any] = []
         self.actors: list[Any] = []
+        self.pool = workers  # the actors the live cluster can hold, at most ``workers``
+        self.nodes: set[str] = set()  # the live nodes' ids, at the last ``resize``
+        self.placed: dict[Any, Any] = {}  # actor -> its ``node()`` call: ready once placed
 
     # -- the pool ----------------------------------------------------------------------------
 
@@ -115,8 +123,10 @@ class Scheduler:
         cluster_resources.check(self.spec.resources)
 
     def start_actors(self) -> None:
-        """The ``workers`` actors (each starts once Ray finds it a node)."""
-        for _ in range(self.workers):
+        """The pool's actors, ``workers`` or what the cluster can hold if fewer (each starts
+        once Ray finds it a node)."""
+        self.pool = self._capacity()
+        for _ in range(self.pool):
             self.idle.append(self._new_actor())
 
     def stop(self) -> None:
@@ -140,13 +150,78 @@ class Scheduler:
         )
         actor = host.remote(max(1, int(res.cpus)))
         self.actors.append(actor)
+        self.placed[actor] = actor.node.remote()
         return actor
+
+    def _capacity(self) -> int:
+        """``workers``, or fewer when the live nodes hold fewer actors; updates ``nodes``."""
+        capacity, self.nodes = cluster_resources.capacity(self.spec.resources)
+        return self.workers if capacity is None else min(self.workers, capacity)
+
+    def _remove(self, actor: Any) -> None:
+        import ray
+
+        if actor in self.actors:
+            self.actors.remove(actor)
+        if actor in self.idle:
+            self.idle.remove(actor)
+        self.placed.pop(actor, None)
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def _node_of(self, actor: Any) -> str | None:
+        """The node id of a placed actor; ``None`` while unplaced; ``""`` if it died."""
+        import ray
+
+        ref = self.placed.get(actor)
+        if ref is None or not ray.wait([ref], timeout=0)[0]:
+            return None
+        try:
+            return ray.get(ref)["node_id"]
+        except ray.exceptions.RayError:
+            return ""
+
+    def resize(self) -> tuple[str, list[Running]]:
+        """Follow the live cluster: the pool becomes what it can hold (at most ``workers``).
+        Idle actors of a lost node go; on a shrink, the surplus actors that are idle or not
+        yet placed are killed. Returns a line for the progress output when the size changed
+        ("pool 2→1: node 1a2b3c4d lost"), and the trials of the killed actors, to queue
+        again from their last checkpoints (no retry counted)."""
+        before, old_pool = set(self.nodes), self.pool
+        self.pool = self._capacity()
+        for actor in list(self.idle):  # an idle actor's death shows on no call: look
+            if self._node_of(actor) not in (None, *self.nodes):
+                self._remove(actor)
+        again: list[Running] = []
+        surplus = len(self.actors) - self.pool
+        busy = {group.actor: group for group in self.groups}
+        unplaced = [a for a in self.actors if self._node_of(a) is None]
+        order = [a for a in unplaced if a not in busy] + [a for a in unplaced if a in busy]
+        order += [a for a in self.idle if a not in order]
+        for actor in order[: max(0, surplus)]:
+            group = busy.get(actor)
+            if group is not None:
+                self.groups.remove(group)
+                for run in group.members.values():
+                    run.group = None
+                    again.append(run)
+                group.members.clear()
+            self._remove(actor)
+        if self.pool == old_pool:
+            return "", again
+        lost = ", ".join(node[:8] for node in sorted(before - self.nodes))
+        added = ", ".join(node[:8] for node in sorted(self.nodes - before))
+        why = f"node {lost} lost" if lost else f"node {added} added" if added else "cluster changed"
+        return f"pool {old_pool}→{self.pool}: {why}", again
 
     # -- the queue ---------------------------------------------------------------------------
 
     def has_room(self) -> bool:
-        """An actor is free and no trial waits for one: time to ask Optuna for more."""
-        return len(self.groups) < self.workers and not self.queue
+        """An actor is free and no trial waits for one: time to ask Optuna for more (one
+        trial even while the pool is empty, so that the sweep waits for a node, not ends)."""
+        return len(self.groups) < max(1, self.pool) and not self.queue
 
     def enqueue(self, runs: list[Running], front: bool = False) -> None:
         if front:
@@ -163,7 +238,7 @@ class Scheduler:
         same pack key (task, cell, estimator, structure) and the same steps done. Returns the
         packs started."""
         started = []
-        while self.queue and len(self.groups) < self.workers:
+        while self.queue and len(self.groups) < self.pool:
             first = self.queue[0]
             members = [
                 run
@@ -207,7 +282,12 @@ class Scheduler:
             if group not in self.groups:
                 continue
             try:
-                outcomes.append(Outcome(group, result=ray.get(future)))
+                outcome = Outcome(group, result=ray.get(future))
+                if group.node is None:  # its start is done: the advance followed it
+                    start = ray.get(group.start_future)
+                    group.node = {key: start[key] for key in ("node_id", "node_ip")}
+                    outcome.node = group.node
+                outcomes.append(outcome)
             except ray.exceptions.RayActorError as error:
                 outcomes.append(Outcome(group, died=error))
             except ray.exceptions.RayTaskError as task_error:
@@ -248,23 +328,18 @@ class Scheduler:
         """A pack with no trial left: its actor takes the next one (after its current call)."""
         if group in self.groups:
             self.groups.remove(group)
-        if group.actor in self.actors and group.actor not in self.idle:
+        if len(self.actors) > self.pool:  # the pool shrank while it ran
+            self._remove(group.actor)
+        elif group.actor in self.actors and group.actor not in self.idle:
             self.idle.append(group.actor)
 
     def actor_died(self, group: Group, error: Exception) -> tuple[list[Running], list[Running]]:
         """Replace the pack's actor; returns its trials ``(again, exhausted)``: those to run
         again from their last checkpoints, those past ``max_retries`` (to fail with
         ``died_reason``). Each has its ``retries`` counted."""
-        import ray
-
         if group in self.groups:
             self.groups.remove(group)
-        if group.actor in self.actors:
-            self.actors.remove(group.actor)
-        try:
-            ray.kill(group.actor)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        self._remove(group.actor)
         again, exhausted = [], []
         for run in list(group.members.values()):
             run.group = None

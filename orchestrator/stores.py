@@ -557,6 +557,14 @@ class SweepStores:
     def record_pack(self, trial: Any, numbers: list[int]) -> None:
         self._optuna(trial.set_user_attr, "pack", numbers)  # the trials it shares an actor with
 
+    def record_node(self, trial: Any, tracker: Tracker, node: dict[str, str]) -> None:
+        """The Ray node the trial (re)started on: Optuna attrs and MLflow tags ``ray_node_id``,
+        ``ray_node_ip`` (a retried trial may move)."""
+        tags = {"ray_node_id": node["node_id"], "ray_node_ip": node["node_ip"]}
+        for key, value in tags.items():
+            self._optuna(trial.set_user_attr, key, value)
+        tracker.set_tags(tags)
+
     def record_retries(self, trial: Any, retries: int) -> None:
         self._optuna(trial.set_user_attr, "retries", retries)
 

@@ -157,6 +157,8 @@ def trial_rows(record: dict[str, Any], study: Any = None) -> list[dict[str, Any]
                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
                 "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("reason", ""),
                 "timing": t.user_attrs.get("timing"),
+                "ray_node_id": t.user_attrs.get("ray_node_id"),
+                "ray_node_ip": t.user_attrs.get("ray_node_ip"),
             }
         )
     return rows
@@ -255,7 +257,7 @@ def _status(record, study, args, compact: bool = False) -> tuple[str, bool]:
     finished = len(rows) >= spec["trials"] and all(r["state"] in ended for r in rows)
     if args.json:
         keys = ("number", "state", "estimator", "params", "value", "steps_done")
-        keys += ("wall_s", "steps_per_sec", "eta_s", "mlflow_run_id")
+        keys += ("wall_s", "steps_per_sec", "eta_s", "mlflow_run_id", "ray_node_id", "ray_node_ip")
         document = {
             "name": record["name"],
             "storage": redact(record["optuna_storage"]),
