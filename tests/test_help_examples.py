@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import re
 import shlex
 import shutil
@@ -26,11 +25,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
 from ray_processes import kill, ray_processes, wait_until_gone
+from served_process import ServedProcess
 
 from rnnsweep.orchestrator.cli import build_parser
 
@@ -102,34 +101,17 @@ def _run(line: str, folder: str, env: dict[str, str]) -> None:
 
 def _serve(line: str, folder: str, env: dict[str, str]) -> None:
     """Start a serving example, fetch the address it prints, stop it with SIGINT (exit 0)."""
-    proc = subprocess.Popen(
-        ["bash", "-c", f"exec {line}"],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    served = ServedProcess(
+        ["bash", "-c", f"exec {line}"], cwd=folder, env=env, start_new_session=True
     )
-    lines: queue.Queue = queue.Queue()
-    errors: list[str] = []
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-    threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
     try:
-        try:
-            url = lines.get(timeout=300).strip()
-        except queue.Empty:
-            stderr = "".join(errors)
-            raise AssertionError(f"`{line}` printed no address; stderr:\n{stderr}") from None
-        assert url.startswith("http://127.0.0.1:"), (line, url, "".join(errors))
+        url = served.next_line(300, "address")
+        assert url.startswith("http://127.0.0.1:"), (line, url, served.stderr())
         with urllib.request.urlopen(url, timeout=30) as response:
             assert response.status == 200 and b"<html" in response.read().lower(), line
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 0, f"`{line}` after Ctrl-C: {''.join(errors)}"
+        assert served.stop(signal.SIGINT) == 0, f"`{line}` after Ctrl-C: {served.stderr()}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        served.close()
         _kill_servers_of(folder)
 
 
