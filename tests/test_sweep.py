@@ -13,6 +13,7 @@ import time
 
 import pytest
 import yaml
+from log_chunks import ONE_LOG_CHUNK
 from ray_processes import kill, ray_processes, wait_until_gone
 
 from rnnsweep.algorithms.learner import Learner
@@ -105,10 +106,6 @@ def test_sweep_completes_with_mlflow_children(ray_session, storage_url, tmp_path
     assert parent.info.status == "FINISHED" and parent.data.tags["rnnsweep.sweep"] == "t"
 
 
-# An advance stops at the first log boundary past its deadline: each advance is then one
-# ``log_every`` chunk, so checkpoints fall at every ``checkpoint_every`` steps however fast
-# the machine steps (a 0.02 s chunk ran 600 steps at once on a fast one: no kill before the end).
-ONE_LOG_CHUNK = 1e-9
 
 
 class ActorKiller:
@@ -174,7 +171,9 @@ def _pruning_trial_1():
 
 def test_pruned_member_leaves_the_rest_of_its_pack_undisturbed(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
-    driver = Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.05, pruner=_pruning_trial_1())
+    driver = Driver(
+        spec, str(tmp_path), workers=1, chunk_seconds=ONE_LOG_CHUNK, pruner=_pruning_trial_1()
+    )
     summary = driver.run()
     assert summary["states"] == {"COMPLETE": 2, "PRUNED": 1}
     study, trials = _check_sweep(spec, str(tmp_path))
@@ -420,7 +419,9 @@ class Interrupter:
 def test_interrupted_packed_sweep_resumes_in_packs_from_checkpoints(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
     with pytest.raises(KeyboardInterrupt):
-        Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=Interrupter()).run()
+        Driver(
+            spec, str(tmp_path), workers=1, chunk_seconds=ONE_LOG_CHUNK, on_event=Interrupter()
+        ).run()
     study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
     left = [t for t in study.get_trials() if t.state.name == "RUNNING"]
     assert len(left) == 3 and all(0 < t.user_attrs["checkpoint_step"] < STEPS for t in left)
@@ -557,7 +558,9 @@ def test_a_refused_checkpoint_fails_only_its_trial_on_resume(ray_session, tmp_pa
         )
     )
     with pytest.raises(KeyboardInterrupt):
-        Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=Interrupter()).run()
+        Driver(
+            spec, str(tmp_path), workers=1, chunk_seconds=ONE_LOG_CHUNK, on_event=Interrupter()
+        ).run()
     study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
     assert [t.state.name for t in study.get_trials()] == ["RUNNING"] * 4
     path = {n: sweep_store.checkpoint_path(str(tmp_path), "t", n) for n in range(4)}
