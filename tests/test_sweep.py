@@ -13,6 +13,7 @@ import time
 
 import pytest
 import yaml
+from frozen_workers import freeze_when, send, trial_states
 from log_chunks import ONE_LOG_CHUNK
 from ray_processes import kill, ray_processes, wait_until_gone
 
@@ -292,30 +293,21 @@ def test_driver_killed_mid_sweep_then_resumed(ray_session, storage_url, tmp_path
     state_dir = tmp_path / "state"
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     proc = _launch_subprocess(spec_path, state_dir, temp_root)
+
+    def one_done_one_checkpointed() -> bool:
+        states = trial_states(str(state_dir))
+        return any(s == "COMPLETE" for s, _ in states) and any(
+            s == "RUNNING" and step > 0 for s, step in states
+        )
+
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            if proc.poll() is not None:
-                pytest.fail(f"driver ended before it was killed:\n{proc.stdout.read()}")
-            if not os.path.exists(sweep_store.record_path(str(state_dir), "t")):
-                continue
-            _, record = sweep_store.read_record(str(state_dir), "t", creating=True)
-            if record["state"] == "creating":  # written first, before the study
-                continue
-            study = sweep_store.load_study(record)
-            states = [t.state.name for t in study.get_trials()]
-            checkpointed = [
-                t
-                for t in study.get_trials()
-                if t.state.name == "RUNNING" and t.user_attrs.get("checkpoint_step", 0) > 0
-            ]
-            if "COMPLETE" in states and checkpointed:
-                break
-        else:
-            pytest.fail("the sweep never reached a complete and a checkpointed running trial")
+        # frozen there (SIGSTOP), so that the sweep cannot end first on a fast machine
+        workers = freeze_when(
+            proc, temp_root, one_done_one_checkpointed, "a complete and a checkpointed trial"
+        )
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=60)
+        send(workers, signal.SIGKILL)  # its Ray goes with it
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
