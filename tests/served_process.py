@@ -89,10 +89,11 @@ class ServedProcess:
         return self.wait(seconds)
 
     def wait(self, seconds: float) -> int:
-        """The exit code, once stdout and stderr are read to their end."""
+        """The exit code; stdout and stderr are read to their end meanwhile (a child that
+        kept them open is waited for 10 s at most)."""
         code = self.proc.wait(timeout=seconds)
         for reader in self._readers:
-            reader.join(timeout=seconds)
+            reader.join(timeout=10)
         return code
 
     def close(self) -> None:
