@@ -206,7 +206,7 @@ def test_password_never_written_and_taken_from_the_environment(
         ui.close()
     out, err = "".join(ui.lines), ui.stderr()
     outputs += [out, err, *server_lines]
-    assert address.startswith("http://127.0.0.1:") and "#/experiments/" in address, err
+    assert address.startswith("http://127.0.0.1:") and "/rnnsweep/open/" in address, err
     assert any("--backend-store-uri" in line for line in server_lines), server_lines
     assert code == 0, err
 
