@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from log_chunks import ONE_LOG_CHUNK
+
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator import sweep_store
 from rnnsweep.orchestrator.driver import Driver
@@ -39,8 +41,8 @@ def test_twelve_trials_over_three_estimators_with_the_median_pruner(ray_session,
         "estimator",
         2,
     )
-    # short chunks: a trial reports while it runs, so that the pruner can stop it
-    Driver(spec, str(tmp_path), workers=2, chunk_seconds=0.05).run()
+    # one log interval a chunk: a trial reports while it runs, so that the pruner can stop it
+    Driver(spec, str(tmp_path), workers=2, chunk_seconds=ONE_LOG_CHUNK).run()
     _, record = sweep_store.read_record(str(tmp_path), "fair")
     trials = sweep_store.load_study(record).get_trials()
     assert Counter(trial_estimator(t) for t in trials) == dict.fromkeys(ESTIMATORS, 4)

@@ -2,10 +2,13 @@
 
 The subcommands come from the argparse parser (``cli.build_parser``), not from a list kept
 here. Their examples run in that order, each as its line reads (its ``# comment`` dropped),
-through ``bash`` in one temporary folder holding a copy of ``examples/``, with ``rnnsweep`` on
-the PATH; ``launch`` goes first, since the others use the sweep ``smoke`` it makes. Each must
-exit 0. The exceptions are named below with why, and a line that is neither runnable nor
-listed fails the test:
+through ``bash`` in a temporary folder holding a copy of ``examples/`` (its own state
+directory and Ray), with ``rnnsweep`` on the PATH; ``launch`` goes first, since the others use
+the sweep ``smoke`` it makes. The examples that use no sweep of another example (``gradcheck``,
+``run``, ``compare``, ``settings``, ``delete`` with its own sweep, ``--dry-run``) run in a
+second folder at the same time, in their order (``run --resume ck.pt`` after the run that made
+``ck.pt``). Each must exit 0; the seconds each took are printed. The exceptions are named
+below with why, and a line that is neither runnable nor listed fails the test:
 
 - ``ui`` serves until Ctrl-C: each ``ui`` example is started, must print the runs-table
   address, answer it over HTTP, then stop with exit 0 on SIGINT;
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import re
 import shlex
 import shutil
@@ -26,11 +28,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from ray_processes import kill, ray_processes, wait_until_gone
+from served_process import ServedProcess
 
 from rnnsweep.orchestrator.cli import build_parser
 
@@ -40,6 +43,8 @@ NEEDS_A_CLUSTER = {"RAY_ADDRESS=auto rnnsweep launch examples/gpu_cluster.yaml"}
 NOT_RNNSWEEP = {"ssh -L 5000:127.0.0.1:5000 HOST"}
 SERVES = ("ui",)
 TIMEOUT = 900  # one example, on a loaded machine
+# subcommands whose examples need no sweep another example made: run beside the sweep's
+ON_THEIR_OWN = ("gradcheck", "run", "compare", "settings", "delete")
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -102,34 +107,17 @@ def _run(line: str, folder: str, env: dict[str, str]) -> None:
 
 def _serve(line: str, folder: str, env: dict[str, str]) -> None:
     """Start a serving example, fetch the address it prints, stop it with SIGINT (exit 0)."""
-    proc = subprocess.Popen(
-        ["bash", "-c", f"exec {line}"],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    served = ServedProcess(
+        ["bash", "-c", f"exec {line}"], cwd=folder, env=env, start_new_session=True
     )
-    lines: queue.Queue = queue.Queue()
-    errors: list[str] = []
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-    threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
     try:
-        try:
-            url = lines.get(timeout=300).strip()
-        except queue.Empty:
-            stderr = "".join(errors)
-            raise AssertionError(f"`{line}` printed no address; stderr:\n{stderr}") from None
-        assert url.startswith("http://127.0.0.1:"), (line, url, "".join(errors))
+        url = served.next_line(300, "address")
+        assert url.startswith("http://127.0.0.1:"), (line, url, served.stderr())
         with urllib.request.urlopen(url, timeout=30) as response:
             assert response.status == 200 and b"<html" in response.read().lower(), line
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 0, f"`{line}` after Ctrl-C: {''.join(errors)}"
+        assert served.stop(signal.SIGINT) == 0, f"`{line}` after Ctrl-C: {served.stderr()}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        served.close()
         _kill_servers_of(folder)
 
 
@@ -168,30 +156,59 @@ def test_every_subcommand_has_examples_and_each_runs_as_written():
             f"`{line}` is not an rnnsweep command; list it in NOT_RNNSWEEP with why"
         )
 
+    # two folders, each with its own state directory and Ray; the sweep's examples in order
+    # in one, those on their own in order in the other, at the same time
+    on_their_own = [
+        (name, line)
+        for name, line in planned
+        if name in ON_THEIR_OWN or "--dry-run" in line or line in NEEDS_A_CLUSTER
+    ]
+    groups = [[p for p in planned if p not in on_their_own], on_their_own]
+    places = [_place() for _ in groups]
+    ran: list[tuple[str, float]] = []
+    try:
+        with ThreadPoolExecutor(len(groups)) as pool:
+            done = [
+                pool.submit(_run_in_order, group, folder, env, ran)
+                for group, (folder, _, env) in zip(groups, places, strict=True)
+            ]
+            for future in done:
+                future.result()
+        assert len(ran) == len(planned) - len(NOT_RNNSWEEP)
+        # the best example ran a best configuration back: it found its run
+        assert os.path.exists(os.path.join(places[0][0], "best.yaml"))
+    finally:
+        print("\n".join(f"{seconds:7.1f} s  {line}" for line, seconds in ran))
+        for folder, ray_root, _ in places:
+            kill(ray_processes(ray_root))
+            wait_until_gone(ray_root, 30)
+            _kill_servers_of(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(ray_root, ignore_errors=True)
+
+
+def _place() -> tuple[str, str, dict[str, str]]:
+    """A temporary folder holding a copy of ``examples/``, a Ray temp root, and the
+    environment the examples run in there."""
     folder = tempfile.mkdtemp(prefix="rnnsweep-help-")
     ray_root = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths
     shutil.copytree(os.path.join(ROOT, "examples"), os.path.join(folder, "examples"))
-    env = _env(folder, ray_root)
-    ran = []
-    try:
-        for name, line in planned:
-            started = time.monotonic()
-            if line in NOT_RNNSWEEP:
-                continue
-            if line in NEEDS_A_CLUSTER:
-                _run(f"{line} --dry-run", folder, env)
-            elif name in SERVES:
-                _serve(line, folder, env)
-            else:
-                _run(line, folder, env)
-            ran.append((line, round(time.monotonic() - started, 1)))
-        assert len(ran) == len(planned) - len(NOT_RNNSWEEP)
-        # the best example ran a best configuration back: it found its run
-        assert os.path.exists(os.path.join(folder, "best.yaml"))
-    finally:
-        print("\n".join(f"{seconds:7.1f} s  {line}" for line, seconds in ran))
-        kill(ray_processes(ray_root))
-        wait_until_gone(ray_root, 30)
-        _kill_servers_of(folder)
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.rmtree(ray_root, ignore_errors=True)
+    return folder, ray_root, _env(folder, ray_root)
+
+
+def _run_in_order(
+    planned: list[tuple[str, str]], folder: str, env: dict[str, str], ran: list
+) -> None:
+    """Run ``planned`` (subcommand, line) one after the other in ``folder``; each line and its
+    seconds go to ``ran``."""
+    for name, line in planned:
+        started = time.monotonic()
+        if line in NOT_RNNSWEEP:
+            continue
+        if line in NEEDS_A_CLUSTER:
+            _run(f"{line} --dry-run", folder, env)
+        elif name in SERVES:
+            _serve(line, folder, env)
+        else:
+            _run(line, folder, env)
+        ran.append((line, round(time.monotonic() - started, 1)))

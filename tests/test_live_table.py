@@ -17,6 +17,7 @@ import time
 import pytest
 import yaml
 from ray_processes import kill, ray_processes
+from served_process import ServedProcess
 
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator import sweep_store
@@ -139,7 +140,8 @@ def test_resumed_table_counts_earlier_trials_and_status_shows_times(
 
 def test_status_watch_refreshes_a_running_sweep(tmp_path):
     spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(_spec_dict(trials=2, steps=200000)))
+    # never reached (the driver is killed): 60 s even at a fast machine's 30000 steps/s
+    spec_path.write_text(yaml.safe_dump(_spec_dict(trials=2, steps=2_000_000)))
     state_dir = tmp_path / "state"
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": temp_root}
@@ -169,30 +171,26 @@ def test_status_watch_refreshes_a_running_sweep(tmp_path):
                 break
         else:
             pytest.fail("the sweep never recorded a trial's time")
-        watch = subprocess.Popen(
+        watch = ServedProcess(
             [*cli, "status", "t", "--state-dir", str(state_dir), "--watch", "--interval", "0.5"],
             cwd=ROOT,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            merge_stderr=True,
         )
         blocks = []
         deadline = time.monotonic() + 120
-        while len(blocks) < 2 and time.monotonic() < deadline:
-            line = watch.stdout.readline()
-            assert line, "status --watch ended on a running sweep"
+        while len(blocks) < 2:
+            line = watch.next_line(max(0.0, deadline - time.monotonic()), "two blocks")
             if line.startswith("-- "):
                 blocks.append(line)
             if line.startswith("    ") and "RUNNING" in line:
                 fields = line.split()
                 assert float(fields[6]) > 0  # steps/s of a running trial, from its record
-        assert len(blocks) == 2 and all("Ctrl-C stops" in b for b in blocks), blocks
-        watch.send_signal(signal.SIGINT)  # Ctrl-C: exit 0
-        assert watch.wait(timeout=60) == 0
+        assert all("Ctrl-C stops" in b for b in blocks), blocks
+        assert watch.stop(signal.SIGINT, 60) == 0  # Ctrl-C: exit 0
     finally:
-        if watch is not None and watch.poll() is None:
-            watch.kill()
+        if watch is not None:
+            watch.close()
         if launch.poll() is None:
             os.killpg(launch.pid, signal.SIGKILL)
             launch.wait()

@@ -11,6 +11,7 @@ import shutil
 
 import optuna
 import pytest
+from log_chunks import ONE_LOG_CHUNK
 from mlflow.tracking import MlflowClient
 
 from rnnsweep.orchestrator import report_page, sweep_store
@@ -52,8 +53,11 @@ def reported(ray_session, tmp_path_factory):
     """The finished sweep's state dir, record, and its report page's text."""
     state_dir = tmp_path_factory.mktemp("report-page")
     spec = spec_.load_spec_dict(SPEC)
-    # short chunks: a trial reports before it ends, so trial 1 is pruned part-way
-    Driver(spec, str(state_dir), workers=2, chunk_seconds=0.05, pruner=PruneTrialOne()).run()
+    # one log interval a chunk: a trial reports before it ends, so trial 1 is pruned part-way
+    driver = Driver(
+        spec, str(state_dir), workers=2, chunk_seconds=ONE_LOG_CHUNK, pruner=PruneTrialOne()
+    )
+    driver.run()
     assert main(["report", NAME, "--state-dir", str(state_dir)]) == 0
     _, record = sweep_store.read_record(str(state_dir), NAME)
     path = state_dir / "reports" / NAME / report_page.PAGE

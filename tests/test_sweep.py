@@ -13,6 +13,8 @@ import time
 
 import pytest
 import yaml
+from frozen_workers import freeze_when, send, trial_states
+from log_chunks import ONE_LOG_CHUNK
 from ray_processes import kill, ray_processes, wait_until_gone
 
 from rnnsweep.algorithms.learner import Learner
@@ -105,10 +107,6 @@ def test_sweep_completes_with_mlflow_children(ray_session, storage_url, tmp_path
     assert parent.info.status == "FINISHED" and parent.data.tags["rnnsweep.sweep"] == "t"
 
 
-# An advance stops at the first log boundary past its deadline: each advance is then one
-# ``log_every`` chunk, so checkpoints fall at every ``checkpoint_every`` steps however fast
-# the machine steps (a 0.02 s chunk ran 600 steps at once on a fast one: no kill before the end).
-ONE_LOG_CHUNK = 1e-9
 
 
 class ActorKiller:
@@ -174,7 +172,9 @@ def _pruning_trial_1():
 
 def test_pruned_member_leaves_the_rest_of_its_pack_undisturbed(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
-    driver = Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.05, pruner=_pruning_trial_1())
+    driver = Driver(
+        spec, str(tmp_path), workers=1, chunk_seconds=ONE_LOG_CHUNK, pruner=_pruning_trial_1()
+    )
     summary = driver.run()
     assert summary["states"] == {"COMPLETE": 2, "PRUNED": 1}
     study, trials = _check_sweep(spec, str(tmp_path))
@@ -293,30 +293,21 @@ def test_driver_killed_mid_sweep_then_resumed(ray_session, storage_url, tmp_path
     state_dir = tmp_path / "state"
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     proc = _launch_subprocess(spec_path, state_dir, temp_root)
+
+    def one_done_one_checkpointed() -> bool:
+        states = trial_states(str(state_dir))
+        return any(s == "COMPLETE" for s, _ in states) and any(
+            s == "RUNNING" and step > 0 for s, step in states
+        )
+
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            if proc.poll() is not None:
-                pytest.fail(f"driver ended before it was killed:\n{proc.stdout.read()}")
-            if not os.path.exists(sweep_store.record_path(str(state_dir), "t")):
-                continue
-            _, record = sweep_store.read_record(str(state_dir), "t", creating=True)
-            if record["state"] == "creating":  # written first, before the study
-                continue
-            study = sweep_store.load_study(record)
-            states = [t.state.name for t in study.get_trials()]
-            checkpointed = [
-                t
-                for t in study.get_trials()
-                if t.state.name == "RUNNING" and t.user_attrs.get("checkpoint_step", 0) > 0
-            ]
-            if "COMPLETE" in states and checkpointed:
-                break
-        else:
-            pytest.fail("the sweep never reached a complete and a checkpointed running trial")
+        # frozen there (SIGSTOP), so that the sweep cannot end first on a fast machine
+        workers = freeze_when(
+            proc, temp_root, one_done_one_checkpointed, "a complete and a checkpointed trial"
+        )
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=60)
+        send(workers, signal.SIGKILL)  # its Ray goes with it
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -423,7 +414,9 @@ class Interrupter:
 def test_interrupted_packed_sweep_resumes_in_packs_from_checkpoints(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_packed_spec(trials=3, workers=1))
     with pytest.raises(KeyboardInterrupt):
-        Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=Interrupter()).run()
+        Driver(
+            spec, str(tmp_path), workers=1, chunk_seconds=ONE_LOG_CHUNK, on_event=Interrupter()
+        ).run()
     study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
     left = [t for t in study.get_trials() if t.state.name == "RUNNING"]
     assert len(left) == 3 and all(0 < t.user_attrs["checkpoint_step"] < STEPS for t in left)
@@ -560,7 +553,9 @@ def test_a_refused_checkpoint_fails_only_its_trial_on_resume(ray_session, tmp_pa
         )
     )
     with pytest.raises(KeyboardInterrupt):
-        Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=Interrupter()).run()
+        Driver(
+            spec, str(tmp_path), workers=1, chunk_seconds=ONE_LOG_CHUNK, on_event=Interrupter()
+        ).run()
     study = sweep_store.load_study(sweep_store.read_record(str(tmp_path), "t")[1])
     assert [t.state.name for t in study.get_trials()] == ["RUNNING"] * 4
     path = {n: sweep_store.checkpoint_path(str(tmp_path), "t", n) for n in range(4)}

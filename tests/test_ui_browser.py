@@ -12,16 +12,15 @@ Playwright or Chromium the test is skipped, except under CI (``CI=true``), where
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from served_process import ServedProcess
 from test_ui_report import NAME, REPO, TRIALS, _free_port, _processes_mentioning, build_sweep
 
 from rnnsweep.orchestrator import sweep_store, tracking, ui_view
@@ -73,25 +72,17 @@ def _sweep(state_dir: Path) -> dict[str, Any]:
     return record
 
 
-def _start_ui(state_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
+def _start_ui(state_dir: Path, port: int) -> tuple[ServedProcess, str]:
+    served = ServedProcess(
         [sys.executable, "-m", "rnnsweep.orchestrator.cli", "ui", NAME]
         + ["--state-dir", str(state_dir), "--port", str(port), "--timeout", "120"],
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
-    lines: queue.Queue = queue.Queue()
-    errors: list[str] = []
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-    threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
     try:
-        return proc, lines.get(timeout=150).strip()
-    except queue.Empty:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"`rnnsweep ui` printed no URL within 150 s; stderr:\n{''.join(errors)}")
+        return served, served.next_line(150, "URL")
+    except AssertionError as error:
+        served.close()
+        pytest.fail(str(error), pytrace=False)
 
 
 def _row_ids(page) -> set[str]:
@@ -165,11 +156,10 @@ def test_ui_opens_the_runs_table_with_every_trial_and_the_sweep_columns(tmp_path
             finally:
                 browser.close()
     finally:
-        proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=30)
+            proc.stop(signal.SIGINT, 30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            pass
+        proc.close()
         for pid in _processes_mentioning(str(state_dir / "mlflow.db")):
             os.kill(pid, signal.SIGKILL)

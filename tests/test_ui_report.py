@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
+from served_process import ServedProcess
 
 from rnnsweep.orchestrator import cli, sweep_store, tracking, ui_command
 
@@ -310,23 +309,13 @@ def test_report_unknown_sweep_exits_2(tmp_path, capsys):
 def test_ui_serves_the_runs_table_and_stops_cleanly(sweep):
     state_dir, record = sweep
     port = _free_port()
-    proc = subprocess.Popen(
+    served = ServedProcess(
         [sys.executable, "-m", "rnnsweep.orchestrator.cli", "ui", NAME]
         + ["--state-dir", str(state_dir), "--port", str(port), "--timeout", "90"],
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
-    lines: queue.Queue = queue.Queue()
-    errors: list[str] = []
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-    threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
     try:
-        try:
-            url = lines.get(timeout=120).strip()
-        except queue.Empty:
-            pytest.fail(f"no URL printed within 120 s; stderr:\n{''.join(errors)}")
+        url = served.next_line(120, "URL")
         experiment = record["mlflow_experiment_id"]
         # the opener page (mlflow_ui_app), served by the MLflow server itself
         assert url == f"http://127.0.0.1:{port}/rnnsweep/open/{experiment}"
@@ -345,14 +334,11 @@ def test_ui_serves_the_runs_table_and_stops_cleanly(sweep):
         assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
         assert _processes_mentioning(str(state_dir / "mlflow.db"))
 
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        assert served.stop(signal.SIGINT, 30) == 0, served.stderr()
         assert _listening_addresses(port) == set()
         assert _processes_mentioning(str(state_dir / "mlflow.db")) == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        served.close()
         for pid in _processes_mentioning(str(state_dir / "mlflow.db")):
             os.kill(pid, signal.SIGKILL)
 

@@ -15,6 +15,7 @@ import tempfile
 import pytest
 import record_checks
 import yaml
+from log_chunks import ONE_LOG_CHUNK
 from ray_processes import kill, ray_processes
 
 from rnnsweep.algorithms.learner import Learner
@@ -319,7 +320,7 @@ def _broken_sweep(state_dir):
     checkpoint deleted and trial 2's truncated."""
     spec = spec_.load_spec_dict(_spec_dict(trials=3, pack=3))
     hook = _AllCheckpointed()
-    driver = Driver(spec, str(state_dir), workers=1, chunk_seconds=0.02, on_event=hook)
+    driver = Driver(spec, str(state_dir), workers=1, chunk_seconds=ONE_LOG_CHUNK, on_event=hook)
     with pytest.raises(KeyboardInterrupt):
         driver.run()
     study = _study(state_dir)

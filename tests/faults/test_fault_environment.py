@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+import frozen_workers
 import pytest
 import record_checks
 import yaml
+from log_chunks import ONE_LOG_CHUNK
+from served_process import ServedProcess
 
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator import sweep_store
@@ -394,7 +398,8 @@ class RecurseOnce:
 def test_recursion_error_in_one_trial_fails_that_trial_only(ray_session, tmp_path):
     spec = spec_.load_spec_dict(_spec_dict(trials=3, steps=1200))
     hook = RecurseOnce()
-    summary = Driver(spec, str(tmp_path), workers=1, chunk_seconds=0.02, on_event=hook).run()
+    driver = Driver(spec, str(tmp_path), workers=1, chunk_seconds=ONE_LOG_CHUNK, on_event=hook)
+    summary = driver.run()
     assert hook.done and summary["states"] == {"COMPLETE": 2, "FAIL": 1}
     record, states, steps = _record_states(str(tmp_path))
     assert states == ["FAIL", "COMPLETE", "COMPLETE"]
@@ -432,26 +437,28 @@ cluster.shutdown()
 """
 
 
-class Lines:
-    """A process's output, read line by line in a thread."""
+def _actors(temp_root: str) -> list[int]:
+    """The processes of the trials' actors (``ray::LearnerHost...``) under ``temp_root``."""
+    found = []
+    for pid in frozen_workers.workers(temp_root):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if handle.read().startswith(b"ray::LearnerHost"):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
 
-    def __init__(self, stream) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
 
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.lines.append(line)
+def _trial_ended(state_dir: str, number: int) -> bool:
+    study = sweep_store.load_study(record_checks.record_of(state_dir, "t"))
+    return study.trials[number].state.is_finished()
 
-    def wait_for(self, text: str, seconds: float) -> str:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            found = [line for line in self.lines if text in line]
-            if found:
-                return found[0]
-            time.sleep(0.1)
-        raise AssertionError(f"no line with {text!r} in {seconds} s:\n{''.join(self.lines)}")
+
+def _command(cluster: ServedProcess, command: str) -> None:
+    cluster.proc.stdin.write(f"{command}\n")
+    cluster.proc.stdin.flush()
+    assert cluster.next_line(180, f"'done' after {command!r}") == "done"
 
 
 def test_a_node_leaving_mid_sweep_shows_waiting_for_resources(tmp_path):
@@ -464,46 +471,43 @@ def test_a_node_leaving_mid_sweep_shows_waiting_for_resources(tmp_path):
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": temp_root}
     env.pop("RAY_ADDRESS", None)
-    log = tmp_path / "cluster.log"
-    with open(log, "w") as errors:
-        cluster = subprocess.Popen(
-            [sys.executable, "-c", CLUSTER],
-            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=errors, text=True, start_new_session=True,
-        )
+    cluster = ServedProcess(
+        [sys.executable, "-c", CLUSTER],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, start_new_session=True,
+    )
     driver = None
     try:
-        address = cluster.stdout.readline().strip()
-        assert address, log.read_text()[-3000:]
+        address = cluster.next_line(300, "address")
         steps = 60000
         spec = _write_spec(tmp_path, trials=2, steps=steps, max_retries=3)
         state = str(tmp_path / "state")
-        driver = subprocess.Popen(
+        driver = ServedProcess(
             [sys.executable, "-m", "rnnsweep.orchestrator.cli", "launch", spec, "--state-dir",
              state],
-            cwd=ROOT, env={**env, "RAY_ADDRESS": address}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            cwd=ROOT, env={**env, "RAY_ADDRESS": address}, merge_stderr=True,
+            start_new_session=True,
         )
-        output = Lines(driver.stdout)
         deadline = time.monotonic() + 300
         while not os.path.exists(_checkpoint(state)):
-            assert driver.poll() is None, "".join(output.lines)
+            assert driver.proc.poll() is None, driver.output()
             assert time.monotonic() < deadline, "trial 0 never wrote a checkpoint"
             time.sleep(0.1)
-        cluster.stdin.write("remove\n")
-        cluster.stdin.flush()
-        assert cluster.stdout.readline().strip() == "done"
-        line = output.wait_for("waiting for resources", 180)
+        # trial 0's actor stands still (SIGSTOP) until its node is gone, then dies with it
+        # (SIGKILL): however fast the machine, the node leaves while trial 0 runs
+        actors = _actors(temp_root)
+        frozen_workers.send(actors, signal.SIGSTOP)
+        assert actors and not _trial_ended(state, 0), driver.output()
+        _command(cluster, "remove")
+        frozen_workers.send(actors, signal.SIGKILL)
+        line = driver.wait_for("waiting for resources", 180)
         assert line.startswith("waiting for resources: trials 0: each needs 1 CPU on one node; ")
         assert "live nodes: " in line and ": 0 CPU" in line  # the head alone, without CPUs
-        cluster.stdin.write("add\n")
-        cluster.stdin.flush()
-        assert cluster.stdout.readline().strip() == "done"
-        assert driver.wait(timeout=600) == 0, "".join(output.lines)
+        _command(cluster, "add")
+        assert driver.wait(600) == 0, driver.output()
     finally:
         for process in (driver, cluster):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, 9)
+            if process is not None:
+                process.close()
         kill(ray_processes(temp_root))
     record, states, logged = _record_states(state)
     assert states == ["COMPLETE", "COMPLETE"]

@@ -22,6 +22,7 @@ import time
 import pytest
 import record_checks
 import yaml
+from frozen_workers import freeze_with_checkpointed_trials, send
 from ray_processes import kill, ray_processes
 
 from rnnsweep.algorithms import checkpoint_file
@@ -77,57 +78,6 @@ def _rnnsweep(args: list[str], temp_root: str) -> subprocess.Popen:
     )
 
 
-def _workers(temp_root: str) -> list[int]:
-    """The Ray worker processes (``ray::...``: the trials' actors) of the instance under
-    ``temp_root``."""
-    found = []
-    for pid in ray_processes(temp_root):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if handle.read().startswith(b"ray::"):
-                    found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
-def _signal(pids: list[int], signum: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signum)
-        except OSError:
-            pass
-
-
-def _freeze_with_checkpointed_trials(
-    proc: subprocess.Popen, state_dir: str, temp_root: str
-) -> list[int]:
-    """Until the driver has recorded a checkpoint of each of its two running trials; returns
-    the driver's Ray workers, stopped (SIGSTOP), so that no trial can end, however fast the
-    machine, while the test looks at the running driver. The workers run 0.1 s at a time and
-    are stopped while the study is read; the caller continues them (SIGCONT)."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        workers = _workers(temp_root)
-        _signal(workers, signal.SIGSTOP)
-        if proc.poll() is not None:
-            _signal(workers, signal.SIGCONT)
-            pytest.fail(f"the driver ended first:\n{proc.stdout.read()}")
-        record = record_checks.created_record(state_dir, "t")
-        if record is not None:
-            study = sweep_store.load_study(record)
-            checkpointed = [
-                t
-                for t in study.get_trials()
-                if t.state.name == "RUNNING" and t.user_attrs.get("checkpoint_step", 0) > 0
-            ]
-            if len(checkpointed) == 2:
-                return workers
-        _signal(workers, signal.SIGCONT)
-    pytest.fail("no trial was checkpointed in 300 s")
-
-
 def _status(state_dir: str, capsys) -> tuple[str, dict]:
     capsys.readouterr()
     assert main(["status", "t", "--state-dir", state_dir]) == 0
@@ -157,7 +107,7 @@ def test_a_second_driver_is_refused_and_sigterm_stops_the_first(
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
     try:
-        workers = _freeze_with_checkpointed_trials(proc, state_dir, temp_root)
+        workers = freeze_with_checkpointed_trials(proc, state_dir, temp_root)
         holder = f"pid {proc.pid} on {socket.gethostname()} (heartbeat "
         capsys.readouterr()
         for second in (
@@ -175,7 +125,7 @@ def test_a_second_driver_is_refused_and_sigterm_stops_the_first(
 
         proc.send_signal(signal.SIGTERM)  # as a scheduler stops a job
         time.sleep(1.0)  # its trials cannot end meanwhile: their workers are still stopped
-        _signal(workers, signal.SIGCONT)
+        send(workers, signal.SIGCONT)
         out, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
@@ -281,7 +231,7 @@ def test_status_after_sigkill_says_not_running_and_resume_takes_over_at_once(
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
     try:
-        _freeze_with_checkpointed_trials(proc, state_dir, temp_root)
+        freeze_with_checkpointed_trials(proc, state_dir, temp_root)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:

@@ -44,7 +44,8 @@ def running_sweep(tmp_path_factory):
         "task": "add",
         "hidden": 8,
         "dtype": "float64",
-        "steps": 200_000,
+        # never reached: the driver is killed; a fast machine (30000 steps/s) runs 60 s
+        "steps": 2_000_000,
         "trials": 2,
         "workers": 1,
         "estimators": ["uoro"],

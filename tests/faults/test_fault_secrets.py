@@ -22,6 +22,7 @@ import record_checks
 import yaml
 from conftest import _pg_bin, _PrivateCluster, _unavailable
 from ray_processes import kill, ray_processes
+from served_process import ServedProcess
 
 from rnnsweep.orchestrator import sweep_store
 from rnnsweep.orchestrator.cli import main
@@ -191,25 +192,23 @@ def test_password_never_written_and_taken_from_the_environment(
 
     # ui: the MLflow server it starts opens the store with PGPASSWORD (its command line has no
     # password; it prints the runs table's address once it answers)
-    ui = subprocess.Popen(
+    ui = ServedProcess(
         [sys.executable, "-m", "rnnsweep.orchestrator.cli", "ui", "sec"]
         + ["--state-dir", str(state), "--timeout", "240"],
         env=with_env,
         cwd=str(work),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     try:
-        address = ui.stdout.readline()
+        address = ui.next_line(300, "address")
         server_lines = [_cmdline(pid) for pid in _children(ui.pid)]
+        code = ui.stop(signal.SIGTERM, 120)  # the ui stops its server and exits 0
     finally:
-        ui.send_signal(signal.SIGTERM)  # the ui stops its server and exits 0
-        out, err = ui.communicate(timeout=120)
-    outputs += [address, out, err, *server_lines]
-    assert address.startswith("http://127.0.0.1:") and "#/experiments/" in address, err
+        ui.close()
+    out, err = "".join(ui.lines), ui.stderr()
+    outputs += [out, err, *server_lines]
+    assert address.startswith("http://127.0.0.1:") and "/rnnsweep/open/" in address, err
     assert any("--backend-store-uri" in line for line in server_lines), server_lines
-    assert ui.returncode == 0, err
+    assert code == 0, err
 
     # ~/.pgpass (mode 0600, as libpq requires) instead of PGPASSWORD
     pgpass = home / ".pgpass"

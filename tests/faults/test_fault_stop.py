@@ -13,9 +13,9 @@ import sys
 import tempfile
 import time
 
-import pytest
 import record_checks
 import yaml
+from frozen_workers import freeze_with_checkpointed_trials, send
 from ray_processes import kill, ray_processes
 
 from rnnsweep.algorithms import checkpoint_file
@@ -61,26 +61,6 @@ def _rnnsweep(args: list[str], temp_root: str) -> subprocess.Popen:
     )
 
 
-def _wait_for_checkpointed_trials(proc: subprocess.Popen, state_dir: str) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        if proc.poll() is not None:
-            pytest.fail(f"the driver ended first:\n{proc.stdout.read()}")
-        record = record_checks.created_record(state_dir, "t")
-        if record is None:
-            continue
-        study = sweep_store.load_study(record)
-        checkpointed = [
-            t
-            for t in study.get_trials()
-            if t.state.name == "RUNNING" and t.user_attrs.get("checkpoint_step", 0) > 0
-        ]
-        if len(checkpointed) == 2:
-            return
-    pytest.fail("no trial was checkpointed in 300 s")
-
-
 def test_stop_from_another_process_then_resume(ray_session, tmp_path, capsys):
     state_dir = str(tmp_path / "state")
     spec_path = tmp_path / "spec.yaml"
@@ -88,7 +68,8 @@ def test_stop_from_another_process_then_resume(ray_session, tmp_path, capsys):
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
     try:
-        _wait_for_checkpointed_trials(proc, state_dir)
+        # the trials stand still until the driver has let the sweep go: none can end first
+        workers = freeze_with_checkpointed_trials(proc, state_dir, temp_root)
         capsys.readouterr()
         # `stop` in a process of its own, as from another terminal: it waits for the release
         stopper = subprocess.run(
@@ -105,6 +86,7 @@ def test_stop_from_another_process_then_resume(ray_session, tmp_path, capsys):
         assert f"stopped: continue it with `rnnsweep resume t --state-dir {state_dir}`" in (
             stopper.stdout
         )
+        send(workers, signal.SIGCONT)  # the lease is released: the driver is shutting down
         out, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
@@ -122,8 +104,7 @@ def test_stop_from_another_process_then_resume(ray_session, tmp_path, capsys):
     assert client.get_run(record["mlflow_parent_run_id"]).info.status == "KILLED"
     study = sweep_store.load_study(record)
     running = [t for t in study.get_trials() if t.state.name == "RUNNING"]
-    # stopped mid-way (one may have finished while the request travelled: loaded machine)
-    assert running and {t.state.name for t in study.get_trials()} <= {"RUNNING", "COMPLETE"}
+    assert len(running) == 2  # both stopped mid-way
     for trial in running:  # its checkpoint kept, its child run KILLED
         path = sweep_store.checkpoint_path(state_dir, "t", trial.number)
         with open(path, "rb") as handle:
@@ -181,8 +162,9 @@ def test_extend_steps_of_a_stopped_sweep(ray_session, tmp_path, capsys):
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
     try:
-        _wait_for_checkpointed_trials(proc, state_dir)
+        workers = freeze_with_checkpointed_trials(proc, state_dir, temp_root)
         assert main(["stop", "t", "--state-dir", state_dir]) == 0  # waits for the release
+        send(workers, signal.SIGCONT)
         out, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
@@ -191,15 +173,13 @@ def test_extend_steps_of_a_stopped_sweep(ray_session, tmp_path, capsys):
     assert proc.returncode == 130, out
     record = record_checks.record_of(state_dir, "t")
     states = {t.number: t.state.name for t in sweep_store.load_study(record).get_trials()}
-    assert "RUNNING" in states.values(), states  # at least one stopped mid-way
+    assert states == {0: "RUNNING", 1: "RUNNING"}  # both stopped mid-way
     capsys.readouterr()
     more = STEPS + 8000
     assert main(["extend", "t", "--state-dir", state_dir, "--steps", str(more)]) == 0
     assert f"steps {STEPS} -> {more}" in capsys.readouterr().err
     trials = sweep_store.load_study(record).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
-    budget = {n: more if state == "RUNNING" else STEPS for n, state in states.items()}
-    assert [t.user_attrs["steps_done"] for t in trials] == [budget[0], budget[1]]
-    assert record_checks.metric_rows(record, ("loss",)) == {
-        n: list(range(LOG_EVERY, b + 1, LOG_EVERY)) for n, b in budget.items()
-    }
+    assert [t.user_attrs["steps_done"] for t in trials] == [more, more]
+    expected = list(range(LOG_EVERY, more + 1, LOG_EVERY))
+    assert record_checks.metric_rows(record, ("loss",)) == {0: expected, 1: expected}
