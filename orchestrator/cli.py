@@ -38,7 +38,8 @@ examples:
   rnnsweep run --task add --estimator nobacktrack-kalman --set process_noise=1e-4 --steps 300
   rnnsweep run --task add --estimator uoro --steps 2000 --probe-every 1000 --checkpoint ck.pt
   rnnsweep run --resume ck.pt                     # continue bit-for-bit, same MLflow run
-  rnnsweep run --resume ck.pt --steps 3000        # extend it to 3000 steps (--set refused)
+  rnnsweep run --resume ck.pt --steps 3000        # extend it to 3000 steps
+  rnnsweep run --resume ck.pt --steps 4000 --set lr=3e-4  # lr, log_every, probe_*: safe
 
 
 {set_keys}
