@@ -144,12 +144,12 @@ def test_stop_from_another_process_then_resume(ray_session, tmp_path, capsys):
     assert rows == {0: expected, 1: expected}  # every step once across the stop
 
 
-def test_a_request_reaches_its_holder_only(tmp_path):
+def test_a_request_reaches_its_holder_only(storage_url):
     """The heartbeat reads a request addressed to its token; a released lease's request is
-    gone, and a free lease gets none."""
+    gone, and a free lease gets none (SQLite and PostgreSQL)."""
     from rnnsweep.orchestrator.sweep_lease import SweepLease, request_stop
 
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = storage_url
     assert request_stop(url, "s", 4.0, "me") is None  # no lease table yet: nothing to stop
     lease = SweepLease(url, "s", 4.0)  # heartbeat every 1 s
     lease.acquire()
