@@ -174,7 +174,7 @@ def test_a_request_reaches_its_holder_only(storage_url):
 
 def test_extend_steps_of_a_stopped_sweep(ray_session, tmp_path, capsys):
     """Stopped mid-way, then ``extend --steps``: the stopped trials continue from their
-    checkpoints to the new budget, every metric step once."""
+    checkpoints to the new budget, a trial that had ended continues as a new trial."""
     state_dir = str(tmp_path / "state")
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))
@@ -197,7 +197,11 @@ def test_extend_steps_of_a_stopped_sweep(ray_session, tmp_path, capsys):
     assert main(["extend", "t", "--state-dir", state_dir, "--steps", str(more)]) == 0
     assert f"steps {STEPS} -> {more}" in capsys.readouterr().err
     trials = sweep_store.load_study(record).get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    # a trial that had ended before the stop continued as a new trial naming it
+    ended = sorted(n for n, state in states.items() if state == "COMPLETE")
+    assert sorted(t.user_attrs["continues"] for t in trials[2:]) == ended
+    assert [t.user_attrs["steps_done"] for t in trials if t.number not in ended] == [more] * 2
     budget = {n: more if state == "RUNNING" else STEPS for n, state in states.items()}
     assert [t.user_attrs["steps_done"] for t in trials] == [budget[0], budget[1]]
     assert record_checks.metric_rows(record, ("loss",)) == {
