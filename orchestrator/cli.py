@@ -179,11 +179,12 @@ exit status: 0 deleted; 1 not confirmed; 2 on an unknown sweep; 3 while a driver
 EXTEND_EXAMPLES = """\
 examples:
   rnnsweep extend smoke --trials +2             # two more trials, then run them
-  rnnsweep extend smoke --steps 5000 --workers 2   # unfinished and new trials run 5000 steps
+  rnnsweep extend smoke --steps 4500 --workers 2   # every trial runs (on) to 4500 steps
 
 Works on a finished or stopped sweep (a driver holding it: exit 3). --steps is the budget of
-every trial not finished: a stopped trial continues from its checkpoint to it; a COMPLETE
-trial stays as it is (Optuna's COMPLETE is final). Neither may shrink (exit 2).
+every trial: a stopped trial continues from its checkpoint to it; a COMPLETE one continues
+from its final checkpoint as a new trial (user attr `continues`: its number) in its MLflow
+run (Optuna's COMPLETE is final); PRUNED and FAILED ones stay. Neither may shrink (exit 2).
 exit status as for resume: 0 when the sweep ends, 2 bad input, 3 while a driver holds it, 130
 when stopped.
 """
