@@ -78,6 +78,9 @@ def test_extend_a_finished_sweep(ray_session, tmp_path, capsys, storage_url):
         seed = cont.user_attrs["seed"]
         learner = Learner(spec_.learner_spec(spec, cont.user_attrs["estimator"], settings, seed))
         assert cont.value == learner.run(300)["final_loss"]
+    capsys.readouterr()
+    assert main(["status", "x", "--state-dir", state]) == 0
+    assert "sweep x: 3/3 trials (+2 continued), task add, 300 steps each" in capsys.readouterr().out
     best = sweep_summary(sweep_store.load_study(record), "minimize")["best"]
     assert {b["trial"] for b in best.values()} <= {2, 3, 4}  # never an old budget's value
 
