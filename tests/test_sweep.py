@@ -377,7 +377,9 @@ def test_status_best_and_run_back(ray_session, tmp_path, capsys):
             "steps_per_sec",
             "eta_s",
             "mlflow_run_id",
+            "continues",  # None: no trial was continued (extend --steps)
         }
+        assert row["continues"] is None
     best_file = tmp_path / "best.yaml"
     assert main(["best", "t", "--state-dir", str(tmp_path), "-o", str(best_file)]) == 0
     best = next(b for b in yaml.safe_load(best_file.read_text())["best"] if "run" in b)
