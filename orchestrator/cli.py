@@ -39,7 +39,7 @@ examples:
   rnnsweep run --task add --estimator uoro --steps 2000 --probe-every 1000 --checkpoint ck.pt
   rnnsweep run --resume ck.pt                     # continue bit-for-bit, same MLflow run
   rnnsweep run --resume ck.pt --steps 3000        # extend it to 3000 steps
-  rnnsweep run --resume ck.pt --steps 4000 --set lr=3e-4  # lr, log_every, probe_*: safe
+  rnnsweep run --resume ck.pt --steps 4000 --set lr=3e-4  # keys safe mid-run: lr, ...
 
 
 {set_keys}
@@ -75,14 +75,15 @@ def _fill(text: str) -> str:
         return text
     import re
 
-    from rnnsweep.algorithms.settings import HYPER_KEYS, LEARNER_KEYS, SETTINGS
+    from rnnsweep.algorithms.settings import HYPER_KEYS, LEARNER_KEYS, RESUME_SAFE_KEYS, SETTINGS
 
     keys = (
         f"--set KEY=VALUE takes the learner keys ({', '.join(LEARNER_KEYS)}), the "
         f"estimator's hyperparameters ({', '.join(HYPER_KEYS)}) and the task's settings "
         "(e.g. t1, t2 of add). `rnnsweep settings` lists each with its type, default, bounds "
         "and where it applies. An unknown key, a key that does not apply to the estimator or "
-        "optimizer, or a bad value exits 2 before any work."
+        "optimizer, or a bad value exits 2 before any work. With --resume, only the keys safe "
+        f"to change mid-run ({', '.join(RESUME_SAFE_KEYS)}): they apply from the resume step."
     )
     text = text.replace("{set_keys}", textwrap.fill(keys, 92))
     return re.sub(r"\{default:(\w+)\}", lambda m: SETTINGS[m[1]].default_text(), text)
