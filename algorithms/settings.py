@@ -92,14 +92,15 @@ TABLE: tuple[Setting, ...] = (
     Setting("init_scale", float, 1.0, "recurrent weight scale at initialisation", low=0.0,
             per_member=True),
     Setting("log_every", int, 1000, "steps between reports (the only host synchronisation)",
-            low=1),
+            low=1, resume_safe=True),
     # -- gradient steps (sgd, adam)
     Setting("lr", float, None, "learning rate", "gradient", low=0.0, per_member=True,
+            resume_safe=True,
             derived="adam 1e-4; 1e-3 for rtrl, tbptt, snap1, rflo; 3e-4 for kf-rtrl; sgd 1e-3"),
     Setting("lr_decay", float, 0.01, "alpha of the rate lr / (1 + alpha sqrt(updates))",
-            "gradient", low=0.0, per_member=True),
+            "gradient", low=0.0, per_member=True, resume_safe=True),
     Setting("clip", float, 0.0, "global gradient-norm clip; 0: off (Adam bounds its steps)",
-            "gradient", low=0.0, per_member=True),
+            "gradient", low=0.0, per_member=True, resume_safe=True),
     Setting("update_every", int, 1, "steps whose gradients are averaged into one update",
             "gradient", low=1),
     Setting("beta1", float, 0.9, "Adam's first-moment decay", "adam", low=0.0, high=1.0,
@@ -120,11 +121,12 @@ TABLE: tuple[Setting, ...] = (
             "diagonal", "kalman", choices=("full", "block", "diagonal")),
     # -- the probe (a sweep sets them in its probe section: probe.every, ...)
     Setting("probe_every", int, 0, "steps between probe windows; 0: no probe", "probe",
-            low=0, per_member=True),
+            low=0, per_member=True, resume_safe=True),
     Setting("probe_window", int, 100, "steps measured per window: the last of its "
-            "probe_horizon steps (<= probe_horizon)", "probe", low=1, per_member=True),
+            "probe_horizon steps (<= probe_horizon)", "probe", low=1, per_member=True,
+            resume_safe=True),
     Setting("probe_samples", int, 16, "K shadow copies of the estimator per window", "probe",
-            low=1, per_member=True),
+            low=1, per_member=True, resume_safe=True),
     Setting("probe_horizon", int, 100, "W: steps each window spans, from zero influence "
             "(<= probe_every)", "probe", low=1, per_member=True),
     Setting("probe_full", bool, False, "also run exact RTRL from the run's start for "
@@ -148,6 +150,9 @@ SETTINGS: dict[str, Setting] = {entry.name: entry for entry in TABLE}
 RUN_KEYS = tuple(e.name for e in TABLE if e.group == "run")
 LEARNER_KEYS = tuple(e.name for e in TABLE if e.group not in ("run", "estimator"))
 HYPER_KEYS = tuple(e.name for e in TABLE if e.group == "estimator")
+# What `run --resume CK --set` may change: rates, clipping, reporting and the probe's cadence
+# (probe_horizon sizes the probe's saved ring, probe_full needs exact RTRL from step 0)
+RESUME_SAFE_KEYS = tuple(e.name for e in TABLE if e.resume_safe)
 PER_MEMBER = tuple(e.name for e in TABLE if e.per_member and e.group != "run")
 PROBE_KEYS = tuple(e.name for e in TABLE if e.group == "probe")
 

@@ -38,7 +38,8 @@ examples:
   rnnsweep run --task add --estimator nobacktrack-kalman --set process_noise=1e-4 --steps 300
   rnnsweep run --task add --estimator uoro --steps 2000 --probe-every 1000 --checkpoint ck.pt
   rnnsweep run --resume ck.pt                     # continue bit-for-bit, same MLflow run
-  rnnsweep run --resume ck.pt --steps 3000        # extend it to 3000 steps (--set refused)
+  rnnsweep run --resume ck.pt --steps 3000        # extend it to 3000 steps
+  rnnsweep run --resume ck.pt --steps 4000 --set lr=3e-4  # keys safe mid-run: lr, ...
 
 
 {set_keys}
@@ -74,14 +75,15 @@ def _fill(text: str) -> str:
         return text
     import re
 
-    from rnnsweep.algorithms.settings import HYPER_KEYS, LEARNER_KEYS, SETTINGS
+    from rnnsweep.algorithms.settings import HYPER_KEYS, LEARNER_KEYS, RESUME_SAFE_KEYS, SETTINGS
 
     keys = (
         f"--set KEY=VALUE takes the learner keys ({', '.join(LEARNER_KEYS)}), the "
         f"estimator's hyperparameters ({', '.join(HYPER_KEYS)}) and the task's settings "
         "(e.g. t1, t2 of add). `rnnsweep settings` lists each with its type, default, bounds "
         "and where it applies. An unknown key, a key that does not apply to the estimator or "
-        "optimizer, or a bad value exits 2 before any work."
+        "optimizer, or a bad value exits 2 before any work. With --resume, only the keys safe "
+        f"to change mid-run ({', '.join(RESUME_SAFE_KEYS)}): they apply from the resume step."
     )
     text = text.replace("{set_keys}", textwrap.fill(keys, 92))
     return re.sub(r"\{default:(\w+)\}", lambda m: SETTINGS[m[1]].default_text(), text)
@@ -178,11 +180,12 @@ exit status: 0 deleted; 1 not confirmed; 2 on an unknown sweep; 3 while a driver
 EXTEND_EXAMPLES = """\
 examples:
   rnnsweep extend smoke --trials +2             # two more trials, then run them
-  rnnsweep extend smoke --steps 5000 --workers 2   # unfinished and new trials run 5000 steps
+  rnnsweep extend smoke --steps 4500 --workers 2   # every trial runs (on) to 4500 steps
 
 Works on a finished or stopped sweep (a driver holding it: exit 3). --steps is the budget of
-every trial not finished: a stopped trial continues from its checkpoint to it; a COMPLETE
-trial stays as it is (Optuna's COMPLETE is final). Neither may shrink (exit 2).
+every trial: a stopped trial continues from its checkpoint to it; a COMPLETE one continues
+from its final checkpoint as a new trial (user attr `continues`: its number) in its MLflow
+run (Optuna's COMPLETE is final); PRUNED and FAILED ones stay. Neither may shrink (exit 2).
 exit status as for resume: 0 when the sweep ends, 2 bad input, 3 while a driver holds it, 130
 when stopped.
 """

@@ -315,8 +315,11 @@ class Driver:
 
         number = trial.number
         self._emit("asked", number)
+        seed = resumed.seed if resumed is not None else None  # a continuation's: its origin's
         learner_spec = asdict(
-            spec_.learner_spec(self.spec, estimator, settings, self.stores.seed(number))
+            spec_.learner_spec(
+                self.spec, estimator, settings, self.stores.seed(number) if seed is None else seed
+            )
         )
         run_id = resumed.run_id if resumed is not None else None
         if run_id is None:

@@ -2,18 +2,20 @@
 count or step budget in its record, then continue it as ``resume`` does.
 
 ``--trials +N`` adds N trials (``--trials N``: N in all, not fewer than the spec has);
-``--steps S`` (not below the spec's) is the budget of every trial not yet finished: a stopped
-trial continues from its checkpoint up to S, a new trial runs S steps. A COMPLETE trial stays
-as it is (Optuna's COMPLETE is final): its objective was measured at the old budget. The new
-spec is validated as a whole (bounds of the settings table) before the record changes; a
-driver holding the sweep refuses it (exit 3)."""
+``--steps S`` (not below the spec's) is the budget of every trial: a stopped trial continues
+from its checkpoint up to S, a new trial runs S steps, and a COMPLETE trial continues from its
+final checkpoint as a continuation trial (``continuation``: Optuna's COMPLETE is final, so a new
+trial that names its origin, in the origin's MLflow run). PRUNED and FAILED trials stay as they
+ended. The new spec is validated as a whole (bounds of the settings table) before the record
+changes; a driver holding the sweep refuses it (exit 3), and the continuations are created
+under the sweep's lease."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from rnnsweep.orchestrator import sweep_store
+from rnnsweep.orchestrator import continuation, sweep_store
 
 
 def _trials(text: str, current: int) -> int:
@@ -56,29 +58,56 @@ def extend_command(args) -> int:
     _refuse_if_driven(record)
     old = record["spec"]
     new = extended_spec(old, args.trials, args.steps)
+    origins: list[Any] = []
     if new["steps"] != old["steps"]:
-        _check_unfinished(record, new["steps"])
+        trials = sweep_store.load_study(record).get_trials(deepcopy=False)
+        origins = continuation.to_continue(state_dir, record, trials, new["steps"])
+        _check_unfinished(trials, origins, new["steps"])
     changes = [f"{k} {old[k]} -> {new[k]}" for k in ("trials", "steps") if old[k] != new[k]]
     if changes:
         sweep_store.write_record(state_dir, record["name"], {**record, "spec": new})
     print(f"sweep {record['name']!r}: {', '.join(changes) or 'unchanged'}", file=sys.stderr)
-    if new["steps"] != old["steps"]:
+    if origins:
+        made = _continue(state_dir, record, origins, old["steps"], new["steps"])
+        pairs = ", ".join(f"{n} as {m}" for n, m in made.items())
         print(
-            f"  completed trials keep their {old['steps']} steps; unfinished and new ones run "
-            f"{new['steps']}",
+            f"  complete trials continue from their final checkpoints to {new['steps']} steps, "
+            f"as new trials: {pairs}",
             file=sys.stderr,
         )
     spec = spec_.load_spec_dict(new, source=sweep_store.record_path(state_dir, record["name"]))
     return _drive(spec, state_dir, _workers(args.workers, spec.workers), resume=True)
 
 
-def _check_unfinished(record: dict[str, Any], steps: int) -> None:
-    """``ValueError`` when a stopped trial has passed the start of the new budget's tail (the
-    last 10%, which its final loss averages): ``Population.replan`` would refuse it."""
-    for trial in sweep_store.load_study(record).get_trials(deepcopy=False):
-        done = trial.user_attrs.get("checkpoint_step", 0)
-        if trial.state.name == "RUNNING" and steps - max(1, steps // 10) < done:
+def _continue(
+    state_dir: str, record: dict[str, Any], origins: list[Any], old: int, new: int
+) -> dict[int, int]:
+    """``continuation.start`` under the sweep's lease (``LeaseHeld``, exit 3, if a driver took
+    it since ``_refuse_if_driven``)."""
+    from rnnsweep.orchestrator.sweep_commands import _lease_timeout
+    from rnnsweep.orchestrator.sweep_lease import SweepLease
+
+    lease = SweepLease(sweep_store.study_url(record), record["name"], _lease_timeout(record))
+    lease.acquire()
+    try:
+        study = sweep_store.load_study(record)
+        return continuation.start(state_dir, record, study, origins, old, new)
+    finally:
+        lease.release()
+
+
+def _check_unfinished(trials: list[Any], origins: list[Any], steps: int) -> None:
+    """``ValueError`` when a stopped trial, or a complete one to continue, has passed the start
+    of the new budget's tail (the last 10%, which its final loss averages):
+    ``Population.replan`` would refuse it."""
+    for trial in [*trials, *origins]:
+        running = trial.state.name == "RUNNING"
+        if not running and trial not in origins:
+            continue
+        done = trial.user_attrs.get("checkpoint_step" if running else "steps_done", 0)
+        if steps - max(1, steps // 10) < done:
+            what = "stopped" if running else "ended"
             raise ValueError(
-                f"--steps {steps}: trial {trial.number} stopped at step {done}, inside the new "
+                f"--steps {steps}: trial {trial.number} {what} at step {done}, inside the new "
                 f"budget's last 10%; give at least {done + max(1, done // 9) + 1} steps"
             )

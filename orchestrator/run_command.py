@@ -27,7 +27,7 @@ from rnnsweep.algorithms.learner import (
     split_settings,
     unused_settings,
 )
-from rnnsweep.algorithms.settings import SETTINGS
+from rnnsweep.algorithms.settings import RESUME_SAFE_KEYS, SETTINGS
 from rnnsweep.orchestrator.progress import ProgressLine
 from rnnsweep.orchestrator.spec_file import read_yaml
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
@@ -101,6 +101,30 @@ def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
     return data
 
 
+def resume_changes(args, saved_spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``--set`` (and ``--probe-every``) values a resumed run takes from its next step:
+    keys marked safe to change on resume in the settings table, checked against their bounds;
+    ``ValueError`` naming any other key and the safe ones."""
+    changes = parse_sets(args.set or [])
+    if args.probe_every is not None:
+        changes["probe_every"] = args.probe_every
+    refused = [key for key in changes if key not in RESUME_SAFE_KEYS]
+    if refused:
+        raise ValueError(
+            f"--resume {args.resume!r}: {', '.join(refused)} cannot change mid-run; safe to "
+            f"change on resume: {', '.join(RESUME_SAFE_KEYS)} (start a new run for others)"
+        )
+    for key, value in changes.items():
+        changes[key] = SETTINGS[key].check(value, "--set: ")
+    if "probe_every" in changes and not saved_spec.get("settings", {}).get("probe_every"):
+        if changes["probe_every"]:
+            raise ValueError(
+                f"--resume {args.resume!r}: the run has no probe; probe_every can change or "
+                "turn it off on resume, not start one (its windows need the states before)"
+            )
+    return {k: v for k, v in changes.items() if saved_spec.get("settings", {}).get(k) != v}
+
+
 def build_learner(args) -> tuple[Learner, dict[str, Any]]:
     """A new learner from the arguments, or the one in ``--resume`` (plus its saved extras)."""
     if args.resume:
@@ -113,14 +137,19 @@ def build_learner(args) -> tuple[Learner, dict[str, Any]]:
                     f"--{flag} {given} contradicts the checkpoint {args.resume!r} "
                     f"({key} = {saved_spec.get(key)})"
                 )
-        if args.set or args.probe_every is not None:  # never ignored silently
-            flags = ["--probe-every"] if args.probe_every is not None else []
-            given = ", ".join([*(args.set or []), *flags])
-            raise ValueError(
-                f"--resume {args.resume!r} continues the run with the settings in its checkpoint; "
-                f"{given} cannot change them (start a new run to try other settings)"
+        changes = resume_changes(args, saved_spec)
+        extra = dict(saved.extra)
+        if changes:  # the checkpoint's spec is the run's: the new values go into both
+            before = saved_spec.get("settings", {})
+            extra["resume_changes"] = ", ".join(
+                f"{k} {before.get(k, 'default')} -> {v}" for k, v in changes.items()
             )
-        return learner_from(saved, checkpoint_file.describe(args.resume)), dict(saved.extra)
+            saved_spec["settings"] = {**before, **changes}
+            spec = LearnerSpec(**{**saved_spec, "device": args.device})
+            unused = unused_settings(spec, split_settings(spec)[4])
+            if unused:
+                raise ValueError("; ".join(unused))
+        return learner_from(saved, checkpoint_file.describe(args.resume)), extra
     base: dict[str, Any] = {}
     if args.config:
         base = load_run_config(args.config, args.estimator)
@@ -151,6 +180,9 @@ def run_command(args) -> int:
 
     args.device = resolve_device(args.device)
     learner, extra = build_learner(args)
+    changed = extra.pop("resume_changes", "")
+    if changed:
+        print(f"from step {learner.counters['t']}: {changed}", file=sys.stderr)
     steps = args.steps if not args.resume else (args.steps or learner.counters["planned"])
     planned = learner.counters["planned"]
     if planned and steps != planned:
@@ -190,6 +222,8 @@ def run_command(args) -> int:
         )
         if planned and steps != planned:  # the run's `steps` param keeps its first value
             tracker.set_tags({"rnnsweep.steps_extended": f"{planned} -> {steps}"})
+        if changed:  # so do the others: the tag names the step the new values start at
+            tracker.set_tags({f"rnnsweep.resume_set.{learner.counters['t']}": changed})
         extra["mlflow_run_id"] = tracker.run_id
         print(f"MLflow run {tracker.run_id} at {redact(uri)}", file=sys.stderr)
 

@@ -53,6 +53,7 @@ from typing import Any
 from rnnsweep.algorithms import checkpoint_file
 from rnnsweep.algorithms.atomic_file import write_atomic
 from rnnsweep.orchestrator import (
+    continuation,
     estimator_split,
     metric_journal,
     search_space,
@@ -82,6 +83,7 @@ class Unfinished:
     refused: str  # why its checkpoint was refused, or ""
     reported: set[int]  # steps already reported to Optuna
     restarted: str = ""  # why it restarts from step 0 in a new run (--restart-broken), or ""
+    seed: int | None = None  # its recorded seed (a continuation's is its origin's)
 
 
 class SweepStores:
@@ -381,8 +383,8 @@ class SweepStores:
     # -- trials ------------------------------------------------------------------------------
 
     def asked(self) -> int:
-        """Trials asked of Optuna so far (finished or not)."""
-        return len(self._optuna(self.study.get_trials, deepcopy=False))
+        """Trials asked of Optuna so far (finished or not; continuations are not asked)."""
+        return len(continuation.originals(self._optuna(self.study.get_trials, deepcopy=False)))
 
     def ask(self) -> tuple[Any, str, dict[str, Any]]:
         """A new trial and its suggested ``(trial, estimator, settings)``. In a finite search
@@ -393,7 +395,8 @@ class SweepStores:
 
         if self.space is None:
             self.space = search_space.parameter_sets(self.spec) or []
-        trials = self._optuna(self.study.get_trials, deepcopy=False)
+        every = self._optuna(self.study.get_trials, deepcopy=False)
+        trials = continuation.originals(every)  # samples of their own
         waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
         assigned = None  # the estimator the split gives this trial (estimator_split)
         if estimator_split.splits(self.spec) and not waiting:
@@ -413,7 +416,7 @@ class SweepStores:
         elif assigned is not None:
             self._optuna(self.study.enqueue_trial, {"estimator": assigned})
         # suggesting again returns the values Optuna already holds: retried as one
-        before = {t.number for t in trials}
+        before = {t.number for t in every}
         trial = self._optuna(self._ask_once, before)
         estimator, settings = self._optuna(spec_.suggest, self.spec, trial)
         return trial, estimator, settings
@@ -484,7 +487,15 @@ class SweepStores:
                 refused += "; `rnnsweep resume --restart-broken` restarts it from step 0"
             found.append(
                 Unfinished(
-                    trial, estimator, settings, run_id, checkpoint, refused, reported, restarted
+                    trial,
+                    estimator,
+                    settings,
+                    run_id,
+                    checkpoint,
+                    refused,
+                    reported,
+                    restarted,
+                    attrs.get("seed"),
                 )
             )
         return found
@@ -668,12 +679,14 @@ def sweep_summary(study: Any, direction: str, estimators: Sequence[str] = ()) ->
     states: dict[str, int] = {}
     best: dict[str, dict[str, Any]] = {}
     per: dict[str, dict[str, int]] = {name: {} for name in estimators}
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    old_budget = continuation.superseded(trials)  # their value was measured at fewer steps
+    for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
         estimator = t.user_attrs.get("estimator", t.params.get("estimator", "?"))
         counts = per.setdefault(estimator, {})
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        if t.state.name != "COMPLETE" or t.value is None:
+        if t.state.name != "COMPLETE" or t.value is None or t.number in old_budget:
             continue
         current = best.get(estimator)
         better = current is None or (

@@ -159,6 +159,7 @@ def trial_rows(record: dict[str, Any], study: Any = None) -> list[dict[str, Any]
                 "timing": t.user_attrs.get("timing"),
                 "ray_node_id": t.user_attrs.get("ray_node_id"),
                 "ray_node_ip": t.user_attrs.get("ray_node_ip"),
+                "continues": t.user_attrs.get("continues"),  # (extend --steps) or None
             }
         )
     return rows
@@ -210,7 +211,7 @@ def _driver_line(driver: dict[str, Any], rows: list[dict[str, Any]], record, arg
     line = "driver not running"
     if seen is not None:
         line += f" (last seen {duration_text(seen)} ago)"
-    unfinished = len(rows) < record["spec"]["trials"] or any(
+    unfinished = sum(r["continues"] is None for r in rows) < record["spec"]["trials"] or any(
         r["state"] == "INTERRUPTED" for r in rows
     )
     if unfinished:
@@ -254,9 +255,10 @@ def _status(record, study, args, compact: bool = False) -> tuple[str, bool]:
                 row["state"] = "INTERRUPTED"
     eta = _sweep_eta(rows, spec, driver["running"])
     ended = ("COMPLETE", "PRUNED", "FAIL")
-    finished = len(rows) >= spec["trials"] and all(r["state"] in ended for r in rows)
+    asked = sum(r["continues"] is None for r in rows)  # continuations are not new trials
+    finished = asked >= spec["trials"] and all(r["state"] in ended for r in rows)
     if args.json:
-        keys = ("number", "state", "estimator", "params", "value", "steps_done")
+        keys = ("number", "state", "estimator", "params", "value", "steps_done", "continues")
         keys += ("wall_s", "steps_per_sec", "eta_s", "mlflow_run_id", "ray_node_id", "ray_node_ip")
         document = {
             "name": record["name"],
@@ -275,7 +277,9 @@ def _status(record, study, args, compact: bool = False) -> tuple[str, bool]:
 
     objective = spec["objective"]
     lines = [
-        f"sweep {record['name']}: {len(rows)}/{spec['trials']} trials, task {spec['task']}, "
+        f"sweep {record['name']}: {asked}/{spec['trials']} trials"
+        + (f" (+{len(rows) - asked} continued)" if len(rows) > asked else "")
+        + f", task {spec['task']}, "
         f"{spec['steps']} steps each, objective {objective['metric']} "
         f"({objective['direction']}); sweep ETA {duration(eta)}",
         f"storage {redact(record['optuna_storage'])}",
@@ -314,7 +318,8 @@ def _sweep_eta(rows: list[dict[str, Any]], spec: dict[str, Any], live: bool) -> 
         )
         for r in rows
     ]
-    left += [Remaining(spec["steps"])] * max(0, spec["trials"] - len(rows))
+    asked = sum(r.get("continues") is None for r in rows)
+    left += [Remaining(spec["steps"])] * max(0, spec["trials"] - asked)
     eta = sweep_eta(left, slots)
     return None if eta is None else round(eta, 1)
 

@@ -29,7 +29,8 @@ class Setting:
     (``gradient``: sgd and adam, ``adam``: adam, ``kalman``: the filter) and its scope
     (``task:NAME``, ``sweep``, ``run`` for the ``LearnerSpec`` fields); ``per_member`` ``None``:
     one value per sweep (not a member's). ``sweep_default`` is set where a sweep's default
-    differs from ``rnnsweep run``'s, ``why`` says why.
+    differs from ``rnnsweep run``'s, ``why`` says why. ``resume_safe``: ``run --resume CK --set``
+    may change it mid-run (the state a checkpoint holds does not depend on it).
     """
 
     name: str
@@ -48,6 +49,7 @@ class Setting:
     derived: str = ""
     sweep_default: Any = None
     why: str = ""
+    resume_safe: bool = False
 
     # -- description --------------------------------------------------------------------------
 

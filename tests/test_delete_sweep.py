@@ -1,7 +1,7 @@
-"""``rnnsweep delete NAME`` on real SQLite stores after real sweeps: the study, the MLflow runs
-(and the experiment when nothing else is in it), the checkpoints, journal, lease rows and record
-go; another sweep in the same stores is untouched; the typed name confirms; a driver holding
-the sweep refuses it (exit 3)."""
+"""``rnnsweep delete NAME`` on real stores (Optuna on SQLite and PostgreSQL) after real
+sweeps: the study, the MLflow runs (and the experiment when nothing else is in it), the
+checkpoints, journal, lease rows and record go; another sweep in the same stores is untouched;
+the typed name confirms; a driver holding the sweep refuses it (exit 3)."""
 
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ SPEC = {
 }
 
 
-def _launch(tmp_path, state: str, name: str) -> dict:
+def _launch(tmp_path, state: str, name: str, storage: str | None = None) -> dict:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, **SPEC}))
+    spec = {"name": name, **SPEC, **({"storage": {"optuna": storage}} if storage else {})}
+    path.write_text(yaml.safe_dump(spec))
     assert main(["launch", str(path), "--state-dir", state]) == 0
     return sweep_store.read_record(state, name)[1]
 
@@ -46,10 +47,13 @@ def _active_runs(client: MlflowClient, experiment: str) -> list:
 
 
 def test_delete_removes_one_sweep_and_keeps_the_other(
-    ray_session, tmp_path, capsys, monkeypatch
+    ray_session, tmp_path, capsys, monkeypatch, storage_url
 ):
+    """Both sweeps' studies in one Optuna database, SQLite or PostgreSQL."""
     state = str(tmp_path / "state")
-    a, b = _launch(tmp_path, state, "a"), _launch(tmp_path, state, "b")
+    a = _launch(tmp_path, state, "a", storage_url)
+    b = _launch(tmp_path, state, "b", storage_url)
+    assert sweep_store.study_url(a).split(":")[0] == storage_url.split(":")[0]
     client = MlflowClient(tracking_uri=a["tracking_uri"])
     assert len(_active_runs(client, a["mlflow_experiment_id"])) == 3  # parent + 2 children
     os.makedirs(sweep_store.checkpoint_dir(state, "a"), exist_ok=True)
@@ -101,5 +105,5 @@ def test_delete_removes_one_sweep_and_keeps_the_other(
     assert optuna.get_all_study_names(storage) == []
 
     # the same name can be launched again
-    again = _launch(tmp_path, state, "a")
+    again = _launch(tmp_path, state, "a", storage_url)
     assert len(_active_runs(client, again["mlflow_experiment_id"])) == 3

@@ -370,8 +370,10 @@ def test_status_best_and_run_back(ray_session, tmp_path, capsys):
             "mlflow_run_id",
             "ray_node_id",
             "ray_node_ip",
+            "continues",  # None: no trial was continued (extend --steps)
         }
         assert len(row["ray_node_id"]) == 56 and row["ray_node_ip"]  # where it ran (hex id)
+        assert row["continues"] is None
     best_file = tmp_path / "best.yaml"
     assert main(["best", "t", "--state-dir", str(tmp_path), "-o", str(best_file)]) == 0
     best = next(b for b in yaml.safe_load(best_file.read_text())["best"] if "run" in b)

@@ -125,12 +125,12 @@ def test_stop_from_another_process_then_resume(ray_session, tmp_path, capsys):
     assert rows == {0: expected, 1: expected}  # every step once across the stop
 
 
-def test_a_request_reaches_its_holder_only(tmp_path):
+def test_a_request_reaches_its_holder_only(storage_url):
     """The heartbeat reads a request addressed to its token; a released lease's request is
-    gone, and a free lease gets none."""
+    gone, and a free lease gets none (SQLite and PostgreSQL)."""
     from rnnsweep.orchestrator.sweep_lease import SweepLease, request_stop
 
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = storage_url
     assert request_stop(url, "s", 4.0, "me") is None  # no lease table yet: nothing to stop
     lease = SweepLease(url, "s", 4.0)  # heartbeat every 1 s
     lease.acquire()
@@ -155,7 +155,7 @@ def test_a_request_reaches_its_holder_only(tmp_path):
 
 def test_extend_steps_of_a_stopped_sweep(ray_session, tmp_path, capsys):
     """Stopped mid-way, then ``extend --steps``: the stopped trials continue from their
-    checkpoints to the new budget, every metric step once."""
+    checkpoints to the new budget, a trial that had ended continues as a new trial."""
     state_dir = str(tmp_path / "state")
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))
