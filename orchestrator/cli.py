@@ -18,6 +18,7 @@ from rnnsweep.orchestrator.sweep_lease import LeaseHeld
 
 # 3: the sweep is being driven by another live driver (launch, resume); 130: interrupted
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 GRADCHECK_EXAMPLES = """\
 examples:
@@ -629,6 +630,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except BrokenPipeError:  # `rnnsweep status NAME | head`: the reader left, as for any tool
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return EXIT_BROKEN_PIPE
     except ValueError as error:
         from rnnsweep.orchestrator.url_secrets import scrub
 

@@ -341,6 +341,7 @@ class Driver:
             timing = trial.user_attrs.get("timing") or {}
             row.wall_before = timing.get("wall_s", 0.0)
             row.rate_before = timing.get("steps_per_sec")
+            row.continues = trial.user_attrs.get("continues")
         reported = resumed.reported if resumed is not None else set()
         run = Running(
             number,

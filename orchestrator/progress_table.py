@@ -40,6 +40,7 @@ class TrialRow:
     started: float | None = None  # first RUNNING in this driver
     start_step: int = 0
     ended: float | None = None
+    continues: int | None = None  # the trial it continues (extend --steps): that row leaves
 
     def start(self, now: float) -> None:
         if self.started is None:
@@ -95,6 +96,7 @@ def row_from_trial(trial: Any, steps: int) -> TrialRow:
         value=trial.value if trial.state.name == "COMPLETE" else None,
         wall_before=timing.get("wall_s", 0.0),
         rate_before=timing.get("steps_per_sec"),
+        continues=attrs.get("continues"),
     )
 
 
@@ -156,6 +158,14 @@ class ProgressTable:
 
     def _keep(self, row: TrialRow) -> None:
         self.rows[row.number] = row
+        if row.continues is not None and self.rows.pop(row.continues, None) is not None:
+            # its continuation stands for it (as in `status`): counted once, best recomputed
+            self.best = self.best_trial = None
+            for kept in self.rows.values():
+                self._take_best(kept)
+        self._take_best(row)
+
+    def _take_best(self, row: TrialRow) -> None:
         if row.state == "COMPLETE" and row.value is not None:
             best = self.best
             if best is None or (row.value < best if self.minimize else row.value > best):

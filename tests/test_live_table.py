@@ -218,3 +218,25 @@ def test_terminal_table_names_the_objective_and_cuts_shared_params_first():
     assert "final_bpc" in lines[1].split()
     assert "lr=0.5 setting_0=x" in lines[2] and "…" in lines[2]  # differing key first
     assert "2.0000*" in lines[3]  # the best, by the objective's direction
+
+
+def test_a_continuation_stands_for_the_trial_it_continues():
+    """extend --steps: trial 2 continues trial 0; the header counts 2 trials, as `status`
+    does, and the best is taken over the rows that stand (0's old-budget value left)."""
+    from rnnsweep.orchestrator.progress_table import ProgressTable, TrialRow
+
+    table = ProgressTable(2, stream=io.StringIO(), objective=("final_loss", "minimize"))
+    table.seed(
+        [
+            TrialRow(0, "uoro", {"lr": 1e-3}, 1000, step=1000, state="COMPLETE", value=0.50),
+            TrialRow(1, "tbptt", {"lr": 1e-3}, 1000, step=1000, state="COMPLETE", value=0.60),
+        ]
+    )
+    assert table.header(0.0).startswith("trials 2/2 finished · best final_loss (minimize) 0.5000")
+    table.update(TrialRow(2, "uoro", {"lr": 1e-3}, 1500, step=1000, continues=0), True)
+    assert sorted(table.rows) == [1, 2]
+    assert table.header(0.0).startswith("trials 1/2 finished · best final_loss (minimize) 0.6000")
+    done = TrialRow(2, "uoro", {"lr": 1e-3}, 1500, step=1500, state="COMPLETE", value=0.55)
+    done.continues = 0
+    table.update(done, True)
+    assert table.header(0.0).startswith("trials 2/2 finished · best final_loss (minimize) 0.5500")
