@@ -239,6 +239,10 @@ def test_read_only_state_directory_names_it_and_changes_nothing(tmp_path, capsys
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
         )
         assert done.returncode == 0, done.stderr
+        # a trial still to run (as `extend --trials 2` leaves it): resume has to write (a
+        # finished sweep's resume answers from the record and writes nothing)
+        _, record = sweep_store.read_record(state, "t")
+        sweep_store.write_record(state, "t", {**record, "spec": {**record["spec"], "trials": 2}})
         _remount(state, "ro")
         try:
             assert main(["resume", "t", "--state-dir", state]) == EXIT_ENVIRONMENT
