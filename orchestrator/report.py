@@ -29,7 +29,7 @@ import sys
 from typing import Any
 
 from rnnsweep.algorithms.atomic_file import write_atomic
-from rnnsweep.orchestrator import report_page, sweep_store
+from rnnsweep.orchestrator import continuation, report_page, sweep_store
 from rnnsweep.orchestrator.sweep_commands import driver_state, no_complete_text
 
 LOSS, BIAS_TRUNC, BIAS_NOISE, BEST = (
@@ -100,10 +100,16 @@ def report_command(args) -> int:
 
 
 def sweep_trials(record: dict[str, Any], mlflow_client) -> list[dict[str, Any]]:
-    """One dict per trial: number, state, value, estimator, settings and metric histories."""
+    """One dict per trial: number, state, value, estimator, settings and metric histories. A
+    trial another continued (``extend --steps``) is left out: its continuation stands for it,
+    in the same MLflow run, with the whole curve."""
     study = sweep_store.load_study(record)
+    every = study.get_trials(deepcopy=False)
+    old_budget = continuation.superseded(every)
     trials = []
-    for t in study.get_trials(deepcopy=False):
+    for t in every:
+        if t.number in old_budget:
+            continue
         run_id = t.user_attrs.get("mlflow_run_id")
         histories: dict[str, list[tuple[int, float]]] = {}
         if run_id:

@@ -680,13 +680,17 @@ def sweep_summary(study: Any, direction: str, estimators: Sequence[str] = ()) ->
     best: dict[str, dict[str, Any]] = {}
     per: dict[str, dict[str, int]] = {name: {} for name in estimators}
     trials = study.get_trials(deepcopy=False)
-    old_budget = continuation.superseded(trials)  # their value was measured at fewer steps
+    # a trial another continued (extend --steps) is counted once, as its continuation: its
+    # own value was measured at fewer steps
+    old_budget = continuation.superseded(trials)
     for t in trials:
+        if t.number in old_budget:
+            continue
         states[t.state.name] = states.get(t.state.name, 0) + 1
         estimator = t.user_attrs.get("estimator", t.params.get("estimator", "?"))
         counts = per.setdefault(estimator, {})
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        if t.state.name != "COMPLETE" or t.value is None or t.number in old_budget:
+        if t.state.name != "COMPLETE" or t.value is None:
             continue
         current = best.get(estimator)
         better = current is None or (

@@ -81,8 +81,15 @@ def test_extend_a_finished_sweep(ray_session, tmp_path, capsys, storage_url):
     capsys.readouterr()
     assert main(["status", "x", "--state-dir", state]) == 0
     assert "sweep x: 3/3 trials (+2 continued), task add, 300 steps each" in capsys.readouterr().out
-    best = sweep_summary(sweep_store.load_study(record), "minimize")["best"]
-    assert {b["trial"] for b in best.values()} <= {2, 3, 4}  # never an old budget's value
+    summary = sweep_summary(sweep_store.load_study(record), "minimize")
+    assert {b["trial"] for b in summary["best"].values()} <= {2, 3, 4}  # never an old budget's
+    assert summary["states"] == {"COMPLETE": 3}  # a continued trial counts once, as status does
+    # report: one curve per continued run (its origin left out), each curve whole
+    from rnnsweep.orchestrator.report import sweep_trials
+
+    reported = sweep_trials(record, client)
+    assert [t["number"] for t in reported] == [2, 3, 4]
+    assert [p[0] for p in reported[0]["histories"]["loss"]] == [100, 200, 300]
 
     assert main(["extend", "x", "--state-dir", state, "--trials", "4"]) == 0
     trials = sweep_store.load_study(record).get_trials()

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 import yaml
+from driver_process import rnnsweep_process
 from frozen_workers import freeze_when, send, trial_states
 from log_chunks import ONE_LOG_CHUNK
 from ray_processes import kill, ray_processes, wait_until_gone
@@ -23,7 +22,6 @@ from rnnsweep.orchestrator import sweep_store
 from rnnsweep.orchestrator.cli import main
 from rnnsweep.orchestrator.driver import Driver
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, LOG_EVERY = 1200, 100
 
 
@@ -260,25 +258,7 @@ def test_diverging_trial_fails_with_its_reason_without_retry(ray_session, tmp_pa
 
 
 def _launch_subprocess(spec_path, state_dir, temp_root):
-    env = {**os.environ, "RAY_TMPDIR": temp_root}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rnnsweep.orchestrator.cli",
-            "launch",
-            str(spec_path),
-            "--state-dir",
-            str(state_dir),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return rnnsweep_process(["launch", str(spec_path), "--state-dir", str(state_dir)], temp_root)
 
 
 def test_driver_killed_mid_sweep_then_resumed(ray_session, storage_url, tmp_path):

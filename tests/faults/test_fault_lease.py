@@ -14,14 +14,13 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 import record_checks
 import yaml
+from driver_process import rnnsweep_process
 from frozen_workers import freeze_with_checkpointed_trials, send
 from ray_processes import kill, ray_processes
 
@@ -32,7 +31,6 @@ from rnnsweep.orchestrator.cli import main
 from rnnsweep.orchestrator.driver import Driver
 from rnnsweep.orchestrator.sweep_lease import TABLE, SweepLease
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOG_EVERY = 200
 
 
@@ -63,21 +61,6 @@ def _spec(storage_url: str | None = None, **overrides) -> dict:
     return spec
 
 
-def _rnnsweep(args: list[str], temp_root: str) -> subprocess.Popen:
-    """``rnnsweep ARGS`` in a process of its own, its Ray instance under ``temp_root``."""
-    env = {**os.environ, "RAY_TMPDIR": temp_root}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "rnnsweep.orchestrator.cli", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def _status(state_dir: str, capsys) -> tuple[str, dict]:
     capsys.readouterr()
     assert main(["status", "t", "--state-dir", state_dir]) == 0
@@ -105,7 +88,7 @@ def test_a_second_driver_is_refused_and_sigterm_stops_the_first(
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(_spec(storage_url)))
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
+    proc = rnnsweep_process(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
     try:
         workers = freeze_with_checkpointed_trials(proc, state_dir, temp_root)
         holder = f"pid {proc.pid} on {socket.gethostname()} (heartbeat "
@@ -229,7 +212,7 @@ def test_status_after_sigkill_says_not_running_and_resume_takes_over_at_once(
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(_spec(steps=20000)))
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
+    proc = rnnsweep_process(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
     try:
         freeze_with_checkpointed_trials(proc, state_dir, temp_root)
         os.kill(proc.pid, signal.SIGKILL)
@@ -269,7 +252,7 @@ def test_run_stopped_by_a_signal_prints_its_checkpoint(signum, tmp_path):
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     args = ["run", "--task", "add", "--estimator", "uoro", "--hidden", "8", "--no-mlflow"]
     args += ["--steps", "100000000", "--checkpoint", checkpoint, "--checkpoint-every", "500"]
-    proc = _rnnsweep(args, temp_root)
+    proc = rnnsweep_process(args, temp_root)
     try:
         deadline = time.monotonic() + 120
         while not os.path.exists(checkpoint) and proc.poll() is None:

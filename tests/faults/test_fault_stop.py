@@ -15,6 +15,7 @@ import time
 
 import record_checks
 import yaml
+from driver_process import rnnsweep_process
 from frozen_workers import freeze_with_checkpointed_trials, send
 from ray_processes import kill, ray_processes
 
@@ -47,26 +48,12 @@ SPEC = {
 }
 
 
-def _rnnsweep(args: list[str], temp_root: str) -> subprocess.Popen:
-    env = {**os.environ, "RAY_TMPDIR": temp_root}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "rnnsweep.orchestrator.cli", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def test_stop_from_another_process_then_resume(ray_session, tmp_path, capsys):
     state_dir = str(tmp_path / "state")
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
+    proc = rnnsweep_process(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
     try:
         # the trials stand still until the driver has let the sweep go: none can end first
         workers = freeze_with_checkpointed_trials(proc, state_dir, temp_root)
@@ -160,7 +147,7 @@ def test_extend_steps_of_a_stopped_sweep(ray_session, tmp_path, capsys):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))
     temp_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    proc = _rnnsweep(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
+    proc = rnnsweep_process(["launch", str(spec_path), "--state-dir", state_dir], temp_root)
     try:
         workers = freeze_with_checkpointed_trials(proc, state_dir, temp_root)
         assert main(["stop", "t", "--state-dir", state_dir]) == 0  # waits for the release
