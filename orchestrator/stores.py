@@ -570,11 +570,12 @@ class SweepStores:
 
     def record_node(self, trial: Any, tracker: Tracker, node: dict[str, str]) -> None:
         """The Ray node the trial (re)started on: Optuna attrs and MLflow tags ``ray_node_id``,
-        ``ray_node_ip`` (a retried trial may move)."""
+        ``ray_node_ip`` (a retried trial may move). The tags go with the run's next batch:
+        an MLflow outage never stalls the driver here."""
         tags = {"ray_node_id": node["node_id"], "ray_node_ip": node["node_ip"]}
         for key, value in tags.items():
             self._optuna(trial.set_user_attr, key, value)
-        tracker.set_tags(tags)
+        tracker.queue_tags(tags)
 
     def record_retries(self, trial: Any, retries: int) -> None:
         self._optuna(trial.set_user_attr, "retries", retries)

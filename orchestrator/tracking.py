@@ -221,6 +221,8 @@ class Tracker:
             if tags:
                 self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self._queue: queue.Queue = queue.Queue()
+        self._tags: dict[str, str] = {}  # queue_tags: written with the next batch
+        self._tags_lock = threading.Lock()
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._writer, name="mlflow-writer", daemon=True)
         self._thread.start()
@@ -243,6 +245,13 @@ class Tracker:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def queue_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tags the writer sets with its next batch (at the latest at the next ``flush`` or
+        ``close``): the caller never waits on the store. While it is unavailable they wait
+        in memory (a later value of a key replaces an earlier one)."""
+        with self._tags_lock:
+            self._tags.update({k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, step: int, values: Mapping[str, Any]) -> None:
         """Queue numeric values at ``step`` (non-numeric and non-finite ones are skipped, and
@@ -307,6 +316,17 @@ class Tracker:
         ]
         for i in range(0, len(metrics), BATCH):
             self._raw.log_batch(self.run_id, metrics=metrics[i : i + BATCH])
+        with self._tags_lock:
+            tags, self._tags = self._tags, {}
+        if tags:
+            from mlflow.entities import RunTag
+
+            try:
+                self._raw.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            except Exception:
+                with self._tags_lock:  # kept for the next try; newer values win
+                    self._tags = {**tags, **self._tags}
+                raise
 
     def _writer(self) -> None:
         pending: list = []
@@ -316,7 +336,8 @@ class Tracker:
             try:
                 given_up = self._outage is not None and self._outage.given_up
                 started = time.monotonic()
-                if (pending or self._journaled) and started >= retry_at and not given_up:
+                work = pending or self._journaled or self._tags
+                if work and started >= retry_at and not given_up:
                     try:
                         self._write(pending)
                         pending, retry_at, delay = [], 0.0, FIRST_DELAY
