@@ -17,14 +17,14 @@ from ray_processes import ray_processes
 from rnnsweep.orchestrator import sweep_store
 
 
-def workers(temp_root: str) -> list[int]:
+def workers(temp_root: str, prefix: bytes = b"ray::") -> list[int]:
     """The Ray worker processes (``ray::...``: the trials' actors) of the instance under
-    ``temp_root``."""
+    ``temp_root``, those whose command line starts with ``prefix``."""
     found = []
     for pid in ray_processes(temp_root):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if handle.read().startswith(b"ray::"):
+                if handle.read().startswith(prefix):
                     found.append(pid)
         except OSError:
             continue

@@ -36,8 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +49,7 @@ import record_checks  # noqa: E402
 from ray_processes import kill, ray_processes, wait_until_gone  # noqa: E402
 
 from rnnsweep.orchestrator import sweep_store  # noqa: E402
+from rnnsweep.orchestrator.ui_command import _answers  # noqa: E402  (its server-up probe)
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "cluster-recipe"
@@ -185,14 +184,6 @@ def _next_json(lines: queue.Queue, seconds: float, log: Path) -> dict:
         line = ""
     assert line, f"no answer from the cluster's holder; its log:\n{log.read_text()[-3000:]}"
     return json.loads(line)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _stop_group(pid: int) -> None:

@@ -443,15 +443,7 @@ cluster.shutdown()
 
 def _actors(temp_root: str) -> list[int]:
     """The processes of the trials' actors (``ray::LearnerHost...``) under ``temp_root``."""
-    found = []
-    for pid in frozen_workers.workers(temp_root):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if handle.read().startswith(b"ray::LearnerHost"):
-                    found.append(pid)
-        except OSError:
-            continue
-    return found
+    return frozen_workers.workers(temp_root, b"ray::LearnerHost")
 
 
 def _trial_ended(state_dir: str, number: int) -> bool:
