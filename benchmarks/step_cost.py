@@ -12,7 +12,11 @@ Rows with ``path: "learner"`` time the whole online learner's step (``Learner.st
 task stream's next sample, the estimator's step, clipping and Adam, the loss bookkeeping) at
 B=1 on the ``add`` task, against the same estimator's step alone on the same cell and sample,
 with parameters drawn alike (``ratio_to_estimator``: the learner's own overhead), and against a
-plain forward step on them (``ratio_to_forward``).
+plain forward step on them (``ratio_to_forward``), for every estimator in
+``LEARNER_ESTIMATORS`` at n=64 (``--quick`` included: few calls, one repeat); each is checked
+against ``LEARNER_FORWARD_BOUNDS`` and the overhead bound ``LEARNER_OVERHEAD_BOUND``.
+``--learner-only`` measures only these. The JSON carries ``machine`` (CPU model, cores,
+threads).
 
 All timings are interleaved (forward, pass, each estimator, repeated) and each ratio is the
 median over repeats, so that a noisy neighbour slows numerator and denominator alike.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -35,6 +40,7 @@ from rnnsweep.algorithms.cell import make_cell
 from rnnsweep.algorithms.estimator import start
 from rnnsweep.algorithms.params import init_params
 from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
+from rnnsweep.benchmarks.variance import cpu_model
 
 INPUTS, OUTPUTS = 2, 2
 HIDDEN = (32, 64, 128)
@@ -55,10 +61,26 @@ TARGETS = (
     ("uoro", "closed-form", 128, 64, "pass", 5.0),
     ("nobacktrack", "closed-form", 128, 64, "pass", 5.0),
     ("tbptt", "closed-form", 128, 64, "forward", 4.0),
-    ("uoro", "learner", 64, 1, "estimator", 1.15),
 )
 LEARNER_ESTIMATORS = ("uoro", "nobacktrack", "snap1", "rflo", "kf-rtrl")
 LEARNER_HIDDEN = 64
+# The whole learner step at B=1 (issue 14): against a forward step, and its own overhead.
+LEARNER_FORWARD_BOUNDS = {
+    "uoro": 4.5,
+    "nobacktrack": 4.5,
+    "snap1": 3.0,
+    "rflo": 3.0,
+    "kf-rtrl": 4.0,
+}
+LEARNER_OVERHEAD_BOUND = 1.10
+TARGETS += tuple(
+    (name, "learner", LEARNER_HIDDEN, 1, against, bound)
+    for name in LEARNER_ESTIMATORS
+    for against, bound in (
+        ("forward", LEARNER_FORWARD_BOUNDS[name]),
+        ("estimator", LEARNER_OVERHEAD_BOUND),
+    )
+)
 
 
 def _flops(name: str, n: int, batch: int, generic: bool) -> float:
@@ -249,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-generic", action="store_true", help="skip the torch.func path")
+    parser.add_argument(
+        "--learner-only", action="store_true", help="only the whole learner step rows (B=1)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
@@ -256,22 +281,24 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.quick else args.repeats
     hidden = (32,) if args.quick else HIDDEN
     batches = (1, 4) if args.quick else BATCHES
-    rows = measure(hidden, batches, repeats, calls, not args.no_generic, log)
-    rows += measure_learner(
-        LEARNER_ESTIMATORS[:1] if args.quick else LEARNER_ESTIMATORS,
-        hidden[0] if args.quick else LEARNER_HIDDEN,
-        repeats,
-        calls,
-        log,
+    rows = [] if args.learner_only else measure(
+        hidden, batches, repeats, calls, not args.no_generic, log
     )
+    rows += measure_learner(LEARNER_ESTIMATORS, LEARNER_HIDDEN, repeats, calls, log)
     targets = check_targets(rows)
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads}
     if args.json:
-        print(json.dumps({"rows": rows, "targets": targets}, indent=2))
+        print(json.dumps({"machine": machine, "rows": rows, "targets": targets}, indent=2))
         return 0
     print(
-        f"\n{'estimator':<12} {'path':<12} {'n':>4} {'B':>3} {'x forward':>10} {'x pass':>8} "
-        f"{'us/stream-step':>15}"
+        f"{machine['cpu']}, {machine['cores']} cores, {args.threads} thread(s), float32, "
+        f"median of {repeats} interleaved repeats of {calls} calls"
     )
+    if not args.learner_only:
+        print(
+            f"\n{'estimator':<12} {'path':<12} {'n':>4} {'B':>3} {'x forward':>10} "
+            f"{'x pass':>8} {'us/stream-step':>15}"
+        )
     for r in rows:
         if r["path"] == "learner":
             continue
@@ -281,15 +308,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['us_per_stream_step']:>15.2f}"
         )
     print(
-        f"\n{'learner step':<12} {'n':>4} {'B':>3} {'x estimator':>12} {'x forward':>10} "
-        f"{'us':>8}"
+        f"\n{'learner step':<12} {'n':>4} {'B':>3} {'us':>8} {'est us':>8} {'fwd us':>8} "
+        f"{'x forward (bound)':>18} {'x estimator (bound)':>20}"
     )
     for r in rows:
         if r["path"] == "learner":
+            fwd_bound = LEARNER_FORWARD_BOUNDS.get(r["estimator"], float("nan"))
             print(
                 f"{r['estimator']:<12} {r['hidden']:>4} {r['batch']:>3} "
-                f"{r['ratio_to_estimator']:>12.3f} {r['ratio_to_forward']:>10.2f} "
-                f"{r['us_per_stream_step']:>8.1f}"
+                f"{r['us_per_stream_step']:>8.1f} {r['estimator_us']:>8.1f} "
+                f"{r['forward_us']:>8.1f} "
+                f"{r['ratio_to_forward']:>11.2f} ({fwd_bound:>3g}x)"
+                f"{r['ratio_to_estimator']:>13.3f} ({LEARNER_OVERHEAD_BOUND:g}x)"
             )
     if targets:
         print(
