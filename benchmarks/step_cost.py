@@ -11,7 +11,9 @@ B in {1, 64}, each estimator's step (forward + influence update + gradient) is d
 Rows with ``path: "learner"`` time the whole online learner's step (``Learner.step``: the
 task stream's next sample, the estimator's step, clipping and Adam, the loss bookkeeping) at
 B=1 on the ``add`` task, against the same estimator's step alone on the same cell and sample,
-with parameters drawn alike (``ratio_to_estimator``: the learner's own overhead), and against a
+with parameters drawn alike (``ratio_to_estimator``: the learner's own overhead; the bound is
+judged on it), against the learner's own estimator stepped aside on the learner's packed state
+and parameters (``ratio_to_own_estimator``: the overhead on the very state it steps), and a
 plain forward step on them (``ratio_to_forward``), for every estimator in
 ``LEARNER_ESTIMATORS`` at n=64 (``--quick`` included: few calls, one repeat); each is checked
 against ``LEARNER_FORWARD_BOUNDS`` and the overhead bound ``LEARNER_OVERHEAD_BOUND``.
@@ -144,7 +146,8 @@ def estimator_step(name: str, path: str, n: int, batch: int) -> Callable[[], obj
 
 
 def learner_steps(name: str, n: int) -> dict[str, Callable[[], object]]:
-    """The whole learner step, its estimator's step and a forward step, on one sample."""
+    """The whole learner step, its estimator's step (a fresh one, and the learner's own on its
+    state) and a forward step, on one sample."""
     from rnnsweep.algorithms.learner import Learner, LearnerSpec
 
     learner = Learner(LearnerSpec("add", name, hidden=n, settings={"log_every": 10**9}))
@@ -154,9 +157,13 @@ def learner_steps(name: str, n: int) -> dict[str, Callable[[], object]]:
     params = init_params(cell, task.outputs, torch.Generator().manual_seed(1), torch.float32)
     x, y = learner.stream.next()
     est, state = start(name, cell, params, task.loss_kind, 1)
+    pop = learner.population
     return {
         "learner": learner.step,
         "estimator": lambda: est.step(params, state, x, y),
+        # the learner's own estimator on its own (packed) state and parameters: steps it aside
+        # from the learner, which is harmless to a timing
+        "own_estimator": lambda: pop.estimator.step(pop.est_params, pop.est_state, x, y),
         "forward": _forward(cell, params, x, y),
     }
 
@@ -185,6 +192,8 @@ def measure_learner(names, n: int, repeats: int, calls: int, log) -> list[dict]:
                 "ratio_to_forward": _ratio(whole, fwd),
                 "us_per_stream_step": statistics.median(whole) * 1e6,
                 "estimator_us": statistics.median(est) * 1e6,
+                "ratio_to_own_estimator": _ratio(whole, samples["own_estimator"]),
+                "own_estimator_us": statistics.median(samples["own_estimator"]) * 1e6,
                 "forward_us": statistics.median(fwd) * 1e6,
             }
         )
@@ -309,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"\n{'learner step':<12} {'n':>4} {'B':>3} {'us':>8} {'est us':>8} {'fwd us':>8} "
-        f"{'x forward (bound)':>18} {'x estimator (bound)':>20}"
+        f"{'x forward (bound)':>18} {'x estimator (bound)':>20} {'x own est':>10}"
     )
     for r in rows:
         if r["path"] == "learner":
@@ -320,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['forward_us']:>8.1f} "
                 f"{r['ratio_to_forward']:>11.2f} ({fwd_bound:>3g}x)"
                 f"{r['ratio_to_estimator']:>13.3f} ({LEARNER_OVERHEAD_BOUND:g}x)"
+                f"{r['ratio_to_own_estimator']:>11.3f}"
             )
     if targets:
         print(

@@ -27,6 +27,9 @@ def test_step_cost_json_has_learner_rows_against_their_estimator(capsys):
         assert row["ratio_to_forward"] == pytest.approx(
             row["us_per_stream_step"] / row["forward_us"], rel=1e-9
         )
+        assert row["ratio_to_own_estimator"] == pytest.approx(
+            row["us_per_stream_step"] / row["own_estimator_us"], rel=1e-9
+        )
     # every learner row is judged against issue 14's bounds, beside its own ratio
     verdicts = {
         (t["estimator"], t["against"]): t for t in out["targets"] if t["hidden"] == 64
