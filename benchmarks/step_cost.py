@@ -11,8 +11,14 @@ B in {1, 64}, each estimator's step (forward + influence update + gradient) is d
 Rows with ``path: "learner"`` time the whole online learner's step (``Learner.step``: the
 task stream's next sample, the estimator's step, clipping and Adam, the loss bookkeeping) at
 B=1 on the ``add`` task, against the same estimator's step alone on the same cell and sample,
-with parameters drawn alike (``ratio_to_estimator``: the learner's own overhead), and against a
-plain forward step on them (``ratio_to_forward``).
+with parameters drawn alike (``ratio_to_estimator``: the learner's own overhead; the bound is
+judged on it), against the learner's own estimator stepped aside on the learner's packed state
+and parameters (``ratio_to_own_estimator``: the overhead on the very state it steps), and a
+plain forward step on them (``ratio_to_forward``), for every estimator in
+``LEARNER_ESTIMATORS`` at n=64 (``--quick`` included: few calls, one repeat); each is checked
+against ``LEARNER_FORWARD_BOUNDS`` and the overhead bound ``LEARNER_OVERHEAD_BOUND``.
+``--learner-only`` measures only these. The JSON carries ``machine`` (CPU model, cores,
+threads).
 
 All timings are interleaved (forward, pass, each estimator, repeated) and each ratio is the
 median over repeats, so that a noisy neighbour slows numerator and denominator alike.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -35,6 +42,7 @@ from rnnsweep.algorithms.cell import make_cell
 from rnnsweep.algorithms.estimator import start
 from rnnsweep.algorithms.params import init_params
 from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
+from rnnsweep.benchmarks.variance import cpu_model
 
 INPUTS, OUTPUTS = 2, 2
 HIDDEN = (32, 64, 128)
@@ -55,10 +63,26 @@ TARGETS = (
     ("uoro", "closed-form", 128, 64, "pass", 5.0),
     ("nobacktrack", "closed-form", 128, 64, "pass", 5.0),
     ("tbptt", "closed-form", 128, 64, "forward", 4.0),
-    ("uoro", "learner", 64, 1, "estimator", 1.15),
 )
 LEARNER_ESTIMATORS = ("uoro", "nobacktrack", "snap1", "rflo", "kf-rtrl")
 LEARNER_HIDDEN = 64
+# The whole learner step at B=1 (issue 14): against a forward step, and its own overhead.
+LEARNER_FORWARD_BOUNDS = {
+    "uoro": 4.5,
+    "nobacktrack": 4.5,
+    "snap1": 3.0,
+    "rflo": 3.0,
+    "kf-rtrl": 4.0,
+}
+LEARNER_OVERHEAD_BOUND = 1.10
+TARGETS += tuple(
+    (name, "learner", LEARNER_HIDDEN, 1, against, bound)
+    for name in LEARNER_ESTIMATORS
+    for against, bound in (
+        ("forward", LEARNER_FORWARD_BOUNDS[name]),
+        ("estimator", LEARNER_OVERHEAD_BOUND),
+    )
+)
 
 
 def _flops(name: str, n: int, batch: int, generic: bool) -> float:
@@ -122,7 +146,8 @@ def estimator_step(name: str, path: str, n: int, batch: int) -> Callable[[], obj
 
 
 def learner_steps(name: str, n: int) -> dict[str, Callable[[], object]]:
-    """The whole learner step, its estimator's step and a forward step, on one sample."""
+    """The whole learner step, its estimator's step (a fresh one, and the learner's own on its
+    state) and a forward step, on one sample."""
     from rnnsweep.algorithms.learner import Learner, LearnerSpec
 
     learner = Learner(LearnerSpec("add", name, hidden=n, settings={"log_every": 10**9}))
@@ -132,9 +157,13 @@ def learner_steps(name: str, n: int) -> dict[str, Callable[[], object]]:
     params = init_params(cell, task.outputs, torch.Generator().manual_seed(1), torch.float32)
     x, y = learner.stream.next()
     est, state = start(name, cell, params, task.loss_kind, 1)
+    pop = learner.population
     return {
         "learner": learner.step,
         "estimator": lambda: est.step(params, state, x, y),
+        # the learner's own estimator on its own (packed) state and parameters: steps it aside
+        # from the learner, which is harmless to a timing
+        "own_estimator": lambda: pop.estimator.step(pop.est_params, pop.est_state, x, y),
         "forward": _forward(cell, params, x, y),
     }
 
@@ -163,6 +192,8 @@ def measure_learner(names, n: int, repeats: int, calls: int, log) -> list[dict]:
                 "ratio_to_forward": _ratio(whole, fwd),
                 "us_per_stream_step": statistics.median(whole) * 1e6,
                 "estimator_us": statistics.median(est) * 1e6,
+                "ratio_to_own_estimator": _ratio(whole, samples["own_estimator"]),
+                "own_estimator_us": statistics.median(samples["own_estimator"]) * 1e6,
                 "forward_us": statistics.median(fwd) * 1e6,
             }
         )
@@ -249,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-generic", action="store_true", help="skip the torch.func path")
+    parser.add_argument(
+        "--learner-only", action="store_true", help="only the whole learner step rows (B=1)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
@@ -256,22 +290,24 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.quick else args.repeats
     hidden = (32,) if args.quick else HIDDEN
     batches = (1, 4) if args.quick else BATCHES
-    rows = measure(hidden, batches, repeats, calls, not args.no_generic, log)
-    rows += measure_learner(
-        LEARNER_ESTIMATORS[:1] if args.quick else LEARNER_ESTIMATORS,
-        hidden[0] if args.quick else LEARNER_HIDDEN,
-        repeats,
-        calls,
-        log,
+    rows = [] if args.learner_only else measure(
+        hidden, batches, repeats, calls, not args.no_generic, log
     )
+    rows += measure_learner(LEARNER_ESTIMATORS, LEARNER_HIDDEN, repeats, calls, log)
     targets = check_targets(rows)
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads}
     if args.json:
-        print(json.dumps({"rows": rows, "targets": targets}, indent=2))
+        print(json.dumps({"machine": machine, "rows": rows, "targets": targets}, indent=2))
         return 0
     print(
-        f"\n{'estimator':<12} {'path':<12} {'n':>4} {'B':>3} {'x forward':>10} {'x pass':>8} "
-        f"{'us/stream-step':>15}"
+        f"{machine['cpu']}, {machine['cores']} cores, {args.threads} thread(s), float32, "
+        f"median of {repeats} interleaved repeats of {calls} calls"
     )
+    if not args.learner_only:
+        print(
+            f"\n{'estimator':<12} {'path':<12} {'n':>4} {'B':>3} {'x forward':>10} "
+            f"{'x pass':>8} {'us/stream-step':>15}"
+        )
     for r in rows:
         if r["path"] == "learner":
             continue
@@ -281,15 +317,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['us_per_stream_step']:>15.2f}"
         )
     print(
-        f"\n{'learner step':<12} {'n':>4} {'B':>3} {'x estimator':>12} {'x forward':>10} "
-        f"{'us':>8}"
+        f"\n{'learner step':<12} {'n':>4} {'B':>3} {'us':>8} {'est us':>8} {'fwd us':>8} "
+        f"{'x forward (bound)':>18} {'x estimator (bound)':>20} {'x own est':>10}"
     )
     for r in rows:
         if r["path"] == "learner":
+            fwd_bound = LEARNER_FORWARD_BOUNDS.get(r["estimator"], float("nan"))
             print(
                 f"{r['estimator']:<12} {r['hidden']:>4} {r['batch']:>3} "
-                f"{r['ratio_to_estimator']:>12.3f} {r['ratio_to_forward']:>10.2f} "
-                f"{r['us_per_stream_step']:>8.1f}"
+                f"{r['us_per_stream_step']:>8.1f} {r['estimator_us']:>8.1f} "
+                f"{r['forward_us']:>8.1f} "
+                f"{r['ratio_to_forward']:>11.2f} ({fwd_bound:>3g}x)"
+                f"{r['ratio_to_estimator']:>13.3f} ({LEARNER_OVERHEAD_BOUND:g}x)"
+                f"{r['ratio_to_own_estimator']:>11.3f}"
             )
     if targets:
         print(

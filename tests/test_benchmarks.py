@@ -13,18 +13,47 @@ from rnnsweep.benchmarks import step_cost
 def test_step_cost_json_has_learner_rows_against_their_estimator(capsys):
     assert step_cost.main(["--quick", "--json", "--no-generic"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["machine"]["cores"] == os.cpu_count() and out["machine"]["threads"] == 1
+    assert out["machine"]["cpu"]
     learner = [r for r in out["rows"] if r["path"] == "learner"]
-    assert [(r["estimator"], r["hidden"], r["batch"]) for r in learner] == [("uoro", 32, 1)]
-    (row,) = learner
-    # --quick times one repeat: each ratio is that repeat's timings divided.
-    assert row["ratio_to_estimator"] == pytest.approx(
-        row["us_per_stream_step"] / row["estimator_us"], rel=1e-9
-    )
-    assert row["ratio_to_forward"] == pytest.approx(
-        row["us_per_stream_step"] / row["forward_us"], rel=1e-9
-    )
+    assert [(r["estimator"], r["hidden"], r["batch"]) for r in learner] == [
+        (name, 64, 1) for name in ("uoro", "nobacktrack", "snap1", "rflo", "kf-rtrl")
+    ]
+    for row in learner:
+        # --quick times one repeat: each ratio is that repeat's timings divided.
+        assert row["ratio_to_estimator"] == pytest.approx(
+            row["us_per_stream_step"] / row["estimator_us"], rel=1e-9
+        )
+        assert row["ratio_to_forward"] == pytest.approx(
+            row["us_per_stream_step"] / row["forward_us"], rel=1e-9
+        )
+        assert row["ratio_to_own_estimator"] == pytest.approx(
+            row["us_per_stream_step"] / row["own_estimator_us"], rel=1e-9
+        )
+    # every learner row is judged against issue 14's bounds, beside its own ratio
+    verdicts = {
+        (t["estimator"], t["against"]): t for t in out["targets"] if t["hidden"] == 64
+    }
+    bounds = {"uoro": 4.5, "nobacktrack": 4.5, "snap1": 3.0, "rflo": 3.0, "kf-rtrl": 4.0}
+    for row in learner:
+        name = row["estimator"]
+        fwd, own = verdicts[(name, "forward")], verdicts[(name, "estimator")]
+        assert (fwd["bound"], own["bound"]) == (bounds[name], 1.10)
+        assert (fwd["ratio"], own["ratio"]) == (row["ratio_to_forward"], row["ratio_to_estimator"])
+        assert fwd["met"] == (row["ratio_to_forward"] <= bounds[name])
     closed = {(r["estimator"], r["batch"]) for r in out["rows"] if r["path"] == "closed-form"}
     assert {(name, b) for name in step_cost.CLOSED_FORM for b in (1, 4)} == closed
+
+
+def test_step_cost_learner_only_prints_the_machine_and_each_bound(capsys):
+    assert step_cost.main(["--quick", "--learner-only"]) == 0
+    out = capsys.readouterr().out
+    assert f"{os.cpu_count()} cores, 1 thread(s)" in out
+    rows = [line for line in out.splitlines() if line.startswith(("uoro ", "rflo "))]
+    lines = {line.split()[0]: line for line in rows}
+    assert "(4.5x)" in lines["uoro"] and "(1.1x)" in lines["uoro"]
+    assert "(  3x)" in lines["rflo"]
+    assert "x pass" not in out  # no estimator grid
 
 
 def test_variance_json_rows_hold_both_estimators_their_ratio_and_the_spread(capsys):
