@@ -143,21 +143,24 @@ def table(rows: list[dict[str, Any]], workers: int, steps: int) -> str:
                 f"  target >= {RANDOM_TARGET:,.0f} trials/min: "
                 f"{'met' if best >= RANDOM_TARGET else 'MISSED'} (lowest {best:,.0f})"
             )
-            lines.append(
-                f"  target: rate at {last['trials']} within 20% of rate at {first['trials']}: "
-                f"{'met' if flat(first['trials_per_min'], last['trials_per_min']) else 'MISSED'} "
-                f"({last['trials_per_min'] / first['trials_per_min']:.2f}x)"
-            )
+            if len(mine) > 1:
+                met = flat(first["trials_per_min"], last["trials_per_min"])
+                lines.append(
+                    f"  target: rate at {last['trials']} within 20% of rate at "
+                    f"{first['trials']}: {'met' if met else 'MISSED'} "
+                    f"({last['trials_per_min'] / first['trials_per_min']:.2f}x)"
+                )
         else:
             driver = " -> ".join(f"{r['driver_s_per_trial'] * 1e3:.1f}" for r in mine)
             ask = " -> ".join(f"{r['ask_s_per_trial'] * 1e3:.1f}" for r in mine)
             lines.append(f"  driver ms/trial less ask: {driver}; ask ms/trial: {ask}")
             ratio = last["driver_s_per_trial"] / first["driver_s_per_trial"]
             met = flat(first["driver_s_per_trial"], last["driver_s_per_trial"])
-            lines.append(
-                f"  target: driver time per trial flat within 20%: "
-                f"{'met' if met else 'MISSED'} ({ratio:.2f}x)"
-            )
+            if len(mine) > 1:
+                lines.append(
+                    f"  target: driver time per trial flat within 20%: "
+                    f"{'met' if met else 'MISSED'} ({ratio:.2f}x)"
+                )
     return "\n".join(lines)
 
 
