@@ -136,7 +136,7 @@ TABLE: tuple[Setting, ...] = (
             estimators=("tbptt",)),
     Setting("stride", int, 0, "steps between updates (<= truncation); 0: = truncation",
             "estimator", low=0, estimators=("tbptt",)),
-    Setting("path", str, "auto", "closed-form (tanh; for nobacktrack also gru, lstm), "
+    Setting("path", str, "auto", "closed-form (tanh; for nobacktrack and uoro also gru, lstm), "
             "generic (torch.func) or auto (closed form where one exists)", "estimator",
             choices=("auto", "closed-form", "generic"), estimators=_PATH),
     Setting("eps", float, 1e-7, "guard of the rank-one norms rho = sqrt(|w| / |v|)",

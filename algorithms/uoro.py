@@ -12,12 +12,15 @@ influence or a Jacobian product vanishes and leaves the estimate unbiased (any p
 does). The gradient of the step's loss is ``(dl/ds . v) w`` plus the exact readout gradient.
 
 For the tanh RNN ``nu^T dF/dtheta = (nu * d) z^T`` (``z = [h; 1; x]``), so one step costs a few
-passes over ``w``: O(P). Other cells use ``torch.func`` (``jvp`` for ``J v``, ``vjp`` for
-``nu^T dF/dtheta``), which is also O(P).
+passes over ``w``: O(P). The GRU and the LSTM take ``J v`` and the pull ``nu^T dF/dtheta`` from
+the closed forms NoBackTrack uses (``gru_rows``, ``lstm_rows``). Other cells (and ``path:
+generic``) use ``torch.func`` (``jvp`` for ``J v``, ``vjp`` for ``nu^T dF/dtheta``), which is
+also O(P).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +31,14 @@ from rnnsweep.algorithms import readout as readout_
 from rnnsweep.algorithms.cell import Cell
 from rnnsweep.algorithms.estimator_base import (
     Estimator,
+    StepFn,
     StepResult,
     by_path,
     use_closed_form,
 )
 from rnnsweep.algorithms.forward_mode import param_vjp, state_jvp
+from rnnsweep.algorithms.gru_rows import gru_forward, gru_jvp, gru_pull
+from rnnsweep.algorithms.lstm_rows import lstm_forward, lstm_jvp, lstm_pull
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.signs import SignStream
@@ -129,12 +135,12 @@ def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> Ste
     return StepResult(loss, out, rank_one_gradient(params, state, dh, g_readout))
 
 
-def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+def _update(
+    params: Params, state: RankOneState, y: Tensor, nu: Tensor, s_next: Tensor, jv: Tensor,
+    nu_f: Tensor,
+) -> StepResult:
+    """The rank-one update from one step's ``J v [B, S]`` and ``nu^T dF/dtheta [B, P]``."""
     traj, v, w, norms = state.traj, state.v, state.w, state.norms
-    cell = traj.cell
-    nu = state.signs.next()
-    s_next, jv = state_jvp(cell, params.theta, traj.s, x, v)
-    nu_f = param_vjp(cell, params.theta, traj.s, x, nu)
     torch.linalg.vector_norm(w, dim=1, out=norms[:, 0])
     torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
     torch.linalg.vector_norm(nu_f, dim=1, out=norms[:, 2])
@@ -148,13 +154,50 @@ def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> 
     return StepResult(loss, out, rank_one_gradient(params, state, ds, g_readout))
 
 
-step = by_path(_step_tanh, _step_generic)
+def _closed_rows(
+    forward: Callable[..., Any],
+    jvp: Callable[[Any, Tensor], Tensor],
+    pull: Callable[[Any, Tensor], Tensor],
+) -> StepFn:
+    """The step of a cell whose ``forward`` gives the factors ``jvp`` and ``pull`` take."""
+
+    def step(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+        nu = state.signs.next()
+        cell_step = forward(state.traj.cell, params.theta, state.traj.s, x)
+        jv = jvp(cell_step, state.v)
+        return _update(params, state, y, nu, cell_step.s_next, jv, pull(cell_step, nu))
+
+    return step
+
+
+def _step_generic(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    traj = state.traj
+    cell = traj.cell
+    nu = state.signs.next()
+    s_next, jv = state_jvp(cell, params.theta, traj.s, x, state.v)
+    nu_f = param_vjp(cell, params.theta, traj.s, x, nu)
+    return _update(params, state, y, nu, s_next, jv, nu_f)
+
+
+# The cells with a closed-form step (``path: auto`` takes it; ``generic`` never does).
+CLOSED_FORMS: dict[str, StepFn] = {
+    "tanh": _step_tanh,
+    "gru": _closed_rows(gru_forward, gru_jvp, gru_pull),
+    "lstm": _closed_rows(lstm_forward, lstm_jvp, lstm_pull),
+}
+
+
+def _step_closed(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
+    return CLOSED_FORMS[state.traj.cell.name](params, state, x, y)
+
+
+step = by_path(_step_closed, _step_generic)
 
 
 def init(
     cell: Cell, params: Params, loss_kind: str, batch: int, seeds: Tensor, hyper: dict[str, Any]
 ) -> RankOneState:
-    return init_rank_one(cell, params, loss_kind, batch, seeds, hyper, "uoro")
+    return init_rank_one(cell, params, loss_kind, batch, seeds, hyper, "uoro", tuple(CLOSED_FORMS))
 
 
 UORO = Estimator(
