@@ -271,6 +271,31 @@ class Population:
         )
         self._counts: list[list[Tensor]] = []  # Adam's step counts t, t + 1, ... as tensors
         self._count_k = 0
+        self._lone_apply = self._lone_applier()
+
+    def _lone_applier(self) -> Callable[[Params], None]:
+        """A lone member's update in the fewest operations (in place, at a float rate): the
+        gradient norms into their ring, then Adam (or SGD); everything it reads but the
+        gradient is bound here, so that a step looks up no attributes."""
+        trained, slots, update = self._trained_count, self._norm_slots, self._lone_update
+        lr0, decay, c = self._lr, self._lr_decay, self.counters
+        opt, lone_opt = self.flat_opt, self.opt_state
+        norm = torch.linalg.vector_norm
+
+        def apply(grad: Params) -> None:
+            grads = grad[:trained]
+            k = self._norm_k
+            for g, slot in zip(grads, slots[k], strict=True):
+                norm(g, out=slot)
+            self._norm_k = k + 1
+            updates = c["updates"]
+            t = opt.t = lone_opt.t = opt.t + 1
+            update(grads, self._next_counts(t), t, lr0 / (1.0 + decay * updates**0.5))
+            c["updates"] = updates + 1
+            if k + 1 == RING:
+                self._fold()
+
+        return apply
 
     def _next_counts(self, t: int) -> list[Tensor]:
         """The fused Adam kernel's step count ``t`` (float32 ``[1]``, once per trained tensor),
@@ -395,18 +420,8 @@ class Population:
         return h["live_lr"] / (1.0 + h["lr_decay"] * updates**0.5)
 
     def _apply(self, grad: Params) -> None:
-        if self._lone:  # the same update in the fewest operations: in place, at a float rate
-            grads = grad[: self._trained_count]
-            for g, slot in zip(grads, self._norm_slots[self._norm_k], strict=True):
-                torch.linalg.vector_norm(g, out=slot)
-            self._norm_k += 1
-            c = self.counters
-            lr = self._lr / (1.0 + self._lr_decay * c["updates"] ** 0.5)
-            t = self.flat_opt.t = self.opt_state.t = self.flat_opt.t + 1
-            self._lone_update(grads, self._next_counts(t), t, lr)
-            c["updates"] += 1
-            if self._norm_k == RING:
-                self._fold()
+        if self._lone:
+            self._lone_apply(grad)
             return
         cfg, c, h = self.config, self.counters, self.hyper
         g_theta, g_readout = grad
