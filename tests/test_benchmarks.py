@@ -88,3 +88,24 @@ def test_spread_is_one_for_equal_rows_and_the_active_fraction_for_saturated_unit
     assert h == pytest.approx(1.0, abs=1e-6)
     saturated = spread("tanh", 32, 10, 0, 6.0)  # large weights: many d_k ~ 0
     assert saturated < 0.8
+
+
+def test_sweep_overhead_phases_come_from_the_launch_lines():
+    from rnnsweep.benchmarks import sweep_overhead
+
+    lines = [
+        (1.5, "launching sweep 'overhead': 4 trials, 1 worker(s); state in /tmp/x\n"),
+        (4.0, "trial 0 uoro QUEUED  step 0/3000\n"),
+        (4.25, "trial 0 uoro RUNNING  step 0/3000  wall 0:00\n"),
+        (9.0, "trial 0 uoro COMPLETE  step 3000/3000  final_loss 0.6\n"),
+        (12.0, "trial 1 uoro FAIL  step 10/3000  error: boom\n"),
+        (12.5, "trials 2/2 finished · best final_loss (minimize) 0.6, trial 0\n"),
+        (13.0, "sweep 'overhead' done: 1 complete, 1 failed\n"),
+    ]
+    phases = sweep_overhead.phases(lines, elapsed=14.5)
+    assert phases == {
+        "launching_s": 1.5,
+        "first_trial_s": 4.25,
+        "last_trial_end_s": 12.0,
+        "exit_after_last_trial_s": 2.5,
+    }
