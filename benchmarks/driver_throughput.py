@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from typing import Any
+
+from rnnsweep.benchmarks.machine import cpu_model
 
 RANDOM_TARGET = 2000.0  # trials per minute
 FLAT = 0.20  # largest count's figure within 20% of the smallest count's
@@ -98,17 +99,6 @@ def run_sweep(sampler: str, trials: int, steps: int, workers: int) -> dict[str, 
         "loop_s": span,
         "startup_s": total - span,
     }
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def flat(first: float, last: float) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from rnnsweep.algorithms.learner import Learner, LearnerSpec
-from rnnsweep.benchmarks.variance import cpu_model
+from rnnsweep.benchmarks.machine import machine as machine_of
 
 PATHS = ("auto", "generic")
 
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.hidden, args.repeats, args.seconds = 8, 1, 0.2
     torch.set_num_threads(args.threads)
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads}
+    machine = machine_of(args.threads)
     rows = measure(args)
     if args.json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=2))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ from rnnsweep.algorithms.cell import make_cell
 from rnnsweep.algorithms.estimator import start
 from rnnsweep.algorithms.params import init_params
 from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
-from rnnsweep.benchmarks.variance import cpu_model
+from rnnsweep.benchmarks.machine import machine as machine_of
 
 INPUTS, OUTPUTS = 2, 2
 HIDDEN = (32, 64, 128)
@@ -295,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows += measure_learner(LEARNER_ESTIMATORS, LEARNER_HIDDEN, repeats, calls, log)
     targets = check_targets(rows)
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads}
+    machine = machine_of(args.threads)
     if args.json:
         print(json.dumps({"machine": machine, "rows": rows, "targets": targets}, indent=2))
         return 0

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from typing import Any
@@ -33,6 +31,7 @@ import torch
 
 from rnnsweep.algorithms.forward_mode import param_rows
 from rnnsweep.algorithms.gradcheck import draw_problem, gradcheck
+from rnnsweep.benchmarks.machine import machine as machine_of
 
 # (cell, hidden, weight scale): the README's table. Scale 1 is gradcheck's draw; scale 3
 # saturates many tanh units, which spreads the units' derivative norms.
@@ -46,18 +45,6 @@ CONFIGS = [
 ]
 QUICK_CONFIGS = [("tanh", 8, 1.0), ("gru", 4, 1.0)]
 ESTIMATORS = ("uoro", "nobacktrack")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def spread(cell_name: str, hidden: int, steps: int, seed: int, scale: float) -> float:
@@ -137,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(cell, hidden, scale, steps, samples, args.seed))
         rows[-1]["seconds"] = round(time.monotonic() - started, 1)
         print(f"  .. {cell} n={hidden} scale {scale:g}: {rows[-1]['seconds']} s", file=sys.stderr)
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads}
+    machine = machine_of(args.threads)
     if args.json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=2))
     else:
