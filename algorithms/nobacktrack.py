@@ -43,6 +43,7 @@ from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.uoro import (
     RankOneState,
+    advance_and_score,
     init_rank_one,
     rank_one_gradient,
     rank_one_influence,
@@ -83,17 +84,14 @@ def _update(
     pull: Callable[[Tensor], Tensor],
 ) -> StepResult:
     """The rank-one update from one step's ``J v``, ``||b_k|| [B, S]`` and ``nu -> nu^T b``."""
-    traj, v, w, norms, eps = state.traj, state.v, state.w, state.norms, state.eps
+    v, w, norms, eps = state.v, state.w, state.norms, state.eps
     torch.linalg.vector_norm(w, dim=1, out=norms[:, 0])
     torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
     r0 = rho(norms, eps)[:, 0:1]
     rho_k = row_norms.add_(eps).div_(1.0 + eps).sqrt_()
     torch.addcmul(jv.mul_(r0), nu, rho_k, out=v)
     w.div_(r0).add_(pull(nu / rho_k))
-    traj.s = s_next
-    traj.t += 1
-    loss, out, ds, g_readout = traj.score(params, y)
-    return StepResult(loss, out, rank_one_gradient(params, state, ds, g_readout))
+    return advance_and_score(params, state, y, s_next)
 
 
 def _closed_rows(

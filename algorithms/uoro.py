@@ -140,7 +140,7 @@ def _update(
     nu_f: Tensor,
 ) -> StepResult:
     """The rank-one update from one step's ``J v [B, S]`` and ``nu^T dF/dtheta [B, P]``."""
-    traj, v, w, norms = state.traj, state.v, state.w, state.norms
+    v, w, norms = state.v, state.w, state.norms
     torch.linalg.vector_norm(w, dim=1, out=norms[:, 0])
     torch.linalg.vector_norm(jv, dim=1, out=norms[:, 1])
     torch.linalg.vector_norm(nu_f, dim=1, out=norms[:, 2])
@@ -148,6 +148,13 @@ def _update(
     r0, r1 = r[:, 0:1], r[:, 1:2]
     torch.addcmul(jv.mul_(r0), nu, r1, out=v)
     w.div_(r0).add_(nu_f.div_(r1))
+    return advance_and_score(params, state, y, s_next)
+
+
+def advance_and_score(params: Params, state: RankOneState, y: Tensor, s_next: Tensor) -> StepResult:
+    """Move the trajectory to ``s_next [B, S]`` and score it: the step's loss, output and
+    gradient ``(dl/ds . v) w`` (the generic-layout tail of UORO's and NoBackTrack's steps)."""
+    traj = state.traj
     traj.s = s_next
     traj.t += 1
     loss, out, ds, g_readout = traj.score(params, y)

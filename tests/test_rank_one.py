@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -135,15 +137,9 @@ def test_bad_names_and_shapes_are_named():
         start("uoro", cell, params, "ce", 2, rho=1.0)
     with pytest.raises(ValueError, match="eps"):
         start("uoro", cell, params, "ce", 2, eps=-1.0)
-    with pytest.raises(ValueError, match="path=closed-form exists for the tanh cell only"):
-        start(
-            "uoro",
-            make_cell("gru", 4, 3),
-            init_params(make_cell("gru", 4, 3), 2),
-            "ce",
-            1,
-            path="closed-form",
-        )
+    other = dataclasses.replace(make_cell("tanh", 4, 3), name="mine")  # no closed form known
+    with pytest.raises(ValueError, match="path=closed-form exists for the tanh, gru, lstm cells"):
+        start("uoro", other, init_params(other, 2), "ce", 1, path="closed-form")
     with pytest.raises(ValueError, match="theta has shape"):
         start("uoro", cell, Params(params.theta[:-1], params.readout), "ce", 2)
     with pytest.raises(ValueError, match="readout has shape"):
