@@ -109,6 +109,7 @@ class SweepStores:
         self.mlflow_outage = Outage("MLflow", storage.outage_limit)
         self.optuna_outage = Outage("Optuna", storage.outage_limit)
         self.journal_dir = metric_journal.directory(state_dir, self.name)
+        self._originals: set[int] | None = None  # the trials ``asked`` counts, by number
 
     def _tracker(self, **kwargs: Any) -> Tracker:
         return Tracker(
@@ -383,8 +384,13 @@ class SweepStores:
     # -- trials ------------------------------------------------------------------------------
 
     def asked(self) -> int:
-        """Trials asked of Optuna so far (finished or not; continuations are not asked)."""
-        return len(continuation.originals(self._optuna(self.study.get_trials, deepcopy=False)))
+        """Trials asked of Optuna so far (finished or not; continuations are not asked):
+        counted once from the study, then kept by ``ask`` (the only writer of new trials while
+        the lease is held), so that the loop's turns do not read every trial."""
+        if self._originals is None:
+            every = self._optuna(self.study.get_trials, deepcopy=False)
+            self._originals = {t.number for t in continuation.originals(every)}
+        return len(self._originals)
 
     def ask(self) -> tuple[Any, str, dict[str, Any]]:
         """A new trial and its suggested ``(trial, estimator, settings)``. In a finite search
@@ -395,11 +401,17 @@ class SweepStores:
 
         if self.space is None:
             self.space = search_space.parameter_sets(self.spec) or []
-        every = self._optuna(self.study.get_trials, deepcopy=False)
-        trials = continuation.originals(every)  # samples of their own
-        waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        self.asked()
+        split = estimator_split.splits(self.spec)
+        trials: list[Any] = []
+        waiting = False
+        if self.space or split:  # (the plain case needs no trial list: Optuna's ask pops a
+            # WAITING trial a killed driver left)
+            every = self._optuna(self.study.get_trials, deepcopy=False)
+            trials = continuation.originals(every)  # samples of their own
+            waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
         assigned = None  # the estimator the split gives this trial (estimator_split)
-        if estimator_split.splits(self.spec) and not waiting:
+        if split and not waiting:
             assigned = estimator_split.next_estimator(
                 self.spec.estimators, self.spec.trials, trials
             )
@@ -416,16 +428,22 @@ class SweepStores:
         elif assigned is not None:
             self._optuna(self.study.enqueue_trial, {"estimator": assigned})
         # suggesting again returns the values Optuna already holds: retried as one
-        before = {t.number for t in every}
-        trial = self._optuna(self._ask_once, before)
+        attempts: list[int] = []
+        trial = self._optuna(self._ask_once, attempts)
+        self._originals.add(trial.number)
         estimator, settings = self._optuna(spec_.suggest, self.spec, trial)
         return trial, estimator, settings
 
-    def _ask_once(self, before: set[int]) -> Any:
+    def _ask_once(self, attempts: list[int]) -> Any:
         """``study.ask()``, or, when an attempt cut short by an outage had already created
-        its trial (new since ``before``, RUNNING, without attributes), that trial."""
+        its trial (RUNNING, without attributes, none of the trials ``asked`` counts), that
+        trial; the trial list is read on such retries only."""
         import optuna
 
+        attempts.append(1)
+        if len(attempts) == 1:
+            return self.study.ask()
+        before = self._originals or set()
         for frozen in self.study.get_trials(deepcopy=False):
             if (
                 frozen.number not in before
