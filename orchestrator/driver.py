@@ -322,14 +322,12 @@ class Driver:
             )
         )
         run_id = resumed.run_id if resumed is not None else None
-        if run_id is None:
-            self.stores.record_settings(trial, estimator, settings)
         tracker = self.stores.open_run(trial, estimator, settings, run_id)
         if resumed is not None and resumed.restarted:
             tracker.set_tags({"rnnsweep.restarted": resumed.restarted})
         self._emit("run_opened", number)
-        if run_id is None:
-            self.stores.record_run(trial, tracker)
+        if run_id is None:  # its settings and run id in one transaction
+            self.stores.record_run(trial, tracker, (estimator, settings))
         checkpoint = resumed.checkpoint if resumed is not None else None
         # the file's own step: a driver killed between writing it and recording its step in
         # Optuna leaves the attribute behind
@@ -425,11 +423,20 @@ class Driver:
             again.append(run)
         self.scheduler.enqueue(again, front=True)
 
-    def _finish(self, run: Running, state: str, value: float | None, reason: str = "") -> None:
+    def _finish(
+        self,
+        run: Running,
+        state: str,
+        value: float | None,
+        reason: str = "",
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        """End a trial; ``attrs`` (e.g. ``steps_done``) go with its end's user attrs."""
+        attrs = dict(attrs or {})
         if run.row.started is not None:
             run.row.end(time.monotonic())
-            self.stores.record_timing(run.trial, run.row.timing(time.monotonic()))
-        self.stores.end(run.trial, run.tracker, state, value, reason)
+            attrs["timing"] = run.row.timing(time.monotonic())
+        self.stores.end(run.trial, run.tracker, state, value, reason, attrs)
         run.row.state, run.row.note, run.row.value = state, reason[:60], value
         self.table.update(run.row, changed_state=True)
         del self.running[run.number]
@@ -478,22 +485,26 @@ class Driver:
                 run.reported.add(step)
                 if self.stores.report(trial, step, loss):
                     pruned = True
+        ended: dict[str, Any] = {}  # user attrs written with the trial's end, if it ends here
         if result["checkpoint"] is not None:
             # The metrics up to the checkpoint must be in MLflow (or, while it is unavailable,
             # in the run's journal) before it can be resumed from, or a crash would leave a
             # gap; the learner is already on its next chunk.
             run.tracker.flush()
-            step = self.stores.write_checkpoint(trial, result["checkpoint"])
-            if result["state"] == "running":  # (an ended trial's is recorded by _finish)
+            running = result["state"] == "running"
+            step = self.stores.write_checkpoint(trial, result["checkpoint"], record=running)
+            if running:  # (an ended trial's are recorded by _finish)
                 self.stores.record_timing(trial, run.row.timing(time.monotonic()))
+            else:
+                ended["checkpoint_step"] = step
         if result["state"] == "failed":  # e.g. its checkpoint refused by the actor
-            self._finish(run, "FAIL", None, result["reason"])
+            self._finish(run, "FAIL", None, result["reason"], ended)
         elif result["state"] == "done":
             summary = result["summary"]
             metric = self.spec.objective.metric
             value = summary.get(metric)
             run.row.step = summary["steps"]
-            self.stores.record_steps(trial, summary["steps"])
+            ended["steps_done"] = summary["steps"]
             run.tracker.log_metrics(
                 summary["steps"],
                 {
@@ -502,15 +513,15 @@ class Driver:
                 },
             )
             if value is None or value != value:
-                self._finish(run, "FAIL", None, f"objective {metric} is not a number")
+                self._finish(run, "FAIL", None, f"objective {metric} is not a number", ended)
             else:
-                self._finish(run, "COMPLETE", float(value))
+                self._finish(run, "COMPLETE", float(value), attrs=ended)
         elif result["state"] == "diverged":
-            self.stores.record_steps(trial, result["summary"]["steps"])
-            self._finish(run, "FAIL", None, f"diverged: {result['summary']['reason']}")
+            ended["steps_done"] = result["summary"]["steps"]
+            self._finish(run, "FAIL", None, f"diverged: {result['summary']['reason']}", ended)
         elif pruned:
-            self.stores.record_steps(trial, run.row.step)
-            self._finish(run, "PRUNED", None, f"pruned at step {run.row.step}")
+            ended["steps_done"] = run.row.step
+            self._finish(run, "PRUNED", None, f"pruned at step {run.row.step}", ended)
         else:
             self.table.update(run.row)
         if result["checkpoint"] is not None:

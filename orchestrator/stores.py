@@ -59,6 +59,7 @@ from rnnsweep.orchestrator import (
     search_space,
     sweep_store,
     tracking,
+    trial_attrs,
 )
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator.store_outage import Outage, StoreOutage
@@ -109,6 +110,7 @@ class SweepStores:
         self.mlflow_outage = Outage("MLflow", storage.outage_limit)
         self.optuna_outage = Outage("Optuna", storage.outage_limit)
         self.journal_dir = metric_journal.directory(state_dir, self.name)
+        self._originals: set[int] | None = None  # the trials ``asked`` counts, by number
 
     def _tracker(self, **kwargs: Any) -> Tracker:
         return Tracker(
@@ -122,6 +124,10 @@ class SweepStores:
     def _optuna(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """An Optuna call, retried while its storage is unavailable."""
         return self.optuna_outage.call(function, *args, **kwargs)
+
+    def _attrs(self, trial: Any, attrs: dict[str, Any]) -> None:
+        """A trial's user attrs, written together in one transaction (``trial_attrs``)."""
+        self._optuna(trial_attrs.set_user_attrs, trial, attrs)
 
     # -- outages -----------------------------------------------------------------------------
 
@@ -383,8 +389,13 @@ class SweepStores:
     # -- trials ------------------------------------------------------------------------------
 
     def asked(self) -> int:
-        """Trials asked of Optuna so far (finished or not; continuations are not asked)."""
-        return len(continuation.originals(self._optuna(self.study.get_trials, deepcopy=False)))
+        """Trials asked of Optuna so far (finished or not; continuations are not asked):
+        counted once from the study, then kept by ``ask`` (the only writer of new trials while
+        the lease is held), so that the loop's turns do not read every trial."""
+        if self._originals is None:
+            every = self._optuna(self.study.get_trials, deepcopy=False)
+            self._originals = {t.number for t in continuation.originals(every)}
+        return len(self._originals)
 
     def ask(self) -> tuple[Any, str, dict[str, Any]]:
         """A new trial and its suggested ``(trial, estimator, settings)``. In a finite search
@@ -395,11 +406,17 @@ class SweepStores:
 
         if self.space is None:
             self.space = search_space.parameter_sets(self.spec) or []
-        every = self._optuna(self.study.get_trials, deepcopy=False)
-        trials = continuation.originals(every)  # samples of their own
-        waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        self.asked()
+        split = estimator_split.splits(self.spec)
+        trials: list[Any] = []
+        waiting = False
+        if self.space or split:  # (the plain case needs no trial list: Optuna's ask pops a
+            # WAITING trial a killed driver left)
+            every = self._optuna(self.study.get_trials, deepcopy=False)
+            trials = continuation.originals(every)  # samples of their own
+            waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
         assigned = None  # the estimator the split gives this trial (estimator_split)
-        if estimator_split.splits(self.spec) and not waiting:
+        if split and not waiting:
             assigned = estimator_split.next_estimator(
                 self.spec.estimators, self.spec.trials, trials
             )
@@ -416,16 +433,22 @@ class SweepStores:
         elif assigned is not None:
             self._optuna(self.study.enqueue_trial, {"estimator": assigned})
         # suggesting again returns the values Optuna already holds: retried as one
-        before = {t.number for t in every}
-        trial = self._optuna(self._ask_once, before)
+        attempts: list[int] = []
+        trial = self._optuna(self._ask_once, attempts)
+        self._originals.add(trial.number)
         estimator, settings = self._optuna(spec_.suggest, self.spec, trial)
         return trial, estimator, settings
 
-    def _ask_once(self, before: set[int]) -> Any:
+    def _ask_once(self, attempts: list[int]) -> Any:
         """``study.ask()``, or, when an attempt cut short by an outage had already created
-        its trial (new since ``before``, RUNNING, without attributes), that trial."""
+        its trial (RUNNING, without attributes, none of the trials ``asked`` counts), that
+        trial; the trial list is read on such retries only."""
         import optuna
 
+        attempts.append(1)
+        if len(attempts) == 1:
+            return self.study.ask()
+        before = self._originals or set()
         for frozen in self.study.get_trials(deepcopy=False):
             if (
                 frozen.number not in before
@@ -462,8 +485,8 @@ class SweepStores:
                     f"checkpoint {self.checkpoint_name(frozen.number)} is missing (the trial "
                     f"had reached step {had})"
                 )
-            # record_settings writes three attributes, one transaction each: a driver killed
-            # between them leaves some, and only all three make the trial's settings.
+            # a driver killed before ``record_run`` left none of them (one transaction); one
+            # of an earlier version may have left some: only all three make the settings
             if all(key in attrs for key in ("estimator", "settings", "seed")):
                 estimator, settings = attrs["estimator"], attrs["settings"]
             else:
@@ -522,9 +545,12 @@ class SweepStores:
         return self.spec.seed + number
 
     def record_settings(self, trial: Any, estimator: str, settings: dict[str, Any]) -> None:
-        self._optuna(trial.set_user_attr, "estimator", estimator)
-        self._optuna(trial.set_user_attr, "settings", settings)
-        self._optuna(trial.set_user_attr, "seed", self.seed(trial.number))
+        self._attrs(trial, self._settings_attrs(trial, estimator, settings))
+
+    def _settings_attrs(
+        self, trial: Any, estimator: str, settings: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {"estimator": estimator, "settings": settings, "seed": self.seed(trial.number)}
 
     def open_run(
         self, trial: Any, estimator: str, settings: dict[str, Any], run_id: str | None
@@ -557,12 +583,22 @@ class SweepStores:
             )
         return tracker
 
-    def record_run(self, trial: Any, tracker: Tracker) -> None:
-        self._optuna(trial.set_user_attr, "mlflow_run_id", tracker.run_id)
+    def record_run(
+        self, trial: Any, tracker: Tracker, settings: tuple[str, dict[str, Any]] | None = None
+    ) -> None:
+        """The trial's MLflow run id, with its ``(estimator, settings)`` and seed if given (one
+        transaction: a driver killed before it leaves the trial for ``unfinished``)."""
+        attrs = self._settings_attrs(trial, *settings) if settings is not None else {}
+        self._attrs(trial, {**attrs, "mlflow_run_id": tracker.run_id})
 
     def report(self, trial: Any, step: int, loss: float) -> bool:
-        """An intermediate value (for pruning); whether the pruner stops the trial now."""
+        """An intermediate value (for pruning); whether the pruner stops the trial now (never,
+        without a pruner: its trial is not read back)."""
+        import optuna
+
         self._optuna(trial.report, loss, step)
+        if isinstance(self.study.pruner, optuna.pruners.NopPruner):
+            return False
         return self._optuna(trial.should_prune)
 
     def record_pack(self, trial: Any, numbers: list[int]) -> None:
@@ -573,33 +609,39 @@ class SweepStores:
         ``ray_node_ip`` (a retried trial may move). The tags go with the run's next batch:
         an MLflow outage never stalls the driver here."""
         tags = {"ray_node_id": node["node_id"], "ray_node_ip": node["node_ip"]}
-        for key, value in tags.items():
-            self._optuna(trial.set_user_attr, key, value)
+        self._attrs(trial, tags)
         tracker.queue_tags(tags)
 
     def record_retries(self, trial: Any, retries: int) -> None:
         self._optuna(trial.set_user_attr, "retries", retries)
-
-    def record_steps(self, trial: Any, steps: int) -> None:
-        self._optuna(trial.set_user_attr, "steps_done", steps)
 
     def record_timing(self, trial: Any, timing: dict[str, Any]) -> None:
         """``timing``: the seconds the trial has run, its steps/s and when (``status``)."""
         self._optuna(trial.set_user_attr, "timing", timing)
 
     def end(
-        self, trial: Any, tracker: Tracker, state: str, value: float | None, reason: str = ""
+        self,
+        trial: Any,
+        tracker: Tracker,
+        state: str,
+        value: float | None,
+        reason: str = "",
+        attrs: dict[str, Any] | None = None,
     ) -> None:
-        """Record a trial's end (``COMPLETE``, ``FAIL``, ``PRUNED``): MLflow, then Optuna."""
+        """Record a trial's end (``COMPLETE``, ``FAIL``, ``PRUNED``): MLflow, then Optuna.
+        ``attrs``: user attrs of its end (``steps_done``, ``timing``, ...), written in one
+        transaction with the reason and ``pruned_at_step``."""
         import optuna
 
+        attrs = dict(attrs or {})
+        tags = {"optuna_state": state}
         if reason:
-            key = "fail_reason" if state == "FAIL" else "reason"
-            self._optuna(trial.set_user_attr, key, reason)
-            tracker.set_tags({"reason": reason})
+            attrs["fail_reason" if state == "FAIL" else "reason"] = reason
+            tags["reason"] = reason
         if state == "PRUNED":
-            self._record_pruned(trial, tracker)
-        tracker.set_tags({"optuna_state": state})
+            attrs.update(self._record_pruned(trial, tracker))
+        self._attrs(trial, attrs)
+        tracker.set_tags(tags)
         tracker.close(MLFLOW_STATUS[state])
         # skip_if_finished: a tell whose commit landed before the connection was lost
         self._optuna(
@@ -610,17 +652,17 @@ class SweepStores:
             skip_if_finished=True,
         )
 
-    def _record_pruned(self, trial: Any, tracker: Tracker) -> None:
+    def _record_pruned(self, trial: Any, tracker: Tracker) -> dict[str, Any]:
         """A pruned trial's last intermediate value (Optuna's tell makes it the trial's value)
-        and its step: user attr ``pruned_at_step``; MLflow metrics ``pruned_loss`` and
-        ``pruned_at_step`` at that step."""
+        and its step: MLflow metrics ``pruned_loss`` and ``pruned_at_step`` at that step;
+        returns its user attr ``pruned_at_step`` (none without a value)."""
         frozen = self._optuna(self.study._storage.get_trial, trial._trial_id)
         step = frozen.last_step
         if step is None:
-            return
-        self._optuna(trial.set_user_attr, "pruned_at_step", step)
+            return {}
         value = frozen.intermediate_values[step]
         tracker.log_metrics(step, {"pruned_loss": value, "pruned_at_step": step})
+        return {"pruned_at_step": step}
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -645,12 +687,14 @@ class SweepStores:
         checkpoint_file.check(data, self.checkpoint_name(number))
         return data
 
-    def write_checkpoint(self, trial: Any, data: bytes) -> int:
+    def write_checkpoint(self, trial: Any, data: bytes, record: bool = True) -> int:
         """Keep a checkpoint an actor sent (atomically); returns its step, read from its
-        header and recorded on the trial."""
+        header and recorded on the trial (``record`` False: the caller records it with the
+        trial's end; the file is what ``resume`` reads)."""
         step = checkpoint_step(data)
         write_atomic(sweep_store.checkpoint_path(self.state_dir, self.name, trial.number), data)
-        self._optuna(trial.set_user_attr, "checkpoint_step", step)
+        if record:
+            self._optuna(trial.set_user_attr, "checkpoint_step", step)
         return step
 
 
