@@ -20,19 +20,29 @@ def set_user_attrs(trial: Any, attrs: Mapping[str, Any]) -> None:
     if not attrs:
         return
     backend = _rdb(trial.storage)
-    if backend is None:
+    cached = hasattr(trial, "_trial_id") and hasattr(trial, "_cached_frozen_trial")
+    private = _private_api() if backend is not None and cached else None
+    if private is None:  # another storage, or an Optuna without these internals
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    with _create_scoped_session(backend.scoped_session, True) as session:
+    models, scoped_session = private
+    with scoped_session(backend.scoped_session, True) as session:
         for key, value in attrs.items():
             backend._set_trial_attr_without_commit(
                 session, models.TrialUserAttributeModel, trial._trial_id, key, value
             )
     trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def _private_api() -> tuple[Any, Any] | None:
+    """Optuna's RDB models and session helper (private: None where a release moved them)."""
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+    except ImportError:
+        return None
+    return models, _create_scoped_session
 
 
 def _rdb(storage: Any) -> Any:
