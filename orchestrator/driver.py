@@ -348,7 +348,7 @@ class Driver:
             settings,
             learner_spec,
             tracker,
-            tracker.resume_step(),
+            tracker.resume_step() if run_id is not None else -1,  # (a new run has no steps)
             reported,
             row,
             checkpoint=checkpoint,

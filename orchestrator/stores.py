@@ -555,10 +555,11 @@ class SweepStores:
     def open_run(
         self, trial: Any, estimator: str, settings: dict[str, Any], run_id: str | None
     ) -> Tracker:
-        """The trial's MLflow child run: a new one (``run_id`` None, params logged) or its
-        own again. Its id is recorded on the trial by ``record_run``."""
+        """The trial's MLflow child run: a new one (``run_id`` None; its params go to its
+        writer thread) or its own again (any params it lacks written now). Its id is recorded
+        on the trial by ``record_run``."""
         number = trial.number
-        tracker = self._tracker(
+        return self._tracker(
             run_name=f"trial-{number}-{estimator}",
             run_id=run_id,
             parent_run_id=self.parent_run_id,
@@ -568,20 +569,17 @@ class SweepStores:
                 "rnnsweep.sweep": self.name,
                 "optuna.study": self.name,
             },
+            experiment_id=self.experiment_id or None,
+            params={
+                "estimator": estimator,
+                "task": self.spec.task,
+                "cell": self.spec.cell,
+                "hidden": self.spec.hidden,
+                "steps": self.spec.steps,
+                "trial": number,
+                **settings,
+            },
         )
-        if run_id is None:
-            tracker.log_params(
-                {
-                    "estimator": estimator,
-                    "task": self.spec.task,
-                    "cell": self.spec.cell,
-                    "hidden": self.spec.hidden,
-                    "steps": self.spec.steps,
-                    "trial": number,
-                    **settings,
-                }
-            )
-        return tracker
 
     def record_run(
         self, trial: Any, tracker: Tracker, settings: tuple[str, dict[str, Any]] | None = None
@@ -641,7 +639,7 @@ class SweepStores:
         if state == "PRUNED":
             attrs.update(self._record_pruned(trial, tracker))
         self._attrs(trial, attrs)
-        tracker.set_tags(tags)
+        tracker.queue_tags(tags)  # written with its last metrics as ``close`` drains them
         tracker.close(MLFLOW_STATUS[state])
         # skip_if_finished: a tell whose commit landed before the connection was lost
         self._optuna(

@@ -2,7 +2,9 @@
 
 ``Tracker`` wraps one MLflow run. Metrics are queued by ``log_metrics`` (a dict of values at
 one step) and written by a background thread in batches (``MlflowClient.log_batch``, at most
-1000 values per call), so a learner only pays for appending to a queue. ``close(status)``
+1000 values per call), so a learner only pays for appending to a queue; a new run's params
+and queued tags go with the writer's next batch (a sweep's driver never waits on them; one
+``log_batch`` holds them with the last metrics when they fit). ``close(status)``
 drains the queue and terminates the run. A run can be resumed by id: metrics then continue at
 the steps that follow, never duplicating one already written (``resume_step``).
 
@@ -33,6 +35,8 @@ from rnnsweep.orchestrator.ui_view import KIND_TAG, MODEL_TRAINING
 from rnnsweep.orchestrator.url_secrets import redact
 
 BATCH = 1000
+BATCH_TAGS = 100  # MLflow's limit per log_batch call, and that of params
+WAKE = object()  # queued to have the writer write queued tags and params at once
 BUFFER = 1000  # reports kept in memory while the store is unavailable, beyond: the journal
 
 
@@ -94,6 +98,9 @@ def experiment_id(mlflow_client, name: str, artifact_location: str | None = None
         )
     except Exception:  # noqa: BLE001 - created concurrently by another process
         return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+find_experiment = experiment_id  # (``Tracker`` takes an ``experiment_id`` argument)
 
 
 def child_run(uri: str, experiment: str, parent_run_id: str, trial_number: int) -> str | None:
@@ -170,7 +177,11 @@ def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 class Tracker:
     """One MLflow run, written from a background thread. ``outage`` and ``journal_dir``
-    (together): wait out an unavailable store, journaling what cannot be written yet."""
+    (together): wait out an unavailable store, journaling what cannot be written yet.
+    ``experiment_id``: the experiment's id when the caller knows it (not looked up by name).
+    ``params``: a new run's go to the writer (the caller does not wait on them); a reopened
+    run's are written now, those it lacks only (a driver killed before its writer wrote
+    them leaves them to be written when the run is reopened)."""
 
     def __init__(
         self,
@@ -182,8 +193,10 @@ class Tracker:
         tags: Mapping[str, Any] | None = None,
         outage: Outage | None = None,
         journal_dir: str | None = None,
+        experiment_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import Param, RunTag
 
         self.uri = uri
         # opening the store reads its schema: an outage can begin here too
@@ -195,8 +208,11 @@ class Tracker:
             all_tags = {k: str(v) for k, v in (tags or {}).items()}
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
+            experiment_id = experiment_id or find_experiment(
+                self.client, experiment, artifact_location(uri, experiment)
+            )
             run = self.client.create_run(
-                experiment_id(self.client, experiment, artifact_location(uri, experiment)),
+                experiment_id,
                 tags=all_tags,
                 run_name=run_name,
             )
@@ -222,7 +238,13 @@ class Tracker:
                 self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self._queue: queue.Queue = queue.Queue()
         self._tags: dict[str, str] = {}  # queue_tags: written with the next batch
+        self._params: list[Any] = []  # a new run's params: written with the next batch
         self._tags_lock = threading.Lock()
+        if params and run_id is None:
+            self._params = [Param(k, v) for k, v in flat_params(params).items()]
+            self._queue.put(WAKE)
+        elif params:
+            self.log_params(params)
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._writer, name="mlflow-writer", daemon=True)
         self._thread.start()
@@ -290,6 +312,8 @@ class Tracker:
         except queue.Empty:
             return acks, False
         while True:
+            if item is WAKE:
+                return acks, False
             if item is None:
                 return acks, True
             if isinstance(item, threading.Event):
@@ -302,9 +326,10 @@ class Tracker:
                 return acks, False
 
     def _write(self, pending: list) -> None:
-        """The journal (if any) then ``pending``, in that order (``log_batch`` is one
-        transaction; a batch written again with its stamps is not duplicated by MLflow)."""
-        from mlflow.entities import Metric
+        """The journal (if any) then ``pending``, in that order, with the queued tags and
+        params (``log_batch`` is one transaction; a batch written again with its stamps is
+        not duplicated by MLflow)."""
+        from mlflow.entities import Metric, RunTag
 
         if self._journaled:
             metric_journal.replay(self._raw, self.run_id, self._journal, BATCH)
@@ -314,19 +339,29 @@ class Tracker:
             for step, stamp, values in pending
             for key, value in values.items()
         ]
-        for i in range(0, len(metrics), BATCH):
-            self._raw.log_batch(self.run_id, metrics=metrics[i : i + BATCH])
         with self._tags_lock:
             tags, self._tags = self._tags, {}
-        if tags:
-            from mlflow.entities import RunTag
-
-            try:
-                self._raw.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-            except Exception:
-                with self._tags_lock:  # kept for the next try; newer values win
-                    self._tags = {**tags, **self._tags}
-                raise
+            params, self._params = self._params, []
+        try:
+            # the tags and params go with the last metrics when they fit: one transaction
+            tag_list = [RunTag(k, v) for k, v in tags.items()]
+            fits = len(tag_list) <= BATCH_TAGS and len(params) <= BATCH_TAGS
+            chunks = [metrics[i : i + BATCH] for i in range(0, len(metrics), BATCH)]
+            last = chunks.pop() if chunks and fits else []
+            for chunk in chunks:
+                self._raw.log_batch(self.run_id, metrics=chunk)
+            for i in range(0, max(len(tag_list), len(params), len(last) > 0), BATCH_TAGS):
+                self._raw.log_batch(
+                    self.run_id,
+                    metrics=last if i == 0 else [],
+                    params=params[i : i + BATCH_TAGS],
+                    tags=tag_list[i : i + BATCH_TAGS],
+                )
+        except Exception:
+            with self._tags_lock:  # kept for the next try; newer values win
+                self._tags = {**tags, **self._tags}
+                self._params = params + self._params
+            raise
 
     def _writer(self) -> None:
         pending: list = []
@@ -336,7 +371,7 @@ class Tracker:
             try:
                 given_up = self._outage is not None and self._outage.given_up
                 started = time.monotonic()
-                work = pending or self._journaled or self._tags
+                work = pending or self._journaled or self._tags or self._params
                 if work and started >= retry_at and not given_up:
                     try:
                         self._write(pending)
