@@ -9,6 +9,7 @@ from collections import Counter
 
 import optuna
 import pytest
+from opened_stores import opened_stores
 
 from rnnsweep.orchestrator import spec as spec_
 from rnnsweep.orchestrator.cli import main
@@ -36,13 +37,6 @@ def _spec(**overrides) -> spec_.SweepSpec:
     }
     spec.update(overrides)
     return spec_.load_spec_dict(spec)
-
-
-def _stores(spec, state_dir, resume: bool = False) -> SweepStores:
-    stores = SweepStores(spec, str(state_dir))
-    stores.take_lease(resume)
-    stores.open(resume)
-    return stores
 
 
 def _ask(stores: SweepStores, count: int) -> list[str]:
@@ -74,11 +68,11 @@ def test_shares_and_order():
 
 def test_split_gives_each_estimator_its_share_and_resume_keeps_the_plan(tmp_path):
     spec = _spec()
-    stores = _stores(spec, tmp_path)
+    stores = opened_stores(spec, tmp_path)
     first = _ask(stores, 5)
     assert first == ["uoro", "tbptt", "rtrl", "uoro", "tbptt"]
     stores.close("KILLED")
-    stores = _stores(spec, tmp_path, resume=True)  # a new driver: counts the recorded trials
+    stores = opened_stores(spec, tmp_path, resume=True)  # a new driver: counts the recorded trials
     rest = _ask(stores, 7)
     stores.close("FINISHED")
     assert Counter(first + rest) == {"uoro": 4, "tbptt": 4, "rtrl": 4}
@@ -92,7 +86,7 @@ def test_split_gives_each_estimator_its_share_and_resume_keeps_the_plan(tmp_path
 
 def test_searched_leaves_the_estimator_to_the_sampler(tmp_path):
     spec = _spec(estimator_choice="searched", sampler="random")
-    stores = _stores(spec, tmp_path)
+    stores = opened_stores(spec, tmp_path)
     got = _ask(stores, 12)
     stores.close("FINISHED")
     # the same draws as the spec's sampler alone, seeded as the driver seeds it
@@ -104,7 +98,7 @@ def test_searched_leaves_the_estimator_to_the_sampler(tmp_path):
 
 def test_finite_space_is_tried_once_per_set_within_each_estimator(tmp_path):
     spec = _spec(search={"truncation": {"type": "int", "low": 2, "high": 3}})
-    stores = _stores(spec, tmp_path)
+    stores = opened_stores(spec, tmp_path)
     _ask_finite = []
     for _ in range(12):
         trial, estimator, settings = stores.ask()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 import optuna
+from opened_stores import opened_stores
 
 from rnnsweep.orchestrator import continuation
 from rnnsweep.orchestrator import spec as spec_
@@ -31,13 +32,6 @@ def _spec(**overrides) -> spec_.SweepSpec:
     return spec_.load_spec_dict(spec)
 
 
-def _stores(spec, state_dir, resume: bool = False) -> SweepStores:
-    stores = SweepStores(spec, str(state_dir))
-    stores.take_lease(resume)
-    stores.open(resume)
-    return stores
-
-
 def _originals(stores: SweepStores) -> int:
     return len(continuation.originals(stores.study.get_trials(deepcopy=False)))
 
@@ -56,7 +50,7 @@ def _count_reads(stores: SweepStores) -> list[int]:
 
 
 def test_asked_is_counted_once_then_kept_by_ask(tmp_path):
-    stores = _stores(_spec(), tmp_path)
+    stores = opened_stores(_spec(), tmp_path)
     try:
         get_trials = stores.study.get_trials
         calls = _count_reads(stores)
@@ -75,7 +69,7 @@ def test_asked_is_counted_once_then_kept_by_ask(tmp_path):
 
 def test_resume_counts_earlier_asks_and_leaves_out_continuations(tmp_path):
     spec = _spec()
-    first = _stores(spec, tmp_path)
+    first = opened_stores(spec, tmp_path)
     for _ in range(3):
         trial, estimator, settings = first.ask()
         first.record_settings(trial, estimator, settings)
@@ -91,7 +85,7 @@ def test_resume_counts_earlier_asks_and_leaves_out_continuations(tmp_path):
         )
     )
     first.close("KILLED")
-    again = _stores(spec, tmp_path, resume=True)
+    again = opened_stores(spec, tmp_path, resume=True)
     try:
         assert len(again.study.get_trials(deepcopy=False)) == 4
         assert again.asked() == 3
@@ -103,7 +97,7 @@ def test_resume_counts_earlier_asks_and_leaves_out_continuations(tmp_path):
 
 
 def test_an_ask_cut_short_after_its_trial_was_created_takes_that_trial(tmp_path):
-    stores = _stores(_spec(), tmp_path)
+    stores = opened_stores(_spec(), tmp_path)
     try:
         trial, estimator, settings = stores.ask()
         stores.record_settings(trial, estimator, settings)
