@@ -21,6 +21,7 @@ import time
 import pytest
 import record_checks
 from conftest import _pg_bin, _PrivateCluster, _sqlalchemy_url, _unavailable
+from log_chunks import ONE_LOG_CHUNK
 from ray_processes import kill, ray_processes
 
 from rnnsweep.orchestrator import metric_journal, sweep_store
@@ -209,7 +210,10 @@ def test_mlflow_sqlite_locked_for_a_minute_mid_sweep(ray_session, tmp_path):
     hook = LockAtFirstCheckpoint(os.path.join(state_dir, "mlflow.db"), 60.0)
     out = io.StringIO()
     try:
-        summary = Driver(spec, state_dir, workers=2, out=out, on_event=hook).run()
+        driver = Driver(
+            spec, state_dir, workers=2, out=out, on_event=hook, chunk_seconds=ONE_LOG_CHUNK
+        )
+        summary = driver.run()
     finally:
         if hook.lock is not None:
             hook.lock.release()
@@ -254,7 +258,9 @@ def test_outage_past_the_limit_stops_cleanly_and_resume_replays_the_journal(
     out = io.StringIO()
     try:
         with pytest.raises(StoreOutage, match=r"MLflow store was unavailable for \d+ s"):
-            Driver(spec, state_dir, workers=2, out=out, on_event=hook).run()
+            Driver(
+                spec, state_dir, workers=2, out=out, on_event=hook, chunk_seconds=ONE_LOG_CHUNK
+            ).run()
         assert WAITING in out.getvalue(), out.getvalue()
         record = record_checks.record_of(state_dir, "t")
         study = sweep_store.load_study(record)  # Optuna's own file is not locked
@@ -341,7 +347,10 @@ def test_postgresql_stopped_and_restarted_under_optuna_and_mlflow(ray_session, t
         port = int(url.rsplit(":", 1)[1].split("/")[0])
         hook = StopPostgresAtFirstCheckpoint(cluster, port, 15)
         out = io.StringIO()
-        summary = Driver(spec, str(tmp_path), workers=2, out=out, on_event=hook).run()
+        driver = Driver(
+            spec, str(tmp_path), workers=2, out=out, on_event=hook, chunk_seconds=ONE_LOG_CHUNK
+        )
+        summary = driver.run()
         print(out.getvalue())
         assert hook.timer is not None
         hook.timer.join()
