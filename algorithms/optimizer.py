@@ -200,7 +200,7 @@ def adam_(
     its device that the caller keeps at ``t``). Fused as ``adam_unit_steps``, else public
     operations equal to it to 1e-12."""
     if adam_path(fused) == "fused":
-        _fused_adam(params, grads, m, v, count, lr, beta1, beta2, eps)
+        _fused_adam(list(params), grads, list(m), list(v), list(count), lr, beta1, beta2, eps)
         return
     correction1 = 1.0 - beta1**t
     correction2_sqrt = (1.0 - beta2**t) ** 0.5
@@ -246,11 +246,11 @@ def lone_stepper(
 
 
 def _fused_adam(
-    out: Sequence[Tensor],
+    out: list[Tensor],
     grads: Sequence[Tensor],
-    m: Sequence[Tensor],
-    v: Sequence[Tensor],
-    count: Sequence[Tensor],
+    m: list[Tensor],
+    v: list[Tensor],
+    count: list[Tensor],
     lr: float,
     beta1: float,
     beta2: float,
@@ -259,12 +259,12 @@ def _fused_adam(
     """``out <- out - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`` with m and v
     advanced in place: torch's fused Adam kernel, the package's one private torch API."""
     torch._fused_adam_(
-        list(out),
+        out,
         [g.contiguous() for g in grads],  # the kernel walks dense memory
-        list(m),
-        list(v),
+        m,
+        v,
         [],
-        list(count),
+        count,
         lr=lr,
         beta1=beta1,
         beta2=beta2,

@@ -29,7 +29,7 @@ lone learner's snapshot: it can leave a pack, continue alone, or join another pa
 
 The step loop never synchronises with the device: per-member window loss, tail loss and gradient
 norm accumulate in ``sums [pack, 3]`` (each step's losses, and a lone member's squared gradient
-norms, go to device rings of ``RING`` steps first, added to ``sums`` in one operation per ring);
+norms, wait on the device for up to ``RING`` steps, added to ``sums`` in one operation per fold);
 every ``log_every`` steps one transfer brings them back for the members' reports and the
 divergence check. A lone member (pack 1) that updates every step without clipping takes the
 same update in the fewest operations: in place on its parameters, at a float rate, with no
@@ -241,9 +241,7 @@ class Population:
         takes."""
         dev, c = self.device, self.counters
         self._tail_from = c["planned"] - c["tail_steps"]  # the first step of the tail
-        self._loss_ring = torch.zeros(RING, self.streams, dtype=self.dtype, device=dev)
-        self._loss_slots = self._loss_ring.unbind(0)
-        self._ring_k = 0  # steps in the loss ring since its last fold
+        self._losses: list[Tensor] = []  # each step's loss [pack b] since the last fold
         self._norm_k = 0  # steps in the gradient-norm ring since its last fold
         cfg = self.member_config[0]
         self._lone = (
@@ -276,49 +274,54 @@ class Population:
     def _lone_applier(self) -> Callable[[Params], None]:
         """A lone member's update in the fewest operations (in place, at a float rate): the
         gradient norms into their ring, then Adam (or SGD); everything it reads but the
-        gradient is bound here, so that a step looks up no attributes."""
+        gradient is bound here, so that a step looks up no settings."""
         trained, slots, update = self._trained_count, self._norm_slots, self._lone_update
         lr0, decay, c = self._lr, self._lr_decay, self.counters
         opt, lone_opt = self.flat_opt, self.opt_state
         norm = torch.linalg.vector_norm
 
         def apply(grad: Params) -> None:
-            grads = grad[:trained]
             k = self._norm_k
-            for g, slot in zip(grads, slots[k], strict=True):
-                norm(g, out=slot)
+            row = slots[k]
+            norm(grad[0], out=row[0])
+            if trained == 2:
+                norm(grad[1], out=row[1])
             self._norm_k = k + 1
             updates = c["updates"]
-            t = opt.t = lone_opt.t = opt.t + 1
-            update(grads, self._next_counts(t), t, lr0 / (1.0 + decay * updates**0.5))
+            t = opt.t + 1
+            opt.t = lone_opt.t = t
+            j = self._count_k
+            if j == len(self._counts):
+                self._refill_counts(t)
+                j = 0
+            self._count_k = j + 1
+            update(grad[:trained], self._counts[j], t, lr0 / (1.0 + decay * updates**0.5))
             c["updates"] = updates + 1
             if k + 1 == RING:
                 self._fold()
 
         return apply
 
-    def _next_counts(self, t: int) -> list[Tensor]:
-        """The fused Adam kernel's step count ``t`` (float32 ``[1]``, once per trained tensor),
-        from a table of ``RING`` counts made on the device in one operation."""
-        if self._count_k == len(self._counts):
-            values = torch.arange(t, t + RING, dtype=torch.float32, device=self.device)
-            self._counts = [[c] * self._trained_count for c in values.view(RING, 1).unbind(0)]
-            self._count_k = 0
-        self._count_k += 1
-        return self._counts[self._count_k - 1]
+    def _refill_counts(self, t: int) -> None:
+        """The fused Adam kernel's step counts ``t .. t + RING - 1`` (float32 ``[1]``, once per
+        trained tensor), made on the device in one operation."""
+        values = torch.arange(t, t + RING, dtype=torch.float32, device=self.device)
+        self._counts = [[c] * self._trained_count for c in values.view(RING, 1).unbind(0)]
+        self._count_k = 0
 
     def _fold(self) -> None:
-        """Add the rings' steps to ``sums`` (window and, past ``_tail_from``, tail loss; the
-        global gradient norms ``||(|g_theta|, |g_readout|)||``) and empty them. The step folds
-        when a ring is full and at the tail's first step, so a ring never straddles it."""
-        if self._ring_k:
-            k = self._ring_k
-            rows = self._loss_ring[:k].view(k, self.pack, self.width).sum(2)
+        """Add the steps since the last fold to ``sums`` (window and, past ``_tail_from``, tail
+        loss; the global gradient norms ``||(|g_theta|, |g_readout|)||``) and empty the loss
+        list and the norm ring. The step folds every ``RING`` steps and at the tail's first
+        step, so a fold never straddles it."""
+        if self._losses:
+            k = len(self._losses)
+            rows = torch.stack(self._losses).view(k, self.pack, self.width).sum(2)
             total = rows.to(torch.float64).sum(0)
             self.sums[:, 0] += total
             if self.counters["t"] - k >= self._tail_from:
                 self.sums[:, 1] += total
-            self._ring_k = 0
+            self._losses = []
         if self._norm_k:
             norms = torch.linalg.vector_norm(self._norm_ring[: self._norm_k], dim=1)
             self.sums[:, 2] += norms.to(torch.float64).sum()
@@ -497,10 +500,9 @@ class Population:
         loss = result.loss
         self.stream.observe(loss)
         t = c["t"]
-        if self._ring_k == RING or t == self._tail_from:
+        if len(self._losses) == RING or t == self._tail_from:
             self._fold()
-        self._loss_slots[self._ring_k].copy_(loss)
-        self._ring_k += 1
+        self._losses.append(loss)  # a fresh tensor of the estimator's: kept, not copied
         c["t"] = t + 1
         return loss
 
