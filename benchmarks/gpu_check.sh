@@ -39,7 +39,7 @@ tests_status=${PIPESTATUS[0]}
 
 echo "== population benchmark, n=128, packs 1024 and 4096"
 bench="-m rnnsweep.benchmarks.population --json --hidden 128 --packs 1024 4096 --estimators uoro nobacktrack --repeats 1 --sample 4"
-timeout 150 "$PY" $bench --device cuda --steps 200 > "$out/gpu_population.json"
+timeout 150 "$PY" $bench --device cuda --steps 200 --memory > "$out/gpu_population.json"
 timeout 150 "$PY" $bench --device cpu --steps 10 --threads "$(nproc)" > "$out/cpu_population.json"
 "$PY" - "$out" <<'EOF'
 import json, sys
@@ -53,10 +53,12 @@ for r in gpu:
     rows.append({"estimator": r["estimator"], "hidden": r["hidden"], "pack": r["pack"],
                  "gpu_stream_steps_per_sec": r["stream_steps_per_sec"],
                  "cpu_stream_steps_per_sec": c["stream_steps_per_sec"] if c else None,
-                 "gpu_over_cpu": ratio})
+                 "gpu_over_cpu": ratio,
+                 "gpu_peak_bytes_per_member": r.get("peak_bytes_per_member")})
     print(f"{r['estimator']:<12} n={r['hidden']} pack={r['pack']:<5} "
           f"gpu {r['stream_steps_per_sec']:>14.0f} stream-steps/s   "
-          f"cpu {rows[-1]['cpu_stream_steps_per_sec'] or float('nan'):>12.0f}   ratio {ratio:.1f}x")
+          f"cpu {rows[-1]['cpu_stream_steps_per_sec'] or float('nan'):>12.0f}   ratio {ratio:.1f}x   "
+          f"gpu peak {r.get('peak_bytes_per_member', float('nan')) / 1024:.1f} KiB/member")
 json.dump({"rows": rows}, open(f"{out}/gpu_check.json", "w"), indent=2)
 EOF
 exit "$tests_status"

@@ -13,6 +13,17 @@ Both count stream-steps per second (members x streams x steps / seconds of ``ste
 ``speedup`` is packed over one-by-one, the median over ``--repeats`` interleaved repeats, so a
 noisy neighbour slows both sides alike. On CUDA every timing ends with a device synchronise.
 
+Large packs (``LARGE``: 1024 members at n=32, 256 at n=128) add the memory a member costs:
+``state_bytes_per_member`` (every tensor the population keeps, its parameters, estimator and
+optimizer state and stream buffers, counted once per storage), ``held_bytes_per_member``
+(what the pack holds after building and stepping it: on CUDA the allocated bytes, on the CPU
+the resident set, which adds Python objects and allocator overhead) and
+``peak_bytes_per_member`` (on CUDA ``torch.cuda.max_memory_allocated`` over building and
+stepping; on the CPU the resident set's high-water mark over the same), each above the level
+before the pack was built. The CPU figures come from a fresh process of their own (a process's
+high-water mark never goes down). Their speedup
+is against a sample of 4 lone learners.
+
 Run: ``python -m rnnsweep.benchmarks.population [--json] [--quick] [--device cuda]``; the target
 (``uoro``, n=32, pack 64, CPU, one thread: speedup >= 40, issue 14) is checked at the end.
 """
@@ -21,10 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -36,6 +51,8 @@ HIDDEN = (32, 128)
 CPU_PACKS = (1, 8, 64, 256)
 CUDA_PACKS = (1, 64, 256, 1024, 4096)
 TARGET = ("uoro", 32, 64, "cpu", 40.0)  # estimator, hidden, pack, device, minimum speedup
+LARGE = ((32, 1024), (128, 256))  # (hidden, pack): rows with each member's memory
+LARGE_SAMPLE = 4  # lone learners timed for a large pack's speedup
 
 
 def member_spec(estimator: str, hidden: int, index: int, device: str) -> LearnerSpec:
@@ -68,12 +85,28 @@ def measure(
     steps: int,
     repeats: int,
     sample: int,
+    memory: bool = False,
 ) -> dict:
     specs = [member_spec(estimator, hidden, i, device) for i in range(pack)]
+    row: dict[str, Any] = {}
+    if memory and device == "cuda":  # this very pack, built and warmed up before anything else
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
     population = Population(specs)
-    lone = [Learner(spec) for spec in specs[: min(pack, sample)]]
     for _ in range(5):  # warm up (the first step validates its inputs)
         population.step()
+    if memory and device == "cuda":
+        torch.cuda.synchronize()
+        row = {
+            "state_bytes_per_member": state_bytes(population) / pack,
+            "held_bytes_per_member": (torch.cuda.memory_allocated() - before) / pack,
+            "peak_bytes_per_member": (torch.cuda.max_memory_allocated() - before) / pack,
+        }
+    elif memory:
+        row = cpu_member_memory(estimator, hidden, pack, 20)
+    lone = [Learner(spec) for spec in specs[: min(pack, sample)]]
+    for _ in range(5):
         for learner in lone:
             learner.step()
 
@@ -94,6 +127,77 @@ def measure(
         "stream_steps_per_sec": statistics.median(packed_rates),
         "one_by_one_stream_steps_per_sec": statistics.median(lone_rates),
         "speedup": speedup,
+        **row,
+    }
+
+
+def _tensors(obj: Any, seen: set[int]) -> Iterator[torch.Tensor]:
+    """Every tensor reachable from ``obj`` through attributes, dicts and sequences."""
+    if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value, seen)
+    elif isinstance(obj, (list, tuple, set)):
+        for value in obj:
+            yield from _tensors(value, seen)
+    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("rnnsweep"):
+        yield from _tensors(vars(obj), seen)
+    elif hasattr(obj, "__slots__"):
+        for name in obj.__slots__:
+            yield from _tensors(getattr(obj, name, None), seen)
+
+
+def state_bytes(population: Population) -> int:
+    """Bytes of every storage the population's tensors live in, each counted once."""
+    storages = {}
+    for t in _tensors(population, set()):
+        storage = t.untyped_storage()
+        storages[(storage.data_ptr(), t.device)] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_member_memory(estimator: str, hidden: int, pack: int, steps: int) -> dict:
+    """The memory a member of a CPU pack costs, built and stepped ``steps`` times in a fresh
+    process (``_measure_memory_here``)."""
+    script = (
+        "import json, sys; from rnnsweep.benchmarks.population import _measure_memory_here; "
+        "print(json.dumps(_measure_memory_here(*json.loads(sys.argv[1]))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps([estimator, hidden, pack, steps])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _measure_memory_here(estimator: str, hidden: int, pack: int, steps: int) -> dict:
+    """``cpu_member_memory`` in the fresh process that runs it: a pack of one first (so that
+    lazily loaded libraries are not counted), then the pack."""
+    torch.set_num_threads(1)
+    warm = Population([member_spec(estimator, hidden, 0, "cpu")])
+    for _ in range(3):
+        warm.step()
+    del warm
+    before = _resident_bytes()
+    population = Population([member_spec(estimator, hidden, i, "cpu") for i in range(pack)])
+    for _ in range(steps):
+        population.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # Linux: KiB
+    return {
+        "state_bytes_per_member": state_bytes(population) / pack,
+        "held_bytes_per_member": max(_resident_bytes() - before, 0) / pack,
+        "peak_bytes_per_member": max(peak, 0) / pack,
     }
 
 
@@ -132,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200, help="packed steps per timing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sample", type=int, default=16, help="lone members timed per row")
+    parser.add_argument(
+        "--no-large", action="store_true", help="skip the large packs' rows (with memory)"
+    )
+    parser.add_argument("--memory", action="store_true", help="memory per member in every row")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch")
@@ -147,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     for estimator in args.estimators:
         for n in hidden:
             for pack in packs:
-                row = measure(estimator, n, pack, args.device, steps, repeats, args.sample)
+                row = measure(
+                    estimator, n, pack, args.device, steps, repeats, args.sample, args.memory
+                )
                 rows.append(row)
                 log(
                     f"{estimator:<12} n={n:<4} pack={pack:<5} {args.device:<5} "
@@ -155,6 +265,21 @@ def main(argv: list[str] | None = None) -> int:
                     f"{row['one_by_one_stream_steps_per_sec']:>9.0f} one by one, "
                     f"speedup {row['speedup']:.1f}x"
                 )
+    large = [r for r in LARGE if r[0] in hidden]
+    if args.quick or args.no_large or args.packs:
+        large = []
+    for estimator in args.estimators:
+        for n, pack in large:
+            row = measure(estimator, n, pack, args.device, steps, repeats, LARGE_SAMPLE, True)
+            rows.append(row)
+            log(
+                f"{estimator:<12} n={n:<4} pack={pack:<5} {args.device:<5} "
+                f"{row['stream_steps_per_sec']:>12.0f} stream-steps/s packed, "
+                f"speedup {row['speedup']:.1f}x, per member: state "
+                f"{row['state_bytes_per_member'] / 1024:.1f} KiB, held "
+                f"{row['held_bytes_per_member'] / 1024:.1f} KiB, peak "
+                f"{row['peak_bytes_per_member'] / 1024:.1f} KiB"
+            )
     target = check_target(rows)
     if args.json:
         print(json.dumps({"rows": rows, "target": target}, indent=2))

@@ -360,3 +360,21 @@ def test_population_benchmark_prints_the_documented_json(capsys):
         rate, lone = row["stream_steps_per_sec"], row["one_by_one_stream_steps_per_sec"]
         assert math.isfinite(rate) and math.isfinite(lone)
         assert row["speedup"] == pytest.approx(rate / lone, rel=1e-12)
+
+
+def test_population_benchmark_measures_each_members_memory(capsys):
+    """``--memory``: a member's state covers at least its parameters and Adam's two moments
+    (float32: 12 bytes a parameter), and what the pack holds never exceeds its peak."""
+    from rnnsweep.algorithms.cell import make_cell
+    from rnnsweep.benchmarks import population as bench
+
+    assert bench.main(["--quick", "--json", "--estimators", "uoro", "--memory"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    cell = make_cell("tanh", 32, 1)  # the add task: one input, two outputs
+    params = cell.num_params + 2 * (32 + 1)
+    for row in rows:
+        assert row["state_bytes_per_member"] >= 12 * params
+        assert 0 <= row["held_bytes_per_member"] <= row["peak_bytes_per_member"]
+    one, eight = rows
+    # shared buffers (the stream's, the step's) spread over more members
+    assert eight["state_bytes_per_member"] <= one["state_bytes_per_member"]
