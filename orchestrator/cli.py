@@ -650,5 +650,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ENVIRONMENT
 
 
+def entry() -> None:
+    """The console script: ``main``, then the process's end. A local Ray instance left to its
+    reaper (``local_ray.leave_to_reaper``) needs an end without Ray's atexit shutdown."""
+    import os
+
+    from rnnsweep.orchestrator import local_ray
+
+    local_ray.exit_follows = True
+    try:
+        code = main()
+    except BaseException:
+        if not local_ray.left_to_reaper:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    if local_ray.left_to_reaper:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

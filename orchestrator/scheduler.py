@@ -130,10 +130,13 @@ class Scheduler:
             self.idle.append(self._new_actor())
 
     def stop(self) -> None:
-        """Stop the Ray this scheduler started; on a shared instance, kill its actors."""
+        """Stop the Ray this scheduler started (left to its reaper when the process ends
+        next: ``local_ray.exit_follows``); on a shared instance, kill its actors."""
         import ray
 
-        if self.started_ray:
+        if self.started_ray and self.reaper is not None and local_ray.exit_follows:
+            local_ray.leave_to_reaper(self.reaper)
+        elif self.started_ray:
             ray.shutdown()
             if self.reaper is not None:
                 local_ray.stop(self.reaper)

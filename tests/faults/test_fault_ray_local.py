@@ -119,3 +119,51 @@ def test_local_ray_dies_with_a_killed_driver(running_sweep):
     steps = record_checks.metric_rows(record)
     assert steps and all(s == sorted(set(s)) for s in steps.values())
     record_checks.distinct_parameter_sets(study)
+
+
+def test_a_finished_launch_ends_at_once_and_its_ray_goes_with_it(tmp_path):
+    """Run from the console, a launch that finishes leaves its Ray instance to the reaper
+    (SIGKILL, not waited for) instead of Ray's graceful shutdown: its record is complete, it
+    exits 0 with nothing from Ray on stderr, and no process of the instance outlives it."""
+    spec = {
+        "name": "ends",
+        "task": "add",
+        "hidden": 8,
+        "steps": 400,
+        "trials": 2,
+        "workers": 1,
+        "estimators": ["uoro"],
+        "fixed": {"log_every": 100},
+        "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "pruner": "none",
+        "sampler": "random",
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    state = tmp_path / "state"
+    temp_root = tempfile.mkdtemp(prefix="rend", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": temp_root, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "rnnsweep.orchestrator.cli", "launch"]
+            + [str(tmp_path / "spec.yaml"), "--state-dir", str(state)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        left = wait_until_gone(temp_root, 10)
+        assert left == [], f"alive 10 s after the driver's end: {[(p, _name(p)) for p in left]}"
+    finally:
+        kill(ray_processes(temp_root))
+    lines = done.stderr.splitlines()
+    assert "sweep 'ends' done: 2 complete" in lines, done.stderr
+    assert not [line for line in lines if "raylet" in line.lower() or "(gcs" in line], lines
+
+    record = record_checks.record_of(str(state), "ends")
+    study = sweep_store.load_study(record)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"]
+    assert record_checks.metric_rows(record) == {0: [100, 200, 300, 400], 1: [100, 200, 300, 400]}
+    parent = record_checks._client(record["tracking_uri"]).get_run(record["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
