@@ -336,7 +336,11 @@ class Population:
         return Params(theta, flat[:, p:].view(self.pack, -1, self.cell.hidden + 1))
 
     def _template_pair(self, packed: Any, member: Any) -> tuple[Any, Any]:
-        return checkpoint.snapshot(packed), checkpoint.snapshot(member)
+        """The pack's and a member's fresh state as ``pack_state`` templates (shapes only)."""
+        return (
+            pack_state.skeleton(checkpoint.snapshot(packed)),
+            pack_state.skeleton(checkpoint.snapshot(member)),
+        )
 
     def _load(self, name: str, obj: Any, trees: list[Any]) -> None:
         packed, member = self._templates[name]

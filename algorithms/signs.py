@@ -4,7 +4,9 @@
 stream b at step t does not depend on how many other streams are batched with it, on the
 device, or on anything but its seed: a run restored from a checkpoint, a member of a packed
 population and a shadow copy in the probe all draw exactly the signs they would draw alone.
-``SignStream`` draws them ``chunk`` steps at a time so that the step loop only indexes a buffer.
+``SignStream`` draws them ``chunk`` steps at a time so that the step loop only indexes a buffer;
+the chunk shrinks as streams and width grow (at most ``CHUNK_ELEMENTS`` signs a chunk), so that
+the buffer and the int64 counters drawing it stay small beside the influence state they feed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+CHUNK_STEPS = 256  # steps a chunk covers at most
+CHUNK_ELEMENTS = 1 << 15  # signs a chunk holds at most (drawn through 2 int64 tensors as large)
 _GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
@@ -67,12 +71,14 @@ class SignStream:
     """
 
     def __init__(
-        self, seeds: Tensor, width: int, dtype: torch.dtype, step: int = 0, chunk: int = 256
+        self, seeds: Tensor, width: int, dtype: torch.dtype, step: int = 0, chunk: int = 0
     ) -> None:
+        """``chunk``: steps drawn at a time (0: ``CHUNK_STEPS``, fewer for many streams)."""
         self.seeds = seeds
         self.width = width
         self.dtype = dtype
-        self.chunk = chunk
+        per_step = max(1, seeds.shape[0] * width)
+        self.chunk = chunk or max(1, min(CHUNK_STEPS, CHUNK_ELEMENTS // per_step))
         self.step = step
         self._fill(step)
 

@@ -155,6 +155,8 @@ def state_bytes(population: Population) -> int:
     """Bytes of every storage the population's tensors live in, each counted once."""
     storages = {}
     for t in _tensors(population, set()):
+        if t.device.type == "meta":  # a template's shape: no memory
+            continue
         storage = t.untyped_storage()
         storages[(storage.data_ptr(), t.device)] = storage.nbytes()
     return sum(storages.values())

@@ -20,6 +20,20 @@ against ``LEARNER_FORWARD_BOUNDS`` and the overhead bound ``LEARNER_OVERHEAD_BOU
 ``--learner-only`` measures only these. The JSON carries ``machine`` (CPU model, cores,
 threads).
 
+Rows with ``path: "memory"`` (``MEMORY_ESTIMATORS`` at n=128, B=64: one learner of 64
+streams) weigh the learner's peak memory against the bytes of its parameters, influence state
+(the estimator state a checkpoint holds) and Adam's moments together (``ratio_to_state``,
+bound ``MEMORY_BOUND``): the peak is every byte the learner holds (its tensors' storages, each
+once: stream buffers and the drawn signs included) plus the largest rise of allocations over
+``MEMORY_STEPS`` steps (``torch.profiler``'s memory events, a sign chunk's drawing included).
+
+Memory traffic of UORO's and NoBackTrack's tanh step at B=64, n=128, where the influence
+state ``w [B, n, n + 1 + m]`` (4 MiB) outgrows the caches: the math needs one pass over ``w``,
+reading and writing it once (``w <- w / r0 + a z^T``, with ``||w||`` and the gradient
+``sum_b c_b w_b`` taken in the same pass). Eager torch runs four separate kernels over it:
+``||w||`` (read), ``w / r0`` (read and write), ``+ a z^T`` (``baddbmm_``, read and write) and
+the gradient (``addmv``, read): six traversals' worth of traffic where the pass makes two.
+
 All timings are interleaved (forward, pass, each estimator, repeated) and each ratio is the
 median over repeats, so that a noisy neighbour slows numerator and denominator alike.
 Run: ``python -m rnnsweep.benchmarks.step_cost [--json] [--quick]``.
@@ -29,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -59,10 +74,12 @@ TARGETS = (
     ("nobacktrack", "closed-form", 64, 1, "forward", 8.0),
     ("snap1", "closed-form", 64, 1, "forward", 6.0),
     ("rflo", "closed-form", 64, 1, "forward", 6.0),
-    ("uoro", "closed-form", 128, 64, "pass", 5.0),
-    ("nobacktrack", "closed-form", 128, 64, "pass", 5.0),
+    ("uoro", "closed-form", 128, 64, "pass", 3.5),  # issue 14 (3x with wider vector units)
+    ("nobacktrack", "closed-form", 128, 64, "pass", 3.5),
     ("tbptt", "closed-form", 128, 64, "forward", 4.0),
 )
+MEMORY_ESTIMATORS = ("uoro", "nobacktrack")
+MEMORY_HIDDEN, MEMORY_BATCH, MEMORY_STEPS, MEMORY_BOUND = 128, 64, 16, 1.3
 LEARNER_ESTIMATORS = ("uoro", "nobacktrack", "snap1", "rflo", "kf-rtrl")
 LEARNER_HIDDEN = 64
 # The whole learner step at B=1 (issue 14): against a forward step, and its own overhead.
@@ -74,6 +91,10 @@ LEARNER_FORWARD_BOUNDS = {
     "kf-rtrl": 4.0,
 }
 LEARNER_OVERHEAD_BOUND = 1.10
+TARGETS += tuple(
+    (name, "memory", MEMORY_HIDDEN, MEMORY_BATCH, "state", MEMORY_BOUND)
+    for name in MEMORY_ESTIMATORS
+)
 TARGETS += tuple(
     (name, "learner", LEARNER_HIDDEN, 1, against, bound)
     for name in LEARNER_ESTIMATORS
@@ -203,6 +224,86 @@ def measure_learner(names, n: int, repeats: int, calls: int, log) -> list[dict]:
     return rows
 
 
+def _tensor_bytes(tree: object) -> int:
+    """Bytes of the tensors of a snapshot tree (dicts and lists of tensors and plain values)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.untyped_storage().nbytes()
+    if isinstance(tree, dict):
+        return sum(_tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, list | tuple):
+        return sum(_tensor_bytes(v) for v in tree)
+    return 0
+
+
+def allocation_rise(step: Callable[[], object], steps: int) -> int:
+    """The largest rise of CPU allocations over ``steps`` calls of ``step``: the running sum
+    of ``torch.profiler``'s memory events (allocations inside operations, frees) above its
+    lowest point so far."""
+    from torch.profiler import ProfilerActivity, profile
+
+    # the profiler's native start/stop lines and allocator warnings go to fd 2: not ours to show
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            for _ in range(steps):
+                step()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
+    events = sorted(
+        (e for e in prof.events() if e.self_cpu_memory_usage),
+        key=lambda e: e.time_range.start,
+    )
+    level = low = rise = 0
+    for event in events:
+        level += event.self_cpu_memory_usage
+        low = min(low, level)
+        rise = max(rise, level - low)
+    return rise
+
+
+def measure_memory(names, n: int, batch: int, steps: int, log) -> list[dict]:
+    from rnnsweep.algorithms import checkpoint
+    from rnnsweep.algorithms.learner import Learner, LearnerSpec
+    from rnnsweep.benchmarks.population import state_bytes
+
+    rows = []
+    for name in names:
+        settings = {"batch": batch, "log_every": 10**9}
+        learner = Learner(LearnerSpec("add", name, "tanh", n, settings=settings))
+        for _ in range(3):
+            learner.step()
+        pop = learner.population
+        transient = allocation_rise(learner.step, steps)
+        held = state_bytes(pop)
+        own = {
+            "parameters": pop.flat.untyped_storage().nbytes(),
+            "influence": _tensor_bytes(checkpoint.snapshot(pop.est_state)),
+            "optimizer": sum(t.untyped_storage().nbytes() for t in pop.flat_opt.m + pop.flat_opt.v),
+        }
+        state = sum(own.values())
+        rows.append(
+            {
+                "estimator": name,
+                "path": "memory",
+                "hidden": n,
+                "batch": batch,
+                **{f"{k}_bytes": v for k, v in own.items()},
+                "held_bytes": held,
+                "transient_bytes": transient,
+                "peak_bytes": held + transient,
+                "ratio_to_state": (held + transient) / state,
+            }
+        )
+        log(
+            f"memory {name} n={n} B={batch}: state {state / 2**20:.2f} MiB, held "
+            f"{held / 2**20:.2f} MiB, transient {transient / 2**20:.2f} MiB"
+        )
+    return rows
+
+
 def measure(hidden, batches, repeats: int, calls: int, generic: bool, log) -> list[dict]:
     rows = []
     for n in hidden:
@@ -293,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         hidden, batches, repeats, calls, not args.no_generic, log
     )
     rows += measure_learner(LEARNER_ESTIMATORS, LEARNER_HIDDEN, repeats, calls, log)
+    if not args.learner_only:
+        rows += measure_memory(
+            MEMORY_ESTIMATORS, MEMORY_HIDDEN, MEMORY_BATCH, 4 if args.quick else MEMORY_STEPS, log
+        )
     targets = check_targets(rows)
     machine = machine_of(args.threads)
     if args.json:
@@ -308,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'x pass':>8} {'us/stream-step':>15}"
         )
     for r in rows:
-        if r["path"] == "learner":
+        if r["path"] in ("learner", "memory"):
             continue
         print(
             f"{r['estimator']:<12} {r['path']:<12} {r['hidden']:>4} {r['batch']:>3} "
@@ -330,10 +435,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['ratio_to_estimator']:>13.3f} ({LEARNER_OVERHEAD_BOUND:g}x)"
                 f"{r['ratio_to_own_estimator']:>11.3f}"
             )
+    memory = [r for r in rows if r["path"] == "memory"]
+    if memory:
+        print(
+            f"\n{'memory':<12} {'n':>4} {'B':>3} {'state MiB':>10} {'held MiB':>9} "
+            f"{'transient MiB':>14} {'peak / state (bound)':>21}"
+        )
+    for r in memory:
+        state = r["parameters_bytes"] + r["influence_bytes"] + r["optimizer_bytes"]
+        print(
+            f"{r['estimator']:<12} {r['hidden']:>4} {r['batch']:>3} {state / 2**20:>10.2f} "
+            f"{r['held_bytes'] / 2**20:>9.2f} {r['transient_bytes'] / 2**20:>14.2f} "
+            f"{r['ratio_to_state']:>14.2f} ({MEMORY_BOUND:g}x)"
+        )
     if targets:
         print(
             "\ntargets (pass = S <- a S + u v^T over [B, n, n+1+m]; forward = cell+readout+loss;"
-            "\n estimator = the learner's estimator step alone):"
+            "\n estimator = the learner's estimator step alone; state = parameters + influence"
+            "\n state + Adam's moments, against the learner's peak memory):"
         )
         for t in targets:
             print(

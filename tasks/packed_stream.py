@@ -67,8 +67,12 @@ class PackedStream:
             self._gather()
 
     def _gather(self) -> None:
-        self._x = self._to_device(torch.cat([s._x for s in self.members], dim=1))
-        self._y = self._to_device(torch.cat([s._y for s in self.members], dim=1))
+        if len(self.members) == 1:  # a lone learner's: its member's buffers, not a copy
+            x, y = self.members[0]._x, self.members[0]._y
+        else:
+            x = torch.cat([s._x for s in self.members], dim=1)
+            y = torch.cat([s._y for s in self.members], dim=1)
+        self._x, self._y = self._to_device(x), self._to_device(y)
         # each step's rows as views made once per chunk: next() only picks them up
         self._rows = (self._x.unbind(0), self._y.unbind(0))
         self._symbols = self._x.dim() == 2

@@ -44,6 +44,20 @@ def test_step_cost_json_has_learner_rows_against_their_estimator(capsys):
     closed = {(r["estimator"], r["batch"]) for r in out["rows"] if r["path"] == "closed-form"}
     assert {(name, b) for name in step_cost.CLOSED_FORM for b in (1, 4)} == closed
 
+    # memory at n=128, B=64: w [64, 128, 131] float32 is the influence state's bulk
+    memory = {r["estimator"]: r for r in out["rows"] if r["path"] == "memory"}
+    assert set(memory) == {"uoro", "nobacktrack"}
+    for name, row in memory.items():
+        assert row["influence_bytes"] >= 64 * 128 * 131 * 4
+        assert row["optimizer_bytes"] == 2 * row["parameters_bytes"]  # Adam's m and v
+        state = row["parameters_bytes"] + row["influence_bytes"] + row["optimizer_bytes"]
+        assert row["held_bytes"] >= state and row["transient_bytes"] > 0
+        assert row["peak_bytes"] == row["held_bytes"] + row["transient_bytes"]
+        assert row["ratio_to_state"] == pytest.approx(row["peak_bytes"] / state, rel=1e-12)
+        verdict = [t for t in out["targets"] if (t["estimator"], t["against"]) == (name, "state")]
+        assert verdict and verdict[0]["bound"] == 1.3
+        assert verdict[0]["met"] == (row["ratio_to_state"] <= 1.3)
+
 
 def test_step_cost_learner_only_prints_the_machine_and_each_bound(capsys):
     assert step_cost.main(["--quick", "--learner-only"]) == 0
