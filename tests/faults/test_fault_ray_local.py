@@ -34,18 +34,13 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(p.split("=", 1) for p in pairs if "=" in p)
 
 
-@pytest.fixture(scope="module")
-def running_sweep(tmp_path_factory):
-    """A driver subprocess (its own RAY_TMPDIR) in the middle of a sweep: ``(process, temp
-    root, state dir)`` once a trial has recorded a checkpoint."""
-    tmp = tmp_path_factory.mktemp("ray_local")
-    spec = {
-        "name": "rl",
+def _spec(name: str, steps: int, **more) -> dict:
+    """Two uoro trials on add, one worker, reports every 100 steps."""
+    return {
+        "name": name,
         "task": "add",
         "hidden": 8,
-        "dtype": "float64",
-        # never reached: the driver is killed; a fast machine (30000 steps/s) runs 60 s
-        "steps": 2_000_000,
+        "steps": steps,
         "trials": 2,
         "workers": 1,
         "estimators": ["uoro"],
@@ -53,8 +48,17 @@ def running_sweep(tmp_path_factory):
         "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
         "pruner": "none",
         "sampler": "random",
-        "checkpoint_every": 500,
+        **more,
     }
+
+
+@pytest.fixture(scope="module")
+def running_sweep(tmp_path_factory):
+    """A driver subprocess (its own RAY_TMPDIR) in the middle of a sweep: ``(process, temp
+    root, state dir)`` once a trial has recorded a checkpoint."""
+    tmp = tmp_path_factory.mktemp("ray_local")
+    # never reached: the driver is killed; a fast machine (30000 steps/s) runs 60 s
+    spec = _spec("rl", 2_000_000, dtype="float64", checkpoint_every=500)
     (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
     state = tmp / "state"
     temp_root = tempfile.mkdtemp(prefix="rloc", dir="/tmp")
@@ -125,19 +129,7 @@ def test_a_finished_launch_ends_at_once_and_its_ray_goes_with_it(tmp_path):
     """Run from the console, a launch that finishes leaves its Ray instance to the reaper
     (SIGKILL, not waited for) instead of Ray's graceful shutdown: its record is complete, it
     exits 0 with nothing from Ray on stderr, and no process of the instance outlives it."""
-    spec = {
-        "name": "ends",
-        "task": "add",
-        "hidden": 8,
-        "steps": 400,
-        "trials": 2,
-        "workers": 1,
-        "estimators": ["uoro"],
-        "fixed": {"log_every": 100},
-        "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-        "pruner": "none",
-        "sampler": "random",
-    }
+    spec = _spec("ends", 400)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     state = tmp_path / "state"
     temp_root = tempfile.mkdtemp(prefix="rend", dir="/tmp")
