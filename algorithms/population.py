@@ -453,7 +453,7 @@ class Population:
             if isinstance(clip, Tensor):
                 scale = torch.where(clip > 0, scale, 1.0)
             g = g * scale.to(g.dtype).unsqueeze(1)
-        self.sums[:, 2] += norm
+        self.sums[:, 2].add_(norm)  # in place on the view: no write back
         optimizer.update(
             self.flat_opt,
             [self.trained],
