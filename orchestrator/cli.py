@@ -660,6 +660,10 @@ def entry() -> None:
     local_ray.exit_follows = True
     try:
         code = main()
+    except KeyboardInterrupt:
+        if not local_ray.left_to_reaper:
+            raise
+        code = 130
     except BaseException:
         if not local_ray.left_to_reaper:
             raise
