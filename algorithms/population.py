@@ -234,8 +234,9 @@ class Population:
 
     def _prepare_step(self) -> None:
         """The step's buffers and constants, so that its hot path looks up no settings: the
-        loss ring ``[RING, pack b]`` and a lone member's per-tensor gradient norms (at most
-        ``RING`` steps of ``(|g_theta|, |g_readout|)``), both folded into ``sums`` by ``_fold``;
+        list of the steps' losses (``[pack b]`` each, at most ``RING``) and a lone member's
+        per-tensor gradient norms (at most ``RING`` steps of ``(|g_theta|, |g_readout|)``),
+        both folded into ``sums`` by ``_fold``;
         and, for a lone member updating every step without clipping (``_lone``), its rate's
         terms as floats and its parameters and moments as the tensors the in-place update
         takes."""
