@@ -32,10 +32,15 @@ def _is_constant(tensor: Tensor) -> bool:
     )
 
 
-def snapshot(obj: Any, path: str = "state") -> Any:
-    """``obj`` as a tree of plain values and tensors (see the module's docstring)."""
+def snapshot(obj: Any, path: str = "state", shapes: bool = False) -> Any:
+    """``obj`` as a tree of plain values and tensors (see the module's docstring); ``shapes``:
+    its tensors as ``meta`` tensors of their shape and dtype (a template, copying nothing)."""
     if isinstance(obj, Tensor):
-        return {"__const__": True} if _is_constant(obj) else obj.detach().clone()
+        if _is_constant(obj):
+            return {"__const__": True}
+        if shapes:
+            return torch.empty(obj.shape, dtype=obj.dtype, device="meta")
+        return obj.detach().clone()
     if isinstance(obj, _SCALARS):
         return obj
     if isinstance(obj, torch.dtype | torch.device):
@@ -47,16 +52,18 @@ def snapshot(obj: Any, path: str = "state") -> Any:
     if isinstance(obj, torch.Generator):
         return {"__generator__": obj.get_state()}
     if isinstance(obj, list | tuple):
-        return {"__list__": [snapshot(item, f"{path}[{i}]") for i, item in enumerate(obj)]}
+        return {"__list__": [snapshot(item, f"{path}[{i}]", shapes) for i, item in enumerate(obj)]}
     if isinstance(obj, dict):
         if not all(isinstance(key, str) for key in obj):
             raise ValueError(f"{path}: a checkpoint stores dicts with string keys only")
-        return {"__dict__": {key: snapshot(value, f"{path}.{key}") for key, value in obj.items()}}
+        return {
+            "__dict__": {key: snapshot(v, f"{path}.{key}", shapes) for key, v in obj.items()}
+        }
     if hasattr(obj, "__dict__"):
         return {
             "__object__": type(obj).__name__,
             "fields": {
-                key: snapshot(value, f"{path}.{key}")
+                key: snapshot(value, f"{path}.{key}", shapes)
                 for key, value in vars(obj).items()
                 if not callable(value) or isinstance(value, Tensor)
             },

@@ -65,18 +65,6 @@ def _check_allocated(path: str, value: Any, packed: Any) -> None:
         raise ValueError(f"{path}: a tensor the fresh state does not have; cannot pack it")
 
 
-def skeleton(tree: Any) -> Any:
-    """``tree`` with each tensor leaf replaced by a ``meta`` tensor of its shape and dtype: a
-    template, which only the shapes of its leaves are read from, holding no memory."""
-    if isinstance(tree, Tensor):
-        return torch.empty(tree.shape, dtype=tree.dtype, device="meta")
-    if isinstance(tree, dict) and not _is_const(tree):
-        return {key: skeleton(value) for key, value in tree.items()}
-    if isinstance(tree, list | tuple):
-        return [skeleton(value) for value in tree]
-    return tree
-
-
 def take(tree: Any, packed_template: Any, member_template: Any, index: int) -> Any:
     """Member ``index``'s tree, cut from a packed ``tree`` (tensors are cloned)."""
 

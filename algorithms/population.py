@@ -338,10 +338,7 @@ class Population:
 
     def _template_pair(self, packed: Any, member: Any) -> tuple[Any, Any]:
         """The pack's and a member's fresh state as ``pack_state`` templates (shapes only)."""
-        return (
-            pack_state.skeleton(checkpoint.snapshot(packed)),
-            pack_state.skeleton(checkpoint.snapshot(member)),
-        )
+        return checkpoint.snapshot(packed, shapes=True), checkpoint.snapshot(member, shapes=True)
 
     def _load(self, name: str, obj: Any, trees: list[Any]) -> None:
         packed, member = self._templates[name]

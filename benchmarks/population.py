@@ -32,19 +32,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from rnnsweep.algorithms.learner import Learner, LearnerSpec
 from rnnsweep.algorithms.population import Population
+from rnnsweep.benchmarks.memory import resident_bytes, storage_bytes
 
 ESTIMATORS = ("uoro", "nobacktrack", "tbptt")
 HIDDEN = (32, 128)
@@ -99,7 +99,7 @@ def measure(
     if memory and device == "cuda":
         torch.cuda.synchronize()
         row = {
-            "state_bytes_per_member": state_bytes(population) / pack,
+            "state_bytes_per_member": storage_bytes(population) / pack,
             "held_bytes_per_member": (torch.cuda.memory_allocated() - before) / pack,
             "peak_bytes_per_member": (torch.cuda.max_memory_allocated() - before) / pack,
         }
@@ -131,42 +131,6 @@ def measure(
     }
 
 
-def _tensors(obj: Any, seen: set[int]) -> Iterator[torch.Tensor]:
-    """Every tensor reachable from ``obj`` through attributes, dicts and sequences."""
-    if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
-        return
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from _tensors(value, seen)
-    elif isinstance(obj, (list, tuple, set)):
-        for value in obj:
-            yield from _tensors(value, seen)
-    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("rnnsweep"):
-        yield from _tensors(vars(obj), seen)
-    elif hasattr(obj, "__slots__"):
-        for name in obj.__slots__:
-            yield from _tensors(getattr(obj, name, None), seen)
-
-
-def state_bytes(population: Population) -> int:
-    """Bytes of every storage the population's tensors live in, each counted once."""
-    storages = {}
-    for t in _tensors(population, set()):
-        if t.device.type == "meta":  # a template's shape: no memory
-            continue
-        storage = t.untyped_storage()
-        storages[(storage.data_ptr(), t.device)] = storage.nbytes()
-    return sum(storages.values())
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def cpu_member_memory(estimator: str, hidden: int, pack: int, steps: int) -> dict:
     """The memory a member of a CPU pack costs, built and stepped ``steps`` times in a fresh
     process (``_measure_memory_here``)."""
@@ -191,14 +155,14 @@ def _measure_memory_here(estimator: str, hidden: int, pack: int, steps: int) -> 
     for _ in range(3):
         warm.step()
     del warm
-    before = _resident_bytes()
+    before = resident_bytes()
     population = Population([member_spec(estimator, hidden, i, "cpu") for i in range(pack)])
     for _ in range(steps):
         population.step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # Linux: KiB
     return {
-        "state_bytes_per_member": state_bytes(population) / pack,
-        "held_bytes_per_member": max(_resident_bytes() - before, 0) / pack,
+        "state_bytes_per_member": storage_bytes(population) / pack,
+        "held_bytes_per_member": max(resident_bytes() - before, 0) / pack,
         "peak_bytes_per_member": max(peak, 0) / pack,
     }
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -224,50 +223,10 @@ def measure_learner(names, n: int, repeats: int, calls: int, log) -> list[dict]:
     return rows
 
 
-def _tensor_bytes(tree: object) -> int:
-    """Bytes of the tensors of a snapshot tree (dicts and lists of tensors and plain values)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.untyped_storage().nbytes()
-    if isinstance(tree, dict):
-        return sum(_tensor_bytes(v) for v in tree.values())
-    if isinstance(tree, list | tuple):
-        return sum(_tensor_bytes(v) for v in tree)
-    return 0
-
-
-def allocation_rise(step: Callable[[], object], steps: int) -> int:
-    """The largest rise of CPU allocations over ``steps`` calls of ``step``: the running sum
-    of ``torch.profiler``'s memory events (allocations inside operations, frees) above its
-    lowest point so far."""
-    from torch.profiler import ProfilerActivity, profile
-
-    # the profiler's native start/stop lines and allocator warnings go to fd 2: not ours to show
-    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(quiet, 2)
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            for _ in range(steps):
-                step()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(quiet)
-    events = sorted(
-        (e for e in prof.events() if e.self_cpu_memory_usage),
-        key=lambda e: e.time_range.start,
-    )
-    level = low = rise = 0
-    for event in events:
-        level += event.self_cpu_memory_usage
-        low = min(low, level)
-        rise = max(rise, level - low)
-    return rise
-
-
 def measure_memory(names, n: int, batch: int, steps: int, log) -> list[dict]:
     from rnnsweep.algorithms import checkpoint
     from rnnsweep.algorithms.learner import Learner, LearnerSpec
-    from rnnsweep.benchmarks.population import state_bytes
+    from rnnsweep.benchmarks.memory import allocation_rise, storage_bytes
 
     rows = []
     for name in names:
@@ -277,10 +236,10 @@ def measure_memory(names, n: int, batch: int, steps: int, log) -> list[dict]:
             learner.step()
         pop = learner.population
         transient = allocation_rise(learner.step, steps)
-        held = state_bytes(pop)
+        held = storage_bytes(pop)
         own = {
             "parameters": pop.flat.untyped_storage().nbytes(),
-            "influence": _tensor_bytes(checkpoint.snapshot(pop.est_state)),
+            "influence": storage_bytes(checkpoint.snapshot(pop.est_state)),
             "optimizer": sum(t.untyped_storage().nbytes() for t in pop.flat_opt.m + pop.flat_opt.v),
         }
         state = sum(own.values())

@@ -660,17 +660,16 @@ def entry() -> None:
     local_ray.exit_follows = True
     try:
         code = main()
-    except KeyboardInterrupt:
+    except BaseException as error:
         if not local_ray.left_to_reaper:
             raise
-        code = 130
-    except BaseException:
-        if not local_ray.left_to_reaper:
-            raise
-        import traceback
+        if isinstance(error, KeyboardInterrupt):
+            code = 130
+        else:
+            import traceback
 
-        traceback.print_exc()
-        code = 1
+            traceback.print_exc()
+            code = 1
     if local_ray.left_to_reaper:
         sys.stdout.flush()
         sys.stderr.flush()
