@@ -31,8 +31,9 @@ class LearnerHost:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        # Ray starts workers at nice 15, below its own daemons; a learner is the work itself,
-        # so it takes the ordinary priority back where the system allows it.
+        # Ray starts workers at nice 15, below its own daemons (a private local Ray starts them
+        # at 0: ``local_ray``); a learner is the work itself, so it takes the ordinary
+        # priority back where the system allows it.
         try:
             os.setpriority(os.PRIO_PROCESS, 0, 0)
         except (PermissionError, OSError):

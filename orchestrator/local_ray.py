@@ -12,6 +12,12 @@ keeps the token in ``~/.ray/auth_token``, mode 0600, created (or narrowed) the f
 one line saying so. The token itself is never read, printed or recorded here. A cluster named
 by ``RAY_ADDRESS`` never comes here: its own auth mode applies.
 
+Its workers run at the ordinary priority (Ray's ``worker_niceness`` 0, where Ray's default is
+nice 15): they host learners, which are the work itself, and a worker at nice 15 on a busy
+machine (another job, the driver's own start-up) can take tens of seconds to import torch
+before the actor's first trial, under every nice-0 process there. On a cluster named by
+``RAY_ADDRESS`` the actor takes nice 0 itself once it starts (``actors.LearnerHost``).
+
 It dies with its driver: ``start`` also starts a reaper, a small process in a session of its
 own that reads a pipe from the driver. When the pipe closes (the driver ended in any way,
 ``kill -9`` included), the reaper kills every process of the instance, found by its session
@@ -62,7 +68,13 @@ def start(num_cpus: int, **init_args: Any) -> subprocess.Popen:
     cluster, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
     try:
         # "local": a private instance, never one that happens to run on this machine.
-        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **init_args)
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _system_config={"worker_niceness": 0, **init_args.pop("_system_config", {})},
+            **init_args,
+        )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster
         if previous is None:

@@ -108,6 +108,30 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(running_sweep):
     assert gcs and all(_environ(pid).get("RAY_AUTH_MODE") == "token" for pid in gcs)
 
 
+def _thread_nice(pid: int) -> dict[int, int]:
+    """``{thread id: nice}`` of every thread of ``pid`` (field 19 of its ``stat``)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[int(tid)] = int(fields[16])  # fields after "(comm)" start at field 3
+    return out
+
+
+def test_local_ray_workers_run_at_the_ordinary_priority(running_sweep):
+    """Every thread of the instance's Python workers, the actor's included, runs at nice 0
+    from the start (Ray's default is 15: an actor then imports torch below every other job)."""
+    _, temp_root, _ = running_sweep
+    workers = [pid for pid in ray_processes(temp_root) if _name(pid).startswith("ray::")]
+    assert any(_name(pid).startswith("ray::LearnerHos") for pid in workers), workers
+    nice = {(pid, _name(pid)): _thread_nice(pid) for pid in workers}
+    assert all(nice.values()), nice
+    assert {n for threads in nice.values() for n in threads.values()} == {0}, nice
+
+
 def test_local_ray_dies_with_a_killed_driver(running_sweep):
     proc, temp_root, state = running_sweep
     before = ray_processes(temp_root)
