@@ -72,7 +72,7 @@ def start(num_cpus: int, **init_args: Any) -> subprocess.Popen:
             address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
-            _system_config={"worker_niceness": 0, **init_args.pop("_system_config", {})},
+            _system_config={"worker_niceness": 0},
             **init_args,
         )
     finally:

@@ -109,15 +109,14 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(running_sweep):
 
 
 def _thread_nice(pid: int) -> dict[int, int]:
-    """``{thread id: nice}`` of every thread of ``pid`` (field 19 of its ``stat``)."""
+    """``{thread id: nice}`` of every thread of ``pid`` (Linux: a thread id names its own
+    priority)."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = os.getpriority(os.PRIO_PROCESS, int(tid))
         except OSError:  # the thread ended
             continue
-        out[int(tid)] = int(fields[16])  # fields after "(comm)" start at field 3
     return out
 
 
