@@ -12,7 +12,16 @@ import tempfile
 from ray_processes import kill, ray_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIELDS = {"sampler", "trials", "trials_per_min", "driver_s_per_trial", "ask_s_per_trial"}
+FIELDS = {
+    "sampler",
+    "trials",
+    "trials_per_min",
+    "driver_s_per_trial",
+    "ask_s_per_trial",
+    "optuna_floor_s_per_trial",
+    "mlflow_floor_s_per_trial",
+    "ceiling_trials_per_min",
+}
 
 
 def test_quick_json_rows_complete_every_trial():
@@ -39,3 +48,6 @@ def test_quick_json_rows_complete_every_trial():
         assert row["completed"] == row["trials"], row
         assert row["trials_per_min"] > 0 and row["ask_s_per_trial"] > 0, row
         assert row["driver_s_per_trial"] > 0, row
+        floor = row["optuna_floor_s_per_trial"] + row["mlflow_floor_s_per_trial"]
+        assert row["optuna_floor_s_per_trial"] > 0 and row["mlflow_floor_s_per_trial"] > 0, row
+        assert abs(row["ceiling_trials_per_min"] - 60.0 / floor) <= 1e-9 * 60.0 / floor, row
