@@ -27,6 +27,7 @@ shrinks to what the live nodes can hold ("pool 2→1: node … lost") and grows 
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import threading
@@ -374,15 +375,15 @@ class Driver:
             numbers = list(group.members)
             for run in group.members.values():
                 if self.spec.pack > 1:
-                    self.stores.record_pack(run.trial, numbers)
+                    self.stores.record(run.trial, {"pack": numbers})
                 run.row.state = "RUNNING"
                 self.table.update(run.row, changed_state=True)
 
     def _on_outcome(self, outcome: Outcome) -> None:
         group = outcome.group
-        if outcome.node is not None:  # (re)started on this node
+        if outcome.node is not None:  # (re)started on this node: recorded with the next attrs
             for run in group.members.values():
-                self.stores.record_node(run.trial, run.tracker, outcome.node)
+                run.unrecorded.update(self.stores.node_attrs(run.tracker, outcome.node))
         if outcome.died is not None:
             self._actor_died(group, outcome.died)
         elif outcome.error:
@@ -397,10 +398,11 @@ class Driver:
         ``max_retries``."""
         again, exhausted = self.scheduler.actor_died(group, error)
         for run in exhausted:
-            self.stores.record_retries(run.trial, run.retries)
-            self._finish(run, "FAIL", None, self.scheduler.died_reason(run, error))
+            attrs = {"retries": run.retries}
+            self._finish(run, "FAIL", None, self.scheduler.died_reason(run, error), attrs)
         for run in again:
-            self.stores.record_retries(run.trial, run.retries)
+            self.stores.record(run.trial, {**run.unrecorded, "retries": run.retries})
+            run.unrecorded = {}
             run.row.state, run.row.note = "RESTARTING", f"retry {run.retries}"
             self.table.update(run.row, changed_state=True)
         self._requeue(again)
@@ -430,13 +432,16 @@ class Driver:
         value: float | None,
         reason: str = "",
         attrs: dict[str, Any] | None = None,
+        checkpoint: bytes | None = None,
     ) -> None:
-        """End a trial; ``attrs`` (e.g. ``steps_done``) go with its end's user attrs."""
-        attrs = dict(attrs or {})
+        """End a trial; ``attrs`` (e.g. ``steps_done``) go with its end's user attrs,
+        ``checkpoint`` (its last, from the chunk that ended it) with its end (``stores.end``)."""
+        attrs = {**run.unrecorded, **(attrs or {})}
+        run.unrecorded = {}
         if run.row.started is not None:
             run.row.end(time.monotonic())
             attrs["timing"] = run.row.timing(time.monotonic())
-        self.stores.end(run.trial, run.tracker, state, value, reason, attrs)
+        self.stores.end(run.trial, run.tracker, state, value, reason, attrs, checkpoint)
         run.row.state, run.row.note, run.row.value = state, reason[:60], value
         self.table.update(run.row, changed_state=True)
         del self.running[run.number]
@@ -486,19 +491,22 @@ class Driver:
                 if self.stores.report(trial, step, loss):
                     pruned = True
         ended: dict[str, Any] = {}  # user attrs written with the trial's end, if it ends here
-        if result["checkpoint"] is not None:
+        checkpoint = result["checkpoint"]
+        step = checkpoint_step(checkpoint)
+        if checkpoint is not None and result["state"] == "running":
             # The metrics up to the checkpoint must be in MLflow (or, while it is unavailable,
             # in the run's journal) before it can be resumed from, or a crash would leave a
             # gap; the learner is already on its next chunk.
             run.tracker.flush()
-            running = result["state"] == "running"
-            step = self.stores.write_checkpoint(trial, result["checkpoint"], record=running)
-            if running:  # (an ended trial's are recorded by _finish)
-                self.stores.record_timing(trial, run.row.timing(time.monotonic()))
-            else:
-                ended["checkpoint_step"] = step
+            self.stores.write_checkpoint(trial, checkpoint)
+            # written below, or with its end if it is pruned now
+            run.unrecorded.update(checkpoint_step=step, timing=run.row.timing(time.monotonic()))
+            checkpoint = None  # (its end writes no second copy)
+        elif checkpoint is not None:  # an ended trial's: ``end`` writes it once MLflow has all
+            ended["checkpoint_step"] = step
+        finish = functools.partial(self._finish, run, attrs=ended, checkpoint=checkpoint)
         if result["state"] == "failed":  # e.g. its checkpoint refused by the actor
-            self._finish(run, "FAIL", None, result["reason"], ended)
+            finish("FAIL", None, result["reason"])
         elif result["state"] == "done":
             summary = result["summary"]
             metric = self.spec.objective.metric
@@ -513,17 +521,20 @@ class Driver:
                 },
             )
             if value is None or value != value:
-                self._finish(run, "FAIL", None, f"objective {metric} is not a number", ended)
+                finish("FAIL", None, f"objective {metric} is not a number")
             else:
-                self._finish(run, "COMPLETE", float(value), attrs=ended)
+                finish("COMPLETE", float(value))
         elif result["state"] == "diverged":
             ended["steps_done"] = result["summary"]["steps"]
-            self._finish(run, "FAIL", None, f"diverged: {result['summary']['reason']}", ended)
+            finish("FAIL", None, f"diverged: {result['summary']['reason']}")
         elif pruned:
             ended["steps_done"] = run.row.step
-            self._finish(run, "PRUNED", None, f"pruned at step {run.row.step}", ended)
+            finish("PRUNED", None, f"pruned at step {run.row.step}")
         else:
             self.table.update(run.row)
+        if run.unrecorded and run.number in self.running:  # still running: its node, progress
+            self.stores.record(trial, run.unrecorded)
+            run.unrecorded = {}
         if result["checkpoint"] is not None:
             self._emit("checkpoint", run.number, step, actor)
 

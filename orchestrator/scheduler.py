@@ -19,7 +19,7 @@ import math
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rnnsweep.orchestrator import cluster_resources, local_ray
@@ -48,6 +48,7 @@ class Running:
     group: Group | None = None
     retries: int = 0
     restart_from: int = 0  # steps done at the (re)start
+    unrecorded: dict[str, Any] = field(default_factory=dict)  # user attrs for its next write
 
     @property
     def actor(self) -> Any:

@@ -602,20 +602,20 @@ class SweepStores:
     def record_pack(self, trial: Any, numbers: list[int]) -> None:
         self._optuna(trial.set_user_attr, "pack", numbers)  # the trials it shares an actor with
 
-    def record_node(self, trial: Any, tracker: Tracker, node: dict[str, str]) -> None:
-        """The Ray node the trial (re)started on: Optuna attrs and MLflow tags ``ray_node_id``,
-        ``ray_node_ip`` (a retried trial may move). The tags go with the run's next batch:
-        an MLflow outage never stalls the driver here."""
+    def node_attrs(self, tracker: Tracker, node: dict[str, str]) -> dict[str, str]:
+        """The Ray node a trial (re)started on (a retried trial may move): MLflow tags
+        ``ray_node_id``, ``ray_node_ip``, queued with the run's next batch (an MLflow outage
+        never stalls the driver here); returns the same as Optuna user attrs, for the caller
+        to write with the trial's next ones (``record``)."""
         tags = {"ray_node_id": node["node_id"], "ray_node_ip": node["node_ip"]}
-        self._attrs(trial, tags)
         tracker.queue_tags(tags)
+        return tags
 
-    def record_retries(self, trial: Any, retries: int) -> None:
-        self._optuna(trial.set_user_attr, "retries", retries)
-
-    def record_timing(self, trial: Any, timing: dict[str, Any]) -> None:
-        """``timing``: the seconds the trial has run, its steps/s and when (``status``)."""
-        self._optuna(trial.set_user_attr, "timing", timing)
+    def record(self, trial: Any, attrs: dict[str, Any]) -> None:
+        """User attrs of a running trial, in one transaction: ``checkpoint_step``, ``timing``
+        (the seconds it has run, its steps/s and when: ``status``), ``retries``, ``pack``
+        (the trials it shares an actor with), its node (``node_attrs``)."""
+        self._attrs(trial, attrs)
 
     def end(
         self,
@@ -625,10 +625,13 @@ class SweepStores:
         value: float | None,
         reason: str = "",
         attrs: dict[str, Any] | None = None,
+        checkpoint: bytes | None = None,
     ) -> None:
-        """Record a trial's end (``COMPLETE``, ``FAIL``, ``PRUNED``): MLflow, then Optuna.
-        ``attrs``: user attrs of its end (``steps_done``, ``timing``, ...), written in one
-        transaction with the reason and ``pruned_at_step``."""
+        """Record a trial's end (``COMPLETE``, ``FAIL``, ``PRUNED``): MLflow (its queue drained,
+        the run closed), then ``checkpoint`` (its last, if the chunk that ended it sent one:
+        kept once every metric before it is in MLflow, so that it needs no flush of its own),
+        then Optuna. ``attrs``: user attrs of its end (``steps_done``, ``timing``, ...),
+        written in one transaction with the reason and ``pruned_at_step``."""
         import optuna
 
         attrs = dict(attrs or {})
@@ -638,9 +641,11 @@ class SweepStores:
             tags["reason"] = reason
         if state == "PRUNED":
             attrs.update(self._record_pruned(trial, tracker))
-        self._attrs(trial, attrs)
         tracker.queue_tags(tags)  # written with its last metrics as ``close`` drains them
         tracker.close(MLFLOW_STATUS[state])
+        if checkpoint is not None:
+            self.write_checkpoint(trial, checkpoint)  # its step is in ``attrs``
+        self._attrs(trial, attrs)
         # skip_if_finished: a tell whose commit landed before the connection was lost
         self._optuna(
             self.study.tell,
@@ -685,14 +690,12 @@ class SweepStores:
         checkpoint_file.check(data, self.checkpoint_name(number))
         return data
 
-    def write_checkpoint(self, trial: Any, data: bytes, record: bool = True) -> int:
+    def write_checkpoint(self, trial: Any, data: bytes) -> int:
         """Keep a checkpoint an actor sent (atomically); returns its step, read from its
-        header and recorded on the trial (``record`` False: the caller records it with the
-        trial's end; the file is what ``resume`` reads)."""
+        header, for the caller to record as the trial's ``checkpoint_step`` (the file is what
+        ``resume`` reads)."""
         step = checkpoint_step(data)
         write_atomic(sweep_store.checkpoint_path(self.state_dir, self.name, trial.number), data)
-        if record:
-            self._optuna(trial.set_user_attr, "checkpoint_step", step)
         return step
 
 
