@@ -599,9 +599,6 @@ class SweepStores:
             return False
         return self._optuna(trial.should_prune)
 
-    def record_pack(self, trial: Any, numbers: list[int]) -> None:
-        self._optuna(trial.set_user_attr, "pack", numbers)  # the trials it shares an actor with
-
     def node_attrs(self, tracker: Tracker, node: dict[str, str]) -> dict[str, str]:
         """The Ray node a trial (re)started on (a retried trial may move): MLflow tags
         ``ray_node_id``, ``ray_node_ip``, queued with the run's next batch (an MLflow outage

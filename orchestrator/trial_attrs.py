@@ -1,15 +1,20 @@
 """Several user attributes of one Optuna trial written in one storage transaction.
 
 Optuna 5.0's public API writes one attribute per call, each its own transaction (a commit
-per key: most of a near-instant trial's store time). Its RDB storage (SQLite, PostgreSQL:
-what sweeps use) upserts an attribute inside a session it then commits; ``set_user_attrs``
-runs those upserts in one session, so that the keys land together or not at all. Any other
-storage gets one public ``set_trial_user_attr`` call per key. The stored rows are the same
-either way (key, JSON value), as every reader (``status``, ``best``, ``report``) sees them.
+per key: most of a near-instant trial's store time), and its RDB storage reads the trial
+back before each key's upsert. On SQLite and PostgreSQL (what sweeps use), ``set_user_attrs``
+reads the trial once, checks that it may still be updated, and upserts every key in one
+multi-row ``INSERT ... ON CONFLICT DO UPDATE``, in one session it then commits: the keys
+land together or not at all, in two statements whatever their number. Any other RDB engine
+gets Optuna's own upsert per key in that session; any other storage one public
+``set_trial_user_attr`` call per key. The stored rows are the same either way (key, JSON
+value), as every reader (``status``, ``best``, ``report``) sees them.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,12 +32,41 @@ def set_user_attrs(trial: Any, attrs: Mapping[str, Any]) -> None:
             trial.set_user_attr(key, value)
         return
     models, scoped_session = private
+    model = models.TrialUserAttributeModel
+    insert = _upsert(backend.engine.name)
     with scoped_session(backend.scoped_session, True) as session:
-        for key, value in attrs.items():
-            backend._set_trial_attr_without_commit(
-                session, models.TrialUserAttributeModel, trial._trial_id, key, value
+        if insert is None:
+            for key, value in attrs.items():
+                backend._set_trial_attr_without_commit(session, model, trial._trial_id, key, value)
+        else:
+            row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
+            backend.check_trial_is_updatable(trial._trial_id, row.state)
+            rows = [
+                {"trial_id": trial._trial_id, "key": key, "value_json": json.dumps(value)}
+                for key, value in attrs.items()
+            ]
+            statement = insert(model).values(rows)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[model.trial_id, model.key],
+                    set_={"value_json": statement.excluded.value_json},
+                )
             )
     trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def _upsert(engine: str) -> Any:
+    """The engine's ``insert`` with ``on_conflict_do_update`` (SQLite from 3.24, PostgreSQL),
+    or None."""
+    if engine == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert
+    if engine == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+
+        return insert
+    return None
 
 
 def _private_api() -> tuple[Any, Any] | None:

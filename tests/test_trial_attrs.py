@@ -24,14 +24,23 @@ def _commits(engine) -> list[int]:
     return count
 
 
+def _statements(engine) -> list[int]:
+    count = [0]
+    sa.event.listen(engine, "before_cursor_execute", lambda *_: count.__setitem__(0, count[0] + 1))
+    return count
+
+
 def test_attrs_land_in_one_commit_and_read_back(storage_url):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage_url)
     trial = study.ask()
     trial.set_user_attr("seed", 1)  # an existing key is overwritten
-    commits = _commits(study._storage._backend.engine)
+    engine = study._storage._backend.engine
+    commits, statements = _commits(engine), _statements(engine)
     set_user_attrs(trial, ATTRS)
     assert commits[0] == 1
+    # the trial read once, then one upsert of every key (Optuna's own path: two per key)
+    assert statements[0] == 2
     assert trial.user_attrs == ATTRS
     reread = optuna.load_study(study_name=study.study_name, storage=storage_url)
     assert reread.trials[0].user_attrs == ATTRS
