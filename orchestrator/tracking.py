@@ -4,9 +4,12 @@
 one step) and written by a background thread in batches (``MlflowClient.log_batch``, at most
 1000 values per call), so a learner only pays for appending to a queue; a new run's params
 and queued tags go with the writer's next batch (a sweep's driver never waits on them; one
-``log_batch`` holds them with the last metrics when they fit). ``close(status)``
-drains the queue and terminates the run. A run can be resumed by id: metrics then continue at
-the steps that follow, never duplicating one already written (``resume_step``).
+``log_batch`` holds them with the last metrics when they fit). A new run's params wait at
+most ``PARAMS_WAIT`` for that batch, then go alone: a short run (a near-instant trial) writes
+its params, metrics and end tags in one call, a long one shows its params within a second.
+``close(status)`` drains the queue and terminates the run. A run can be resumed by id:
+metrics then continue at the steps that follow, never duplicating one already written
+(``resume_step``).
 
 Given an ``Outage`` and a journal folder (sweeps), a tracker rides out an unavailable store:
 its calls wait and retry with backoff (``store_outage``), and the writer keeps the reports it
@@ -36,7 +39,7 @@ from rnnsweep.orchestrator.url_secrets import redact
 
 BATCH = 1000
 BATCH_TAGS = 100  # MLflow's limit per log_batch call, and that of params
-WAKE = object()  # queued to have the writer write queued tags and params at once
+PARAMS_WAIT = 1.0  # s: a new run's params go with its first batch, or alone by then
 BUFFER = 1000  # reports kept in memory while the store is unavailable, beyond: the journal
 
 
@@ -240,9 +243,10 @@ class Tracker:
         self._tags: dict[str, str] = {}  # queue_tags: written with the next batch
         self._params: list[Any] = []  # a new run's params: written with the next batch
         self._tags_lock = threading.Lock()
+        self._params_due = 0.0  # when a new run's params are written without waiting further
         if params and run_id is None:
             self._params = [Param(k, v) for k, v in flat_params(params).items()]
-            self._queue.put(WAKE)
+            self._params_due = time.monotonic() + PARAMS_WAIT
         elif params:
             self.log_params(params)
         self._error: Exception | None = None
@@ -303,17 +307,19 @@ class Tracker:
     def _take(self, pending: list, retry_at: float) -> tuple[list[threading.Event], bool]:
         """Move queued reports to ``pending``, up to a flush (its event is returned) or the
         stop marker, gathering for 0.2 s; waits for the first until ``retry_at`` when there
-        is work to retry, else for ever."""
+        is work to retry, or until a new run's params are due, else for ever."""
         acks: list[threading.Event] = []
         waiting = pending or self._journaled
-        timeout = max(0.0, retry_at - time.monotonic()) if waiting else None
+        due = [retry_at] if waiting else []
+        stopped = self._error is not None or (self._outage is not None and self._outage.given_up)
+        if self._params and not stopped:  # (after a failed try: when it is retried)
+            due.append(max(self._params_due, retry_at))
+        timeout = max(0.0, min(due) - time.monotonic()) if due else None
         try:
             item = self._queue.get(timeout=timeout) if timeout != 0.0 else self._queue.get_nowait()
         except queue.Empty:
             return acks, False
         while True:
-            if item is WAKE:
-                return acks, False
             if item is None:
                 return acks, True
             if isinstance(item, threading.Event):

@@ -7,6 +7,7 @@ out). A real MLflow SQLite store."""
 from __future__ import annotations
 
 import threading
+import time
 
 from rnnsweep.orchestrator import tracking
 from rnnsweep.orchestrator.tracking import Tracker
@@ -52,6 +53,33 @@ def test_a_new_runs_params_and_end_tags_go_to_the_writer(tmp_path):
     assert all(call[1] == "mlflow-writer" for call in calls), calls  # no lookup, no batch here
     assert calls[-1] == ("log_batch", "mlflow-writer", 1, 0, 2), calls  # last metric + tags
     assert sum(call[3] for call in calls) == len(FLAT)
+
+
+def test_a_short_run_writes_params_metrics_and_end_tags_in_one_call(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tracking.experiment_id(tracking.client(uri), "short")
+    calls = _watched(uri)
+    tracker = Tracker(uri, "short", experiment_id=experiment, params=PARAMS)
+    tracker.log_metrics(4, {"loss": 0.5, "final_loss": 0.5})
+    tracker.queue_tags({"optuna_state": "COMPLETE"})
+    tracker.close("FINISHED")
+    assert calls == [("log_batch", "mlflow-writer", 2, len(FLAT), 1)], calls
+    run = tracking.client(uri).get_run(tracker.run_id)
+    assert run.data.params == FLAT and run.data.tags["optuna_state"] == "COMPLETE"
+
+
+def test_a_long_runs_params_are_written_within_params_wait(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "long", params=PARAMS)
+    try:
+        deadline = time.monotonic() + tracking.PARAMS_WAIT + 5.0
+        written = {}
+        while time.monotonic() < deadline and written != FLAT:  # no metric, no flush
+            time.sleep(0.05)
+            written = tracking.client(uri).get_run(tracker.run_id).data.params
+        assert written == FLAT
+    finally:
+        tracker.close("FINISHED")
 
 
 def test_a_reopened_run_gets_the_params_it_lacks_at_once(tmp_path):
