@@ -111,18 +111,19 @@ def run_sweep(sampler: str, trials: int, steps: int, workers: int) -> dict[str, 
 
 def store_floor(sampler: str, trials: int) -> dict[str, float]:
     """Seconds per trial of the least Optuna and MLflow work a trial needs (see the module's
-    docstring), over ``trials`` trials on fresh SQLite files."""
+    docstring), over ``trials`` trials on fresh SQLite files; the sweep's own sampler."""
     import optuna
     from mlflow.entities import Metric, Param, RunTag
 
+    from rnnsweep.orchestrator import spec as spec_
     from rnnsweep.orchestrator.tracking import client
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = spec_.load_spec_dict(spec_dict(sampler, trials, 4, 1))
     with tempfile.TemporaryDirectory(prefix="rnnsweep-floor-") as state:
-        sampler_ = optuna.samplers.RandomSampler(0) if sampler == "random" else None
-        if sampler_ is None:
-            sampler_ = optuna.samplers.TPESampler(seed=0)
-        study = optuna.create_study(storage=f"sqlite:///{state}/optuna.db", sampler=sampler_)
+        study = optuna.create_study(
+            storage=f"sqlite:///{state}/optuna.db", sampler=spec_.make_sampler(spec, spec.seed)
+        )
         started = time.perf_counter()
         for _ in range(trials):
             trial = study.ask()

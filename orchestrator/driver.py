@@ -375,7 +375,7 @@ class Driver:
             numbers = list(group.members)
             for run in group.members.values():
                 if self.spec.pack > 1:
-                    self.stores.record(run.trial, {"pack": numbers})
+                    self._record(run, {"pack": numbers})
                 run.row.state = "RUNNING"
                 self.table.update(run.row, changed_state=True)
 
@@ -401,8 +401,7 @@ class Driver:
             attrs = {"retries": run.retries}
             self._finish(run, "FAIL", None, self.scheduler.died_reason(run, error), attrs)
         for run in again:
-            self.stores.record(run.trial, {**run.unrecorded, "retries": run.retries})
-            run.unrecorded = {}
+            self._record(run, {"retries": run.retries})
             run.row.state, run.row.note = "RESTARTING", f"retry {run.retries}"
             self.table.update(run.row, changed_state=True)
         self._requeue(again)
@@ -491,19 +490,18 @@ class Driver:
                 if self.stores.report(trial, step, loss):
                     pruned = True
         ended: dict[str, Any] = {}  # user attrs written with the trial's end, if it ends here
-        checkpoint = result["checkpoint"]
-        step = checkpoint_step(checkpoint)
+        checkpoint, step = result["checkpoint"], 0
         if checkpoint is not None and result["state"] == "running":
             # The metrics up to the checkpoint must be in MLflow (or, while it is unavailable,
             # in the run's journal) before it can be resumed from, or a crash would leave a
             # gap; the learner is already on its next chunk.
             run.tracker.flush()
-            self.stores.write_checkpoint(trial, checkpoint)
+            step = self.stores.write_checkpoint(trial, checkpoint)
             # written below, or with its end if it is pruned now
             run.unrecorded.update(checkpoint_step=step, timing=run.row.timing(time.monotonic()))
             checkpoint = None  # (its end writes no second copy)
         elif checkpoint is not None:  # an ended trial's: ``end`` writes it once MLflow has all
-            ended["checkpoint_step"] = step
+            step = ended["checkpoint_step"] = checkpoint_step(checkpoint)
         finish = functools.partial(self._finish, run, attrs=ended, checkpoint=checkpoint)
         if result["state"] == "failed":  # e.g. its checkpoint refused by the actor
             finish("FAIL", None, result["reason"])
@@ -533,10 +531,15 @@ class Driver:
         else:
             self.table.update(run.row)
         if run.unrecorded and run.number in self.running:  # still running: its node, progress
-            self.stores.record(trial, run.unrecorded)
-            run.unrecorded = {}
+            self._record(run)
         if result["checkpoint"] is not None:
             self._emit("checkpoint", run.number, step, actor)
+
+    def _record(self, run: Running, attrs: dict[str, Any] | None = None) -> None:
+        """``attrs`` of a running trial, with those waiting for its next write (its node,
+        its progress since the last: ``Running.unrecorded``), in one transaction."""
+        self.stores.record(run.trial, {**run.unrecorded, **(attrs or {})})
+        run.unrecorded = {}
 
     def _emit(
         self, kind: str, number: int, step: int = 0, actor: Any = None, stage: str = ""

@@ -125,10 +125,6 @@ class SweepStores:
         """An Optuna call, retried while its storage is unavailable."""
         return self.optuna_outage.call(function, *args, **kwargs)
 
-    def _attrs(self, trial: Any, attrs: dict[str, Any]) -> None:
-        """A trial's user attrs, written together in one transaction (``trial_attrs``)."""
-        self._optuna(trial_attrs.set_user_attrs, trial, attrs)
-
     # -- outages -----------------------------------------------------------------------------
 
     def outages(self) -> list[Outage]:
@@ -545,7 +541,7 @@ class SweepStores:
         return self.spec.seed + number
 
     def record_settings(self, trial: Any, estimator: str, settings: dict[str, Any]) -> None:
-        self._attrs(trial, self._settings_attrs(trial, estimator, settings))
+        self.record(trial, self._settings_attrs(trial, estimator, settings))
 
     def _settings_attrs(
         self, trial: Any, estimator: str, settings: dict[str, Any]
@@ -587,7 +583,7 @@ class SweepStores:
         """The trial's MLflow run id, with its ``(estimator, settings)`` and seed if given (one
         transaction: a driver killed before it leaves the trial for ``unfinished``)."""
         attrs = self._settings_attrs(trial, *settings) if settings is not None else {}
-        self._attrs(trial, {**attrs, "mlflow_run_id": tracker.run_id})
+        self.record(trial, {**attrs, "mlflow_run_id": tracker.run_id})
 
     def report(self, trial: Any, step: int, loss: float) -> bool:
         """An intermediate value (for pruning); whether the pruner stops the trial now (never,
@@ -609,10 +605,11 @@ class SweepStores:
         return tags
 
     def record(self, trial: Any, attrs: dict[str, Any]) -> None:
-        """User attrs of a running trial, in one transaction: ``checkpoint_step``, ``timing``
-        (the seconds it has run, its steps/s and when: ``status``), ``retries``, ``pack``
-        (the trials it shares an actor with), its node (``node_attrs``)."""
-        self._attrs(trial, attrs)
+        """A trial's user attrs, written together in one transaction (``trial_attrs``): its
+        settings and run id, and while it runs ``checkpoint_step``, ``timing`` (the seconds
+        it has run, its steps/s and when: ``status``), ``retries``, ``pack`` (the trials it
+        shares an actor with), its node (``node_attrs``)."""
+        self._optuna(trial_attrs.set_user_attrs, trial, attrs)
 
     def end(
         self,
@@ -642,7 +639,7 @@ class SweepStores:
         tracker.close(MLFLOW_STATUS[state])
         if checkpoint is not None:
             self.write_checkpoint(trial, checkpoint)  # its step is in ``attrs``
-        self._attrs(trial, attrs)
+        self.record(trial, attrs)
         # skip_if_finished: a tell whose commit landed before the connection was lost
         self._optuna(
             self.study.tell,
