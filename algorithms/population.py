@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
@@ -50,7 +51,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnsweep.algorithms import checkpoint, kalman, kalman_step, optimizer, pack_state
+from rnnsweep.algorithms import (
+    checkpoint,
+    compiled_step,
+    kalman,
+    kalman_step,
+    optimizer,
+    pack_state,
+)
 from rnnsweep.algorithms.estimator import check_step, get_estimator, resolve_hyper, start
 from rnnsweep.algorithms.learner_spec import (
     CHECKPOINT_VERSION,
@@ -60,7 +68,7 @@ from rnnsweep.algorithms.learner_spec import (
 )
 from rnnsweep.algorithms.member import Member
 from rnnsweep.algorithms.params import Params
-from rnnsweep.algorithms.settings import PER_MEMBER
+from rnnsweep.algorithms.settings import COMPILED, PER_MEMBER
 from rnnsweep.algorithms.signs import stream_seeds
 from rnnsweep.tasks import make_task
 from rnnsweep.tasks.packed_stream import PackedStream
@@ -244,6 +252,7 @@ class Population:
         self._tail_from = c["planned"] - c["tail_steps"]  # the first step of the tail
         self._losses: list[Tensor] = []  # each step's loss [pack b] since the last fold
         self._norm_k = 0  # steps in the gradient-norm ring since its last fold
+        self._compiled: Callable[..., Tensor] | None = None
         cfg = self.member_config[0]
         self._lone = (
             self.pack == 1
@@ -271,6 +280,50 @@ class Population:
         self._counts: list[list[Tensor]] = []  # Adam's step counts t, t + 1, ... as tensors
         self._count_k = 0
         self._lone_apply = self._lone_applier()
+        if cfg.get("compile") and self.estimator.name in COMPILED:
+            self._prepare_compiled(cfg)
+
+    def _prepare_compiled(self, cfg: dict[str, Any]) -> None:
+        """The arguments of a lone member's compiled step (``compiled_step.lone_step``): its
+        flat parameters, moments, the float64 ``clock (t, updates)`` and ``hyper``."""
+        f64, dev = torch.float64, self.device
+        adam = self.optimizer == "adam"
+        empty = torch.empty(0, dtype=self.dtype, device=dev)
+        self._clock = torch.tensor(
+            [float(self.flat_opt.t), float(self.counters["updates"])], dtype=f64, device=dev
+        )
+        rates = [cfg["lr"], cfg["lr_decay"], cfg["beta1"], cfg["beta2"], cfg["adam_eps"]]
+        self._compiled_args = (
+            self.flat[0],
+            self.cell.num_params,
+            tuple(self.params.readout.shape[1:]),
+            self.est_state,
+        ), (
+            self.flat_opt.m[0][0] if adam else empty,
+            self.flat_opt.v[0][0] if adam else empty,
+            self._clock,
+            torch.tensor([float(r) for r in rates], dtype=f64, device=dev),
+            self.sums,
+            self.trained.shape[1],
+            adam,
+        )
+        self._compiled = compiled_step.shared()
+
+    def _step_compiled(self, x: Tensor, y: Tensor) -> Tensor | None:
+        """A lone member's step through its compiled graph: the loss, or ``None`` (and eager
+        steps from now on, with a warning) where the step cannot be compiled."""
+        head, tail = self._compiled_args
+        try:
+            loss = self._compiled(self.estimator.step, *head, x, y, *tail)
+        except compiled_step.CompileError as error:
+            self._compiled = None
+            warnings.warn(f"compile: {error}; stepping eagerly", compiled_step.CompileWarning,
+                          stacklevel=3)
+            return None
+        c, opt = self.counters, self.flat_opt
+        opt.t = self.opt_state.t = opt.t + 1
+        c["updates"] += 1
+        return loss
 
     def _lone_applier(self) -> Callable[[Params], None]:
         """A lone member's update in the fewest operations (in place, at a float rate): the
@@ -495,11 +548,14 @@ class Population:
                     value = torch.where(optimizer._rows(h["live"] > 0, p), value, p)
                 p.copy_(value)
             c["updates"] += 1
+            loss = result.loss
         else:
-            result = self.estimator.step(self.est_params, self.est_state, x, y)
-            if result.grad is not None:
-                self._apply(result.grad)
-        loss = result.loss
+            loss = self._step_compiled(x, y) if self._compiled is not None else None
+            if loss is None:
+                result = self.estimator.step(self.est_params, self.est_state, x, y)
+                if result.grad is not None:
+                    self._apply(result.grad)
+                loss = result.loss
         self.stream.observe(loss)
         t = c["t"]
         if len(self._losses) == RING or t == self._tail_from:

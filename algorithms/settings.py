@@ -29,6 +29,9 @@ ONLINE = ("kf-rtrl", "nobacktrack", "rflo", "rtrl", "snap1", "tbptt", "uoro")
 # Kalman rule built on one.
 RULES = ONLINE + tuple(KALMAN_RULES)
 OPTIMIZERS = ("sgd", "adam", "kalman")
+# The estimators whose lone step ``compile`` takes: those with a gradient at every step (not
+# tbptt, whose gradient comes every ``stride`` steps).
+COMPILED = tuple(name for name in ONLINE if name != "tbptt")
 # The optimizers a key of each group applies to (other groups: every optimizer).
 GROUP_OPTIMIZERS = {"gradient": ("sgd", "adam"), "adam": ("adam",), "kalman": ("kalman",)}
 # Default learning rates, by optimizer, then estimator (tuned on ``add``, see
@@ -107,6 +110,9 @@ TABLE: tuple[Setting, ...] = (
             "gradient", low=0.0, per_member=True, resume_safe=True),
     Setting("update_every", int, 1, "steps whose gradients are averaged into one update",
             "gradient", low=1),
+    Setting("compile", bool, False, "a lone learner's step (pack 1, update_every 1, no clip) "
+            "as one torch.compile graph: ~1.3-1.8x faster after seconds of warm-up; needs a C++ "
+            "compiler, else eager", "gradient", estimators=COMPILED, resume_safe=True),
     Setting("beta1", float, 0.9, "Adam's first-moment decay", "adam", low=0.0, high=1.0,
             high_open=True, per_member=True),
     Setting("beta2", float, 0.999, "Adam's second-moment decay", "adam", low=0.0, high=1.0,
@@ -186,7 +192,10 @@ def where(entry: Setting) -> str:
     if entry.group == "kalman":
         return f"only with the Kalman filter ({', '.join(KALMAN_RULES)} or optimizer kalman)"
     if entry.group in GROUP_OPTIMIZERS:
-        return "only with optimizer " + " or ".join(GROUP_OPTIMIZERS[entry.group])
+        optimizers = "only with optimizer " + " or ".join(GROUP_OPTIMIZERS[entry.group])
+        if entry.estimators is not None:
+            return f"{optimizers}, and only to {', '.join(entry.estimators)}"
+        return optimizers
     return "to every estimator"
 
 

@@ -42,6 +42,7 @@ Run: ``python -m rnnsweep.benchmarks.step_cost [--json] [--quick]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -90,6 +91,13 @@ LEARNER_FORWARD_BOUNDS = {
     "kf-rtrl": 4.0,
 }
 LEARNER_OVERHEAD_BOUND = 1.10
+# ``--compiled``: the same learners with ``compile: true``, warmed up over this many steps
+# (past the first sign chunk's refill, so that every graph a run takes is built).
+COMPILED_WARMUP = 600
+TARGETS += tuple(
+    (name, "learner-compiled", LEARNER_HIDDEN, 1, "forward", LEARNER_FORWARD_BOUNDS[name])
+    for name in LEARNER_ESTIMATORS
+)
 TARGETS += tuple(
     (name, "memory", MEMORY_HIDDEN, MEMORY_BATCH, "state", MEMORY_BOUND)
     for name in MEMORY_ESTIMATORS
@@ -223,6 +231,73 @@ def measure_learner(names, n: int, repeats: int, calls: int, log) -> list[dict]:
     return rows
 
 
+def measure_compiled(names, n: int, repeats: int, calls: int, log) -> list[dict]:
+    """Rows ``path: "learner-compiled"``: the whole learner step with ``compile: true``
+    (``rnnsweep.algorithms.compiled_step``), after ``COMPILED_WARMUP`` steps whose wall time
+    (``warmup_s``: Dynamo's traces and Inductor's C++ builds, or its on-disk cache) is
+    reported, against a plain forward step, the eager learner and its own estimator's step
+    compiled alone (the learner's overhead, like for like), interleaved."""
+    from rnnsweep.algorithms import compiled_step
+    from rnnsweep.algorithms.learner import Learner, LearnerSpec
+
+    rows = []
+    for name in names:
+        eager = learner_steps(name, n)
+        settings = {"log_every": 10**9, "compile": True}
+        learner = Learner(LearnerSpec("add", name, hidden=n, settings=settings))
+        start_s = time.perf_counter()
+        for _ in range(COMPILED_WARMUP):
+            learner.step()
+        warmup = time.perf_counter() - start_s
+        if learner.population._compiled is None:
+            log(f"learner {name} n={n}: could not compile (see the warning); no row")
+            continue
+        # like for like: the learner's own estimator step alone, compiled the same way, on the
+        # learner's state (stepped aside from it, which is harmless to a timing)
+        pop = learner.population
+        alone = functools.partial(
+            torch.compile(pop.estimator.step, fullgraph=True, options=compiled_step.OPTIONS),
+            pop.est_params,
+            pop.est_state,
+            *learner.stream.next(),
+        )
+        for _ in range(COMPILED_WARMUP):
+            alone()
+        steps = {
+            "compiled": learner.step,
+            "estimator": alone,
+            "learner": eager["learner"],
+            "forward": eager["forward"],
+        }
+        samples: dict[str, list[float]] = {key: [] for key in steps}
+        for _ in range(repeats):
+            for key, step in steps.items():
+                samples[key].append(_timer(step, calls))
+        whole, fwd = samples["compiled"], samples["forward"]
+        rows.append(
+            {
+                "estimator": name,
+                "path": "learner-compiled",
+                "hidden": n,
+                "batch": 1,
+                "ratio_to_forward": _ratio(whole, fwd),
+                "ratio_to_eager_learner": _ratio(whole, samples["learner"]),
+                "ratio_to_compiled_estimator": _ratio(whole, samples["estimator"]),
+                "compiled_estimator_us": statistics.median(samples["estimator"]) * 1e6,
+                "us_per_stream_step": statistics.median(whole) * 1e6,
+                "eager_learner_us": statistics.median(samples["learner"]) * 1e6,
+                "forward_us": statistics.median(fwd) * 1e6,
+                "warmup_s": warmup,
+                "warmup_steps": COMPILED_WARMUP,
+            }
+        )
+        log(
+            f"compiled learner {name} n={n} B=1: step {statistics.median(whole) * 1e6:.1f} us, "
+            f"warm-up {warmup:.1f} s"
+        )
+    return rows
+
+
 def measure_memory(names, n: int, batch: int, steps: int, log) -> list[dict]:
     from rnnsweep.algorithms import checkpoint
     from rnnsweep.algorithms.learner import Learner, LearnerSpec
@@ -326,6 +401,7 @@ def check_targets(rows: list[dict]) -> list[dict]:
                 "against": against,
                 "ratio": ratio,
                 "bound": bound,
+                "compiled": path == "learner-compiled",
                 "met": ratio <= bound,
             }
         )
@@ -342,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--learner-only", action="store_true", help="only the whole learner step rows (B=1)"
     )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also the learner rows with compile: true (a C++ compiler; seconds of warm-up each)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
@@ -353,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         hidden, batches, repeats, calls, not args.no_generic, log
     )
     rows += measure_learner(LEARNER_ESTIMATORS, LEARNER_HIDDEN, repeats, calls, log)
+    if args.compiled:
+        rows += measure_compiled(LEARNER_ESTIMATORS, LEARNER_HIDDEN, repeats, calls, log)
     if not args.learner_only:
         rows += measure_memory(
             MEMORY_ESTIMATORS, MEMORY_HIDDEN, MEMORY_BATCH, 4 if args.quick else MEMORY_STEPS, log
@@ -372,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'x pass':>8} {'us/stream-step':>15}"
         )
     for r in rows:
-        if r["path"] in ("learner", "memory"):
+        if r["path"] in ("learner", "learner-compiled", "memory"):
             continue
         print(
             f"{r['estimator']:<12} {r['path']:<12} {r['hidden']:>4} {r['batch']:>3} "
@@ -394,6 +477,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['ratio_to_estimator']:>13.3f} ({LEARNER_OVERHEAD_BOUND:g}x)"
                 f"{r['ratio_to_own_estimator']:>11.3f}"
             )
+    compiled = [r for r in rows if r["path"] == "learner-compiled"]
+    if compiled:
+        print(
+            f"\n{'compiled':<12} {'n':>4} {'B':>3} {'us':>8} {'eager us':>9} {'fwd us':>8} "
+            f"{'x forward (bound)':>18} {'x eager learner':>16} {'x compiled est':>15} "
+            f"{'warm-up s':>10}"
+        )
+    for r in compiled:
+        fwd_bound = LEARNER_FORWARD_BOUNDS.get(r["estimator"], float("nan"))
+        print(
+            f"{r['estimator']:<12} {r['hidden']:>4} {r['batch']:>3} "
+            f"{r['us_per_stream_step']:>8.1f} {r['eager_learner_us']:>9.1f} "
+            f"{r['forward_us']:>8.1f} {r['ratio_to_forward']:>11.2f} ({fwd_bound:>3g}x)"
+            f"{r['ratio_to_eager_learner']:>17.3f} {r['ratio_to_compiled_estimator']:>15.3f} "
+            f"{r['warmup_s']:>10.1f}"
+        )
     memory = [r for r in rows if r["path"] == "memory"]
     if memory:
         print(
@@ -416,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         for t in targets:
             print(
                 f"  {t['estimator']:<12} n={t['hidden']:<4} B={t['batch']:<3} "
-                f"{t['ratio']:.2f}x {t['against']} (bound {t['bound']:g}x): "
+                f"{t['ratio']:.2f}x {t['against']}{' (compiled)' if t['compiled'] else ''} "
+                f"(bound {t['bound']:g}x): "
                 f"{'met' if t['met'] else 'MISSED'}"
             )
     return 0

@@ -625,9 +625,28 @@ def format_gradcheck(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _one_line_warnings(command: str) -> None:
+    """rnnsweep's own warnings (e.g. a ``compile`` that steps eagerly) print as one line
+    naming the command, like its errors; other libraries' keep their format."""
+    import warnings
+
+    from rnnsweep.algorithms.compiled_step import CompileWarning
+
+    plain = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if issubclass(category, CompileWarning):
+            return f"rnnsweep {command}: warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        _one_line_warnings(args.command)
     try:
         return args.handler(args)
     except BrokenPipeError:  # `rnnsweep status NAME | head`: the reader left, as for any tool
