@@ -9,15 +9,15 @@ function of explicit arguments, ``lone_step``:
     loss, g = estimator.step(params, state, x_t, y_t)       # g = (g_theta, g_readout)
     g = [g_theta; g_readout]            (theta alone under a fixed readout)
     sums[0, 2] += ||g||
-    t <- t + 1;  rate = lr / (1 + lr_decay sqrt(updates));  updates <- updates + 1
     adam:  m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2,
            p <- p - rate / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-    sgd:   p <- p - rate g
+    sgd:   p <- p - rate g,         rate = lr / (1 + lr_decay sqrt(updates))
 
 so that Inductor fuses the estimator's elementwise work, the gradient norm and the update into
-a few loops. The counters ``(t, updates)`` and the hyperparameters live in small float64
-tensors (``clock``, ``hyper``), so that neither a changing rate nor another member's lr makes
-a new graph: one graph serves every learner of the same estimator, cell, shapes and dtype.
+a few loops. The rate and the bias corrections are computed on the host in double precision,
+as torch's fused Adam computes them, and passed as floats, which Dynamo takes as inputs: no
+new graph for a new step or another learner's lr. One graph serves every learner of the same
+estimator, cell, shapes and dtype.
 The estimator's Python-side counters (the trajectory's buffer index, the sign stream's
 position) are replayed by Dynamo as for any traced function.
 
@@ -65,16 +65,16 @@ def lone_step(
     y: Tensor,
     m: Tensor,
     v: Tensor,
-    clock: Tensor,
-    hyper: Tensor,
     sums: Tensor,
     trained: int,
     adam: bool,
+    coefficients: tuple[float, float, float, float, float],
 ) -> Tensor:
     """One step of a lone learner, in place on ``flat [Q]`` (``[theta; readout]``, whose
-    first ``trained`` elements are trained), Adam's ``m``, ``v [trained]``, ``clock [2]``
-    (float64: Adam's ``t``, ``updates``) and ``sums`` (its ``[0, 2]``: the summed gradient
-    norm); ``hyper [5]`` (float64: lr, lr_decay, beta1, beta2, adam_eps). Returns the step's
+    first ``trained`` elements are trained), Adam's ``m``, ``v [trained]`` and ``sums`` (its
+    ``[0, 2]``: the summed gradient norm). ``coefficients``: Adam's ``(rate / (1 - b1^t),
+    sqrt(1 - b2^t), b1, b2, eps)``, or sgd's ``(rate, ...)``, floats the host computes per
+    step (Dynamo takes them as inputs, not constants: no graph per value). Returns the step's
     loss ``[B]``. The parameters are views of ``flat`` made here, so that no two arguments
     share memory (aliased inputs that are written make a compiled graph slow)."""
     params = Params(flat[:theta_size], flat[theta_size:].view(readout_shape))
@@ -85,21 +85,28 @@ def lone_step(
     else:
         g = g_theta.reshape(-1)
     sums[0, 2] += torch.linalg.vector_norm(g).to(sums.dtype)
-    t, updates = clock[0] + 1.0, clock[1]
-    lr, decay, b1, b2, eps = hyper.unbind(0)
-    rate = lr / (1.0 + decay * updates.sqrt())
     target = flat[:trained]
+    step_size, bc2_sqrt, b1, b2, eps = coefficients
+    # every float multiplies a tensor (never an ``alpha=``, which Dynamo must specialize)
     if adam:
-        b1g, b2g = b1.to(g.dtype), b2.to(g.dtype)
-        m.mul_(b1g).add_((1.0 - b1g) * g)
-        v.mul_(b2g).add_((1.0 - b2g) * g * g)
-        bc1, bc2 = 1.0 - b1.pow(t), 1.0 - b2.pow(t)
-        denom = v.sqrt() / bc2.sqrt().to(g.dtype) + eps.to(g.dtype)
-        target.sub_((rate / bc1).to(g.dtype) * m / denom)
+        m.mul_(b1).add_((1.0 - b1) * g)
+        v.mul_(b2).add_((1.0 - b2) * (g * g))
+        target.sub_(step_size * m / (v.sqrt() / bc2_sqrt + eps))
     else:
-        target.sub_(rate.to(g.dtype) * g)
-    clock.add_(1.0)
+        target.sub_(step_size * g)
     return result.loss
+
+
+def coefficients(
+    adam: bool, lr: float, lr_decay: float, b1: float, b2: float, eps: float, t: int, updates: int
+) -> tuple[float, float, float, float, float]:
+    """``lone_step``'s coefficients for Adam's step ``t`` (from 1) after ``updates`` updates:
+    the rate ``lr / (1 + lr_decay sqrt(updates))`` and the bias corrections, in double
+    precision on the host, as torch's fused Adam takes them."""
+    rate = lr / (1.0 + lr_decay * updates**0.5)
+    if not adam:
+        return rate, 1.0, b1, b2, eps
+    return rate / (1.0 - b1**t), (1.0 - b2**t) ** 0.5, b1, b2, eps
 
 
 def build(dynamic: bool | None = None) -> Callable[..., Tensor]:

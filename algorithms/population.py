@@ -285,14 +285,9 @@ class Population:
 
     def _prepare_compiled(self, cfg: dict[str, Any]) -> None:
         """The arguments of a lone member's compiled step (``compiled_step.lone_step``): its
-        flat parameters, moments, the float64 ``clock (t, updates)`` and ``hyper``."""
-        f64, dev = torch.float64, self.device
+        flat parameters, moments and gradient-norm sum, and its hyperparameters as floats."""
         adam = self.optimizer == "adam"
-        empty = torch.empty(0, dtype=self.dtype, device=dev)
-        self._clock = torch.tensor(
-            [float(self.flat_opt.t), float(self.counters["updates"])], dtype=f64, device=dev
-        )
-        rates = [cfg["lr"], cfg["lr_decay"], cfg["beta1"], cfg["beta2"], cfg["adam_eps"]]
+        empty = torch.empty(0, dtype=self.dtype, device=self.device)
         self._compiled_args = (
             self.flat[0],
             self.cell.num_params,
@@ -301,28 +296,31 @@ class Population:
         ), (
             self.flat_opt.m[0][0] if adam else empty,
             self.flat_opt.v[0][0] if adam else empty,
-            self._clock,
-            torch.tensor([float(r) for r in rates], dtype=f64, device=dev),
             self.sums,
             self.trained.shape[1],
             adam,
+        )
+        self._compiled_hyper = (adam, self._lr, self._lr_decay) + tuple(
+            float(cfg[key]) for key in ("beta1", "beta2", "adam_eps")
         )
         self._compiled = compiled_step.shared()
 
     def _step_compiled(self, x: Tensor, y: Tensor) -> Tensor | None:
         """A lone member's step through its compiled graph: the loss, or ``None`` (and eager
         steps from now on, with a warning) where the step cannot be compiled."""
+        c, opt = self.counters, self.flat_opt
+        t, updates = opt.t + 1, c["updates"]
+        coefficients = compiled_step.coefficients(*self._compiled_hyper, t, updates)
         head, tail = self._compiled_args
         try:
-            loss = self._compiled(self.estimator.step, *head, x, y, *tail)
+            loss = self._compiled(self.estimator.step, *head, x, y, *tail, coefficients)
         except compiled_step.CompileError as error:
             self._compiled = None
             warnings.warn(f"compile: {error}; stepping eagerly", compiled_step.CompileWarning,
                           stacklevel=3)
             return None
-        c, opt = self.counters, self.flat_opt
-        opt.t = self.opt_state.t = opt.t + 1
-        c["updates"] += 1
+        opt.t = self.opt_state.t = t
+        c["updates"] = updates + 1
         return loss
 
     def _lone_applier(self) -> Callable[[Params], None]:
