@@ -17,8 +17,10 @@ and parameters (``ratio_to_own_estimator``: the overhead on the very state it st
 plain forward step on them (``ratio_to_forward``), for every estimator in
 ``LEARNER_ESTIMATORS`` at n=64 (``--quick`` included: few calls, one repeat); each is checked
 against ``LEARNER_FORWARD_BOUNDS`` and the overhead bound ``LEARNER_OVERHEAD_BOUND``.
-``--learner-only`` measures only these. The JSON carries ``machine`` (CPU model, cores,
-threads).
+``--learner-only`` measures only these. ``--compiled`` adds rows ``path: "learner-compiled"``:
+the same learners with ``compile: true`` after a warm-up whose wall time is reported, against
+the forward step (the same bounds), the eager learner and the estimator compiled alone. The
+JSON carries ``machine`` (CPU model, cores, threads).
 
 Rows with ``path: "memory"`` (``MEMORY_ESTIMATORS`` at n=128, B=64: one learner of 64
 streams) weigh the learner's peak memory against the bytes of its parameters, influence state
@@ -36,7 +38,7 @@ the gradient (``addmv``, read): six traversals' worth of traffic where the pass 
 
 All timings are interleaved (forward, pass, each estimator, repeated) and each ratio is the
 median over repeats, so that a noisy neighbour slows numerator and denominator alike.
-Run: ``python -m rnnsweep.benchmarks.step_cost [--json] [--quick]``.
+Run: ``python -m rnnsweep.benchmarks.step_cost [--json] [--quick] [--learner-only] [--compiled]``.
 """
 
 from __future__ import annotations
