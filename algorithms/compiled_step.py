@@ -131,12 +131,12 @@ def shared() -> Callable[..., Tensor]:
     and dtype share its graphs. Dynamo's recompile limit is raised to ``RECOMPILE_LIMIT``: one
     learner takes a few graphs (each trajectory parity, a sign chunk's refill), and a process
     may step learners of several shapes."""
-    # Dynamo's config is torch's private API: where it moved, the default limit stays (a
+    # torch.compiler.config is public; where a torch lacks the key, the default limit stays (a
     # learner past it gets a CompileError at its next new graph and steps eagerly)
-    dynamo_config = getattr(getattr(torch, "_dynamo", None), "config", None)
-    limit = getattr(dynamo_config, "recompile_limit", None)
+    config = torch.compiler.config
+    limit = getattr(config, "recompile_limit", None)
     if isinstance(limit, int):
-        dynamo_config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+        config.recompile_limit = max(limit, RECOMPILE_LIMIT)
     # Inductor's own use of a deprecated torch helper warns at every compile: not the user's
     warnings.filterwarnings("ignore", message=r".*_prims_common\.check", category=FutureWarning)
     return build()

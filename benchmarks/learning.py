@@ -13,10 +13,12 @@ stalls while ``uoro`` and ``rtrl`` drive the loss below 1% of its first reported
 within 15% of the optimum (0.143 bpc: <= 0.164); ``uoro`` and ``nobacktrack`` below the level
 of a model that does not count (0.286 bpc; the README says why this bar and not the paper's).
 Learner settings are the task's documented defaults (``TASK_DEFAULTS`` in the settings
-table), never set here.
+table), never set here; ``--compile`` only sets ``compile: true`` (the same math, compiled:
+float32 runs then differ from eager ones in rounding, not in expectation).
 
 Run: ``python -m rnnsweep.benchmarks.learning [--json] [--quick] [--only add|influence|anbn]
-[--seeds 0,1,2] [--estimators uoro,...]``; runs go two at a time in separate processes.
+[--seeds 0,1,2] [--estimators uoro,...] [--compile]``; runs go two at a time in separate
+processes.
 """
 
 from __future__ import annotations
@@ -87,6 +89,13 @@ def jobs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], int, 
     if args.estimators:
         wanted = args.estimators.split(",")
         out = [job for job in out if job[1] in wanted]
+    if getattr(args, "compile", False):
+        from rnnsweep.algorithms.settings import COMPILED
+
+        out = [
+            (task, e, {**s, "compile": True} if e in COMPILED else s, seed, steps)
+            for task, e, s, seed, steps in out
+        ]
     return out
 
 
@@ -116,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="comma-separated seeds (add, anbn), e.g. 0,1,2")
     parser.add_argument("--estimators", help="comma-separated: only these estimators' runs")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--compile", action="store_true", help="compile: true for the estimators that take it"
+    )
     args = parser.parse_args(argv)
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(one_run, *zip(*jobs(args), strict=True)))

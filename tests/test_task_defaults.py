@@ -77,6 +77,11 @@ def test_learning_anbn_jobs_are_the_papers_setting_with_table_defaults():
     assert learning.ANBN_TARGET["tbptt"] == pytest.approx(1.15 * learning.ANBN_OPTIMUM, abs=1e-3)
     quick = learning.jobs(argparse.Namespace(quick=True, seeds="4", only="anbn", estimators="uoro"))
     assert [(est, seed, steps) for _, est, _, seed, steps in quick] == [("uoro", 4, 36_000)]
+    # --compile adds only compile: true, and only where the estimator takes it (not tbptt)
+    compiled = learning.jobs(argparse.Namespace(**{**vars(args), "compile": True}))
+    assert {est: settings for _, est, settings, _, _ in compiled} == {
+        "tbptt": {"truncation": 64}, "uoro": {"compile": True}, "nobacktrack": {"compile": True}
+    }
 
 
 def test_learning_anbn_run_reports_bits_per_character():
