@@ -16,17 +16,18 @@ function of explicit arguments, ``lone_step``:
 so that Inductor fuses the estimator's elementwise work, the gradient norm and the update into
 a few loops. The rate and the bias corrections are computed on the host in double precision,
 as torch's fused Adam computes them, and passed as floats, which Dynamo takes as inputs: no
-new graph for a new step or another learner's lr. One graph serves every learner of the same
-estimator, cell, shapes and dtype.
+new graph for a new step or another learner's lr. The same graphs serve every learner of the
+same estimator, cell, shapes and dtype.
 The estimator's Python-side counters (the trajectory's buffer index, the sign stream's
 position) are replayed by Dynamo as for any traced function.
 
-Compilation pays after warm-up: the first steps of a new (estimator, cell, B, n, dtype) take
+Compilation pays after warm-up: the first steps of a new (estimator, cell, n, dtype) take
 seconds (``benchmarks/step_cost`` reports it), later ones a fraction of the eager step. The
 math is the eager step's; in float64 the two agree within 1e-12 (``tests/test_compiled_step``).
-Where compilation fails (no C++ compiler, an operation Inductor does not take), ``build``'s
-step raises ``CompileError`` at its first call, before any state has changed, and the learner
-goes on eagerly.
+Where a graph cannot be built (no C++ compiler, an operation Inductor does not take, more
+graphs than ``RECOMPILE_LIMIT``), ``build``'s step raises ``CompileError`` from the call that
+needed it (the first steps, a sign chunk's refill), before that graph runs, so the learner
+goes on eagerly from the same state; running out of memory comes through as it is.
 """
 
 from __future__ import annotations
@@ -112,13 +113,22 @@ def coefficients(
 def build(dynamic: bool | None = None) -> Callable[..., Tensor]:
     """``lone_step`` compiled (one graph per trajectory parity and sign-chunk position, no graph
     breaks); a failure to compile raises ``CompileError`` from the call that compiles."""
-    compiled = torch.compile(lone_step, fullgraph=True, dynamic=dynamic, options=OPTIONS)
+    compiled = torch.compile(
+        lone_step,
+        fullgraph=True,
+        dynamic=dynamic,
+        options=OPTIONS,
+        recompile_limit=RECOMPILE_LIMIT,  # this function's alone, not the process's
+    )
 
     def run(*args: Any) -> Tensor:
         try:
             return compiled(*args)
+        except (MemoryError, torch.OutOfMemoryError):
+            raise  # running out of memory is the machine's fault, reported as such
         except Exception as error:  # Dynamo and Inductor raise many types; all mean "not here"
-            # (an error of the step's own arithmetic comes back from the eager step after it)
+            if "can't allocate memory" in str(error):
+                raise
             lines = str(error).strip().splitlines() or [""]
             raise CompileError(f"{type(error).__name__}: {lines[0]}") from None
 
@@ -128,15 +138,8 @@ def build(dynamic: bool | None = None) -> Callable[..., Tensor]:
 @functools.cache
 def shared() -> Callable[..., Tensor]:
     """The process's one compiled ``lone_step``: learners of the same estimator, cell, shapes
-    and dtype share its graphs. Dynamo's recompile limit is raised to ``RECOMPILE_LIMIT``: one
-    learner takes a few graphs (each trajectory parity, a sign chunk's refill), and a process
-    may step learners of several shapes."""
-    # torch.compiler.config is public; where a torch lacks the key, the default limit stays (a
-    # learner past it gets a CompileError at its next new graph and steps eagerly)
-    config = torch.compiler.config
-    limit = getattr(config, "recompile_limit", None)
-    if isinstance(limit, int):
-        config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+    and dtype share its graphs (a learner takes about seven: each trajectory parity, a sign
+    chunk's refill; ``RECOMPILE_LIMIT`` leaves room for learners of several shapes)."""
     # Inductor's own use of a deprecated torch helper warns at every compile: not the user's
     warnings.filterwarnings("ignore", message=r".*_prims_common\.check", category=FutureWarning)
     return build()

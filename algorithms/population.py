@@ -280,7 +280,9 @@ class Population:
         self._counts: list[list[Tensor]] = []  # Adam's step counts t, t + 1, ... as tensors
         self._count_k = 0
         self._lone_apply = self._lone_applier()
-        if cfg.get("compile") and self.estimator.name in COMPILED:
+        # one stream: the estimators write into strided views (out=) at B > 1, which Dynamo
+        # refuses; such a learner would only warn and step eagerly
+        if cfg.get("compile") and self.estimator.name in COMPILED and self.width == 1:
             self._prepare_compiled(cfg)
 
     def _prepare_compiled(self, cfg: dict[str, Any]) -> None:
@@ -316,8 +318,8 @@ class Population:
             loss = self._compiled(self.estimator.step, *head, x, y, *tail, coefficients)
         except compiled_step.CompileError as error:
             self._compiled = None
-            warnings.warn(f"compile: {error}; stepping eagerly", compiled_step.CompileWarning,
-                          stacklevel=3)
+            warning = f"compile: {error}; stepping eagerly"
+            warnings.warn(warning, compiled_step.CompileWarning, stacklevel=3)
             return None
         opt.t = self.opt_state.t = t
         c["updates"] = updates + 1
@@ -683,6 +685,7 @@ class Population:
         self.hyper["live"][members] = 0.0
         self.hyper["live_lr"][members] = 0.0
         self._lone = False  # a frozen row keeps its zero rate: the masked update takes over
+        self._compiled = None
         self._sync_stream_params()
         for name, obj in self._states():
             packed, member = self._templates[name]

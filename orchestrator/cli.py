@@ -634,7 +634,13 @@ def _one_line_warnings(command: str) -> None:
 
     plain = warnings.formatwarning
 
-    def format_warning(message, category, filename, lineno, line=None) -> str:
+    def format_warning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
         if issubclass(category, CompileWarning):
             return f"rnnsweep {command}: warning: {message}\n"
         return plain(message, category, filename, lineno, line)

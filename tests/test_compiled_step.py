@@ -8,16 +8,18 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import torch
 
 from rnnsweep.algorithms.learner import Learner, LearnerSpec
+from rnnsweep.algorithms.population import Population
 
 TOL = 1e-12
 STEPS = 600  # past the first sign chunk (256 steps): its refill is a graph of its own
 
 
-def _spec(estimator: str, compile: bool, **settings) -> LearnerSpec:
+def _spec(estimator: str, compile: bool = True, **settings) -> LearnerSpec:
     settings = {"log_every": 100, "compile": compile, **settings}
     return LearnerSpec("add", estimator, "tanh", 8, seed=3, dtype="float64", settings=settings)
 
@@ -118,3 +120,20 @@ def test_step_cost_compiled_rows_time_the_compiled_learner():
     alone = row["us_per_stream_step"] / row["compiled_estimator_us"]
     assert abs(row["ratio_to_compiled_estimator"] - alone) < 1e-9
     assert any(line.startswith("compiled learner uoro n=8") for line in lines)
+
+
+def test_compile_takes_only_lone_single_stream_learners():
+    """Where the lone update does not apply, ``compile`` changes nothing: no graph is built."""
+    lone = {"compile": True}
+    eager_cases = [
+        ("uoro", {**lone, "clip": 1.0}),
+        ("uoro", {**lone, "update_every": 2}),
+        ("uoro", {**lone, "batch": 2}),
+        ("uoro-kalman", lone),
+    ]
+    for estimator, settings in eager_cases:
+        learner = Learner(_spec(estimator, **settings))
+        assert learner.population._compiled is None, (estimator, settings)
+    pack = Population([_spec("uoro", **lone), LearnerSpec(**{**asdict(_spec("uoro")), "seed": 4})])
+    assert pack._compiled is None
+    assert Learner(_spec("uoro", **lone)).population._compiled is not None
