@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnsweep.algorithms import optimizer
 from rnnsweep.algorithms.params import Params
 
 RECOMPILE_LIMIT = 64
@@ -62,14 +63,14 @@ def lone_step(
     theta_size: int,
     readout_shape: tuple[int, int],
     state: Any,
-    x: Tensor,
-    y: Tensor,
     m: Tensor,
     v: Tensor,
     sums: Tensor,
     trained: int,
     adam: bool,
     coefficients: tuple[float, float, float, float, float],
+    x: Tensor,
+    y: Tensor,
 ) -> Tensor:
     """One step of a lone learner, in place on ``flat [Q]`` (``[theta; readout]``, whose
     first ``trained`` elements are trained), Adam's ``m``, ``v [trained]`` and ``sums`` (its
@@ -104,7 +105,7 @@ def coefficients(
     """``lone_step``'s coefficients for Adam's step ``t`` (from 1) after ``updates`` updates:
     the rate ``lr / (1 + lr_decay sqrt(updates))`` and the bias corrections, in double
     precision on the host, as torch's fused Adam takes them."""
-    rate = lr / (1.0 + lr_decay * updates**0.5)
+    rate = optimizer.learning_rate(lr, lr_decay, updates)
     if not adam:
         return rate, 1.0, b1, b2, eps
     return rate / (1.0 - b1**t), (1.0 - b2**t) ** 0.5, b1, b2, eps

@@ -41,6 +41,7 @@ pack without the frozen members.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -286,16 +287,18 @@ class Population:
             self._prepare_compiled(cfg)
 
     def _prepare_compiled(self, cfg: dict[str, Any]) -> None:
-        """The arguments of a lone member's compiled step (``compiled_step.lone_step``): its
-        flat parameters, moments and gradient-norm sum, and its hyperparameters as floats."""
+        """A lone member's compiled step (``compiled_step.lone_step``) with everything but the
+        step's coefficients and sample bound: its flat parameters, moments and gradient-norm
+        sum; and its hyperparameters as floats, for the coefficients."""
         adam = self.optimizer == "adam"
         empty = torch.empty(0, dtype=self.dtype, device=self.device)
-        self._compiled_args = (
+        self._compiled = functools.partial(
+            compiled_step.shared(),
+            self.estimator.step,
             self.flat[0],
             self.cell.num_params,
             tuple(self.params.readout.shape[1:]),
             self.est_state,
-        ), (
             self.flat_opt.m[0][0] if adam else empty,
             self.flat_opt.v[0][0] if adam else empty,
             self.sums,
@@ -305,7 +308,6 @@ class Population:
         self._compiled_hyper = (adam, self._lr, self._lr_decay) + tuple(
             float(cfg[key]) for key in ("beta1", "beta2", "adam_eps")
         )
-        self._compiled = compiled_step.shared()
 
     def _step_compiled(self, x: Tensor, y: Tensor) -> Tensor | None:
         """A lone member's step through its compiled graph: the loss, or ``None`` (and eager
@@ -313,9 +315,8 @@ class Population:
         c, opt = self.counters, self.flat_opt
         t, updates = opt.t + 1, c["updates"]
         coefficients = compiled_step.coefficients(*self._compiled_hyper, t, updates)
-        head, tail = self._compiled_args
         try:
-            loss = self._compiled(self.estimator.step, *head, x, y, *tail, coefficients)
+            loss = self._compiled(coefficients, x, y)
         except compiled_step.CompileError as error:
             self._compiled = None
             warning = f"compile: {error}; stepping eagerly"

@@ -257,8 +257,15 @@ def measure_compiled(names, n: int, repeats: int, calls: int, log) -> list[dict]
         # like for like: the learner's own estimator step alone, compiled the same way, on the
         # learner's state (stepped aside from it, which is harmless to a timing)
         pop = learner.population
+        compiled = torch.compile(
+            pop.estimator.step,
+            fullgraph=True,
+            options=compiled_step.OPTIONS,
+            # every estimator's step shares the code of ``estimator_base.by_path``'s wrapper
+            recompile_limit=compiled_step.RECOMPILE_LIMIT,
+        )
         alone = functools.partial(
-            torch.compile(pop.estimator.step, fullgraph=True, options=compiled_step.OPTIONS),
+            compiled,
             pop.est_params,
             pop.est_state,
             *learner.stream.next(),
