@@ -46,7 +46,15 @@ from rnnsweep.algorithms.params import Params
 RECOMPILE_LIMIT = 64
 # Inductor's checks of every input's sizes, strides and alignment at every call: Dynamo's
 # guards have already matched them, and at ~100 us a step they cost several percent.
-OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
+# ``decompose_mm_pass``: a one-row product (``[1, k] @ [k, n]``: every matrix-vector product of
+# one stream) becomes a multiply and a sum that Inductor fuses into its loops, instead of a
+# call into BLAS (a few microseconds each; about 10 us of uoro's step at n=64).
+OPTIONS = {
+    "size_asserts": False,
+    "alignment_asserts": False,
+    "scalar_asserts": False,
+    "post_grad_fusion_options": {"decompose_mm_pass": {}},
+}
 
 
 class CompileError(RuntimeError):

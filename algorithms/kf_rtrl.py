@@ -106,6 +106,8 @@ def kronecker_gradient(params: Params, state: KfRtrlState, dh: Tensor, g_readout
     left = torch.bmm(dh.unsqueeze(1), state.a).squeeze(1)  # [B, n]
     if params.per_stream:
         g_theta = torch.bmm(left.unsqueeze(2), state.u.unsqueeze(1))
+    elif batch == 1:  # the same product as ``mm``, which Inductor fuses
+        g_theta = left.t() * state.u
     else:
         g_theta = torch.mm(left.t(), state.u).div_(batch)
     return Params(g_theta.reshape(params.theta.shape), g_readout)

@@ -41,6 +41,7 @@ from rnnsweep.algorithms.gru_rows import gru_forward, gru_jvp, gru_pull, gru_row
 from rnnsweep.algorithms.lstm_rows import lstm_forward, lstm_jvp, lstm_pull, lstm_row_norms
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.settings import hyper_defaults
+from rnnsweep.algorithms.trajectory import add_outer_
 from rnnsweep.algorithms.uoro import (
     RankOneState,
     advance_and_score,
@@ -68,7 +69,7 @@ def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> Ste
     rho_k.add_(eps).div_(1.0 + eps).sqrt_()
     torch.addcmul(jv.mul_(r0), nu, rho_k, out=v)
     w.div_(r0.unsqueeze(2))
-    w.baddbmm_(torch.mul(d, nu).div_(rho_k).unsqueeze(2), z.unsqueeze(1))
+    add_outer_(w, torch.mul(d, nu).div_(rho_k), z)
     loss, out, dh, g_readout = traj.score(params, y)
     return StepResult(loss, out, rank_one_gradient(params, state, dh, g_readout))
 

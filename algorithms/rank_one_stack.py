@@ -27,6 +27,7 @@ from torch import Tensor
 from rnnsweep.algorithms.cell import Cell
 from rnnsweep.algorithms.estimator import get_estimator
 from rnnsweep.algorithms.params import Params
+from rnnsweep.algorithms.trajectory import add_outer_
 from rnnsweep.algorithms.uoro import RankOneState, init_rank_one, rho, tanh_forward
 
 RANK_ONE = ("uoro", "nobacktrack")
@@ -100,7 +101,7 @@ def step(params: Params, state: StackState, s_prev: Tensor, x: Tensor, y: Tensor
     rho_k = torch.where(state.uoro_rows, r[:, 1:2].expand_as(d), per_unit)
     torch.addcmul(jv.mul_(r0), nu, rho_k, out=v)
     w.div_(r0.unsqueeze(2))
-    w.baddbmm_(torch.mul(d, nu).div_(rho_k).unsqueeze(2), z.unsqueeze(1))
+    add_outer_(w, torch.mul(d, nu).div_(rho_k), z)
     _, _, dh, _ = traj.score(params, _rows(y, count))
     scale = torch.linalg.vecdot(dh, v)  # [C B]
     flat = w.reshape(count, batch, -1)

@@ -27,9 +27,10 @@ def backward(readout: Tensor, delta: Tensor, hb: Tensor) -> tuple[Tensor, Tensor
     n = hb.shape[1] - 1
     if readout.dim() == 2:
         dh = torch.mm(delta, readout[:, :n])
-        grad = torch.mm(delta.t(), hb)
-        if hb.shape[0] > 1:
-            grad.div_(hb.shape[0])
+        if hb.shape[0] == 1:  # the same product as ``mm``, which Inductor fuses (one stream)
+            grad = delta.t() * hb
+        else:
+            grad = torch.mm(delta.t(), hb).div_(hb.shape[0])
     else:
         dh = torch.linalg.vecdot(readout[:, :, :n].mT, delta.unsqueeze(1))
         grad = delta.unsqueeze(2) * hb.unsqueeze(1)

@@ -31,7 +31,7 @@ from rnnsweep.algorithms.estimator_base import Estimator, StepResult
 from rnnsweep.algorithms.loss import loss_and_delta
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.settings import hyper_defaults
-from rnnsweep.algorithms.trajectory import TanhTrajectory, unit_blocks
+from rnnsweep.algorithms.trajectory import TanhTrajectory, add_outer_, unit_blocks
 
 
 @dataclass
@@ -68,7 +68,7 @@ def step(params: Params, state: RfloState, x: Tensor, y: Tensor) -> StepResult:
     traj, e = state.traj, state.e
     cell = traj.cell
     z, d = traj.advance(unit_blocks(cell, params.theta), x)
-    e.baddbmm_(d.unsqueeze(2), z.unsqueeze(1), beta=1.0 - cell.leak)
+    add_outer_(e, d, z, beta=1.0 - cell.leak)
     hb = traj.hb
     out = readout_.output(params.readout, hb)
     loss, delta = loss_and_delta(traj.loss_kind, out, y)

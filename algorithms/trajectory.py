@@ -28,6 +28,24 @@ def matvec(matrix: Tensor, v: Tensor) -> Tensor:
     return torch.linalg.vecdot(matrix, v.unsqueeze(1))
 
 
+def add_outer_(acc: Tensor, u: Tensor, v: Tensor, beta: float = 1.0) -> Tensor:
+    """``acc <- beta acc + u v^T`` per stream, in place: ``acc [B, r, c]``, ``u [B, r]``,
+    ``v [B, c]``.
+
+    One BLAS call (``baddbmm_``) for one stream run eagerly; otherwise a broadcast multiply-add,
+    which is faster than batched BLAS for many small matrices on the CPU and which Inductor
+    fuses into its loops under ``torch.compile``. The two agree to rounding (``beta = 0``
+    overwrites ``acc``, as BLAS does)."""
+    u3, v3 = u.unsqueeze(2), v.unsqueeze(1)
+    if acc.shape[0] == 1 and not torch.compiler.is_compiling():
+        return acc.baddbmm_(u3, v3, beta=beta)
+    if beta == 0.0:
+        return acc.copy_(u3 * v3)
+    if beta != 1.0:
+        acc.mul_(beta)
+    return acc.addcmul_(u3, v3)
+
+
 def unit_blocks(cell: Cell, theta: Tensor) -> Tensor:
     """``theta`` as gate blocks ``[(B,) n, n + 1 + m]`` (tanh: the single block)."""
     n, m = cell.hidden, cell.inputs

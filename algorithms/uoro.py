@@ -42,7 +42,13 @@ from rnnsweep.algorithms.lstm_rows import lstm_forward, lstm_jvp, lstm_pull
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.signs import SignStream
-from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, matvec, unit_blocks
+from rnnsweep.algorithms.trajectory import (
+    TanhTrajectory,
+    Trajectory,
+    add_outer_,
+    matvec,
+    unit_blocks,
+)
 
 
 @dataclass
@@ -130,7 +136,7 @@ def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> Ste
     r0, r1 = r[:, 0:1], r[:, 1:2]
     torch.addcmul(jv.mul_(r0), nu, r1, out=v)
     w.div_(r0.unsqueeze(2))
-    w.baddbmm_(torch.mul(d, nu).div_(r1).unsqueeze(2), z.unsqueeze(1))
+    add_outer_(w, torch.mul(d, nu).div_(r1), z)
     loss, out, dh, g_readout = traj.score(params, y)
     return StepResult(loss, out, rank_one_gradient(params, state, dh, g_readout))
 
