@@ -282,7 +282,8 @@ class Population:
         self._count_k = 0
         self._lone_apply = self._lone_applier()
         # one stream: the estimators write into strided views (out=) at B > 1, which Dynamo
-        # refuses; such a learner would only warn and step eagerly
+        # refuses, and with those writes made compile-friendly the compiled step was slower
+        # than the eager one at B=64, n=128 (README, "compile")
         if cfg.get("compile") and self.estimator.name in COMPILED and self.width == 1:
             self._prepare_compiled(cfg)
 

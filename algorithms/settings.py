@@ -111,8 +111,9 @@ TABLE: tuple[Setting, ...] = (
     Setting("update_every", int, 1, "steps whose gradients are averaged into one update",
             "gradient", low=1),
     Setting("compile", bool, False, "a lone learner's step (pack 1, update_every 1, no clip) "
-            "as one torch.compile graph: ~1.3-1.8x faster after seconds of warm-up; needs a C++ "
-            "compiler, else eager", "gradient", estimators=COMPILED, resume_safe=True),
+            "as one torch.compile graph: ~2x faster at one stream after seconds of warm-up; "
+            "needs a C++ compiler, else eager", "gradient", estimators=COMPILED,
+            resume_safe=True),
     Setting("beta1", float, 0.9, "Adam's first-moment decay", "adam", low=0.0, high=1.0,
             high_open=True, per_member=True),
     Setting("beta2", float, 0.999, "Adam's second-moment decay", "adam", low=0.0, high=1.0,
