@@ -20,6 +20,7 @@ from rnnsweep.algorithms.estimator_base import (
     StepFn,
     StepResult,
     check_step,
+    forgetting,
     resolve_hyper,
 )
 from rnnsweep.algorithms.kf_rtrl import KF_RTRL
@@ -95,6 +96,8 @@ def start(
         raise ValueError(f"batch must be >= 1, got {batch}")
     check_params(cell, params, batch)
     hyper = resolve_hyper(estimator, overrides)
+    if hyper.get("influence_decay", 1.0) != 1.0:
+        estimator = forgetting(estimator, hyper["influence_decay"])
     if seeds is None:
         seeds = stream_seeds(seed, batch, params.theta.device)
     elif seeds.shape != (batch,):

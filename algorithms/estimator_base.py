@@ -24,7 +24,7 @@ implementations; they import only this module.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -57,9 +57,30 @@ class Estimator:
     influence: Callable[[Any], tuple[Tensor, Tensor]] | None = None
     # hyperparameter -> check returning an error message or None
     checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
+    # (state, gamma) -> the carried influence scaled by gamma in place (``influence_decay``)
+    forget: Callable[[Any, float], None] | None = None
 
 
 StepFn = Callable[[Params, Any, Tensor, Tensor], StepResult]
+
+
+def forgetting(estimator: Estimator, gamma: float) -> Estimator:
+    """``estimator`` whose step first scales the influence it carries by ``gamma``:
+
+        G_t = J_t (gamma G_{t-1}) + dF_t/dtheta,
+
+    an exponential truncation of RTRL's sum over the past (about ``1 / (1 - gamma)`` steps).
+    The estimate of this G stays unbiased; as an estimate of the true gradient it is biased
+    for ``gamma < 1``, and the variance carried from the past is damped by gamma per step."""
+    forget, inner = estimator.forget, estimator.step
+    if forget is None:
+        raise ValueError(f"estimator {estimator.name!r} has no influence to decay")
+
+    def step(params: Params, state: Any, x: Tensor, y: Tensor) -> StepResult:
+        forget(state, gamma)
+        return inner(params, state, x, y)
+
+    return replace(estimator, step=step)
 
 
 def resolve_hyper(estimator: Estimator, overrides: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -116,11 +116,16 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
             est_keys[key] = value
         else:
             task_keys[key] = value
+    for key, value in task_defaults(spec.task, spec.estimator).items():
+        if key in spec.settings or (key == "optimizer" and spec.estimator in KALMAN_RULES):
+            continue
+        if key in HYPER_KEYS:  # an estimator's hyperparameter, where it applies
+            if spec.estimator in (SETTINGS[key].estimators or ()):
+                est_keys[key] = value
+        else:
+            learner[key] = value
     resolve_hyper(estimator, est_keys)
     make_task(spec.task, **task_keys)  # refuses bad task settings here, naming them
-    for key, value in task_defaults(spec.task, spec.estimator).items():
-        if key not in spec.settings and (key != "optimizer" or spec.estimator not in KALMAN_RULES):
-            learner[key] = value
     opt = learner["optimizer"] or default_optimizer(spec.estimator)
     learner["optimizer"] = opt
     if spec.estimator in KALMAN_RULES and opt != "kalman":

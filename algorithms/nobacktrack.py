@@ -45,6 +45,7 @@ from rnnsweep.algorithms.trajectory import add_outer_
 from rnnsweep.algorithms.uoro import (
     RankOneState,
     advance_and_score,
+    forget,
     init_rank_one,
     rank_one_gradient,
     rank_one_influence,
@@ -146,4 +147,5 @@ NOBACKTRACK = Estimator(
     unbiased=True,
     summary="NoBackTrack: rank-one influence, one rho per unit term; O(P)",
     influence=rank_one_influence,
+    forget=forget,
 )

@@ -47,7 +47,7 @@ class StackState:
 
 def stackable(cell: Cell, names: Sequence[str], hyper: dict[str, dict[str, Any]]) -> list[str]:
     """The names of ``names`` that can share one stacked state: UORO and NoBackTrack on the
-    tanh closed form, with the same ``eps`` (one per state)."""
+    tanh closed form, with the same ``eps`` (one per state) and no ``influence_decay``."""
     if cell.name != "tanh":
         return []
     found = []
@@ -55,7 +55,7 @@ def stackable(cell: Cell, names: Sequence[str], hyper: dict[str, dict[str, Any]]
         if name not in RANK_ONE:
             continue
         merged = {**get_estimator(name).defaults, **hyper.get(name, {})}
-        if merged["path"] in ("auto", "closed-form"):
+        if merged["path"] in ("auto", "closed-form") and merged["influence_decay"] == 1.0:
             found.append((name, merged["eps"]))
     eps = {e for _, e in found}
     return [name for name, _ in found] if len(eps) == 1 else []

@@ -103,6 +103,11 @@ def rank_one_influence(state: RankOneState) -> tuple[Tensor, Tensor]:
     return state.v.unsqueeze(2), state.w.reshape(batch, 1, -1)
 
 
+def forget(state: RankOneState, gamma: float) -> None:
+    """``G ~ v w^T -> gamma G``: ``v`` scaled in place (``influence_decay``)."""
+    state.v.mul_(gamma)
+
+
 def rho(norms: Tensor, eps: float) -> Tensor:
     """``sqrt((a + eps) / (b + eps))`` for columns (a, b) = (0, 1) and (2, 3): ``[B, 2]``."""
     return norms[:, 0::2].add(eps).div_(norms[:, 1::2].add(eps)).sqrt_()
@@ -222,4 +227,5 @@ UORO = Estimator(
     unbiased=True,
     summary="UORO: rank-one influence v w^T, one global rho pair; O(P)",
     influence=rank_one_influence,
+    forget=forget,
 )

@@ -164,3 +164,29 @@ def test_step_inputs_are_checked_with_names():
         check_step(cell, params, "ce", 2, xs[0], torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="input x is torch.float32"):
         check_step(cell, params, "ce", 2, xs[0].float(), ys[0])
+
+
+@pytest.mark.parametrize("name", ["uoro", "nobacktrack"])
+@pytest.mark.parametrize("cell_name", ["tanh", "gru"])
+def test_influence_decay_scales_the_carried_influence(name, cell_name):
+    """``influence_decay`` gamma: a step carries gamma G (G ~ v w^T), nothing else changes, so it
+    equals the plain step from the same state with v scaled by gamma; 1 keeps the plain step."""
+    cell = make_cell(cell_name, 5, 3)
+    params, xs, ys = _stream(cell, 12, 2)
+    plain, a = start(name, cell, params, "ce", 2, seed=4)
+    decayed, b = start(name, cell, params, "ce", 2, seed=4, influence_decay=0.5)
+    assert start(name, cell, params, "ce", 2, influence_decay=1.0)[0] is get_estimator(name)
+    for x, y in zip(xs[:6], ys[:6], strict=True):  # the same non-zero influence in both
+        plain.step(params, a, x, y)
+        plain.step(params, b, x, y)
+    assert float(a.v.abs().max()) > 0.0
+    for x, y in zip(xs[6:], ys[6:], strict=True):
+        a.v.mul_(0.5)
+        want, got = plain.step(params, a, x, y), decayed.step(params, b, x, y)
+        assert torch.equal(want.grad.flat(), got.grad.flat())
+        assert torch.equal(a.v, b.v) and torch.equal(a.w, b.w)
+    # and the decay is real: the decayed gradient differs from the plain one
+    _, c = start(name, cell, params, "ce", 2, seed=4)
+    for x, y in zip(xs, ys, strict=True):
+        last = plain.step(params, c, x, y)
+    assert float((last.grad.flat() - got.grad.flat()).abs().max()) > 1e-6

@@ -39,6 +39,24 @@ def test_task_defaults_replace_the_tables_per_estimator(anbn_defaults):
     assert (add["lr"], add["clip"], add["lr_decay"]) == (1e-4, 0.0, 0.01)
 
 
+def test_task_defaults_route_estimator_keys_to_the_estimator(monkeypatch):
+    """An estimator's hyperparameter in a task's entry reaches that estimator's hyperparameters
+    (not the learner's), where it applies; an explicit setting still wins."""
+    entry = {"*": {"influence_decay": 0.9}, "nobacktrack": {"influence_decay": 0.99}}
+    monkeypatch.setitem(table.TASK_DEFAULTS, "anbn", entry)
+
+    def hyper_of(estimator: str, **settings) -> dict:
+        spec = LearnerSpec("anbn", estimator, "gru", 8, settings=settings)
+        learner, hyper, *_ = split_settings(spec)
+        assert "influence_decay" not in learner
+        return hyper
+
+    assert hyper_of("uoro") == {"influence_decay": 0.9}
+    assert hyper_of("nobacktrack") == {"influence_decay": 0.99}
+    assert hyper_of("nobacktrack", influence_decay=1.0) == {"influence_decay": 1.0}
+    assert hyper_of("tbptt") == {}  # it does not apply there, and is not forced on it
+
+
 def test_explicit_settings_override_task_defaults(anbn_defaults):
     uoro = learner_of("anbn", "uoro", lr=1e-3, lr_decay=0.0)
     assert (uoro["lr"], uoro["clip"], uoro["lr_decay"]) == (1e-3, 2.0, 0.0)
