@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnsweep.algorithms import readout as readout_
 from rnnsweep.algorithms.cell import Cell
 from rnnsweep.algorithms.estimator_base import Estimator, StepResult
 from rnnsweep.algorithms.params import Params
@@ -102,14 +103,11 @@ def step(params: Params, state: KfRtrlState, x: Tensor, y: Tensor) -> StepResult
 
 def kronecker_gradient(params: Params, state: KfRtrlState, dh: Tensor, g_readout: Tensor) -> Params:
     """``g[j, l] = ((dl/dh)^T A)_j u_l``, per stream or the mean over streams; readout exact."""
-    batch = dh.shape[0]
     left = torch.bmm(dh.unsqueeze(1), state.a).squeeze(1)  # [B, n]
     if params.per_stream:
         g_theta = torch.bmm(left.unsqueeze(2), state.u.unsqueeze(1))
-    elif batch == 1:  # the same product as ``mm``, which Inductor fuses
-        g_theta = left.t() * state.u
     else:
-        g_theta = torch.mm(left.t(), state.u).div_(batch)
+        g_theta = readout_.mean_outer(left, state.u)
     return Params(g_theta.reshape(params.theta.shape), g_readout)
 
 

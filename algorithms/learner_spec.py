@@ -84,8 +84,12 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
     task_entries = {entry.name: entry for entry in task_setting_entries(spec.task)}
     learner = {key: SETTINGS[key].default for key in LEARNER_KEYS}
     est_keys, task_keys = {}, {}
+
+    def estimator_key(key: str) -> bool:  # a hyperparameter of this learner's estimator
+        return key in HYPER_KEYS and spec.estimator in (SETTINGS[key].estimators or ())
+
     for key, value in spec.settings.items():
-        mine = key in HYPER_KEYS and spec.estimator in (SETTINGS[key].estimators or ())
+        mine = estimator_key(key)
         owners = [
             owner
             for owner, known in (
@@ -119,10 +123,9 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
     for key, value in task_defaults(spec.task, spec.estimator).items():
         if key in spec.settings or (key == "optimizer" and spec.estimator in KALMAN_RULES):
             continue
-        if key in HYPER_KEYS:  # an estimator's hyperparameter, where it applies
-            if spec.estimator in (SETTINGS[key].estimators or ()):
-                est_keys[key] = value
-        else:
+        if estimator_key(key):
+            est_keys[key] = value
+        elif key not in HYPER_KEYS:  # another estimator's hyperparameter applies elsewhere
             learner[key] = value
     resolve_hyper(estimator, est_keys)
     make_task(spec.task, **task_keys)  # refuses bad task settings here, naming them

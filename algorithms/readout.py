@@ -27,14 +27,19 @@ def backward(readout: Tensor, delta: Tensor, hb: Tensor) -> tuple[Tensor, Tensor
     n = hb.shape[1] - 1
     if readout.dim() == 2:
         dh = torch.mm(delta, readout[:, :n])
-        if hb.shape[0] == 1:  # the same product as ``mm``, which Inductor fuses (one stream)
-            grad = delta.t() * hb
-        else:
-            grad = torch.mm(delta.t(), hb).div_(hb.shape[0])
+        grad = mean_outer(delta, hb)
     else:
         dh = torch.linalg.vecdot(readout[:, :, :n].mT, delta.unsqueeze(1))
         grad = delta.unsqueeze(2) * hb.unsqueeze(1)
     return dh, grad
+
+
+def mean_outer(a: Tensor, b: Tensor) -> Tensor:
+    """``mean_b a_b b_b^T [r, c]`` over streams: ``a [B, r]``, ``b [B, c]``. At one stream the
+    broadcast product (the same values as ``mm``, and a loop Inductor fuses), else ``mm``."""
+    if a.shape[0] == 1:
+        return a.t() * b
+    return torch.mm(a.t(), b).div_(a.shape[0])
 
 
 def reduce_streams(per_stream: Tensor, scale: Tensor, shared: bool) -> Tensor:
