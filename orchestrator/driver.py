@@ -154,7 +154,6 @@ class Driver:
         except StoreOutage:  # past storage.outage_limit: stopped as on Ctrl-C, resumable
             status = "KILLED"
             raise
-            status = "KILLED"
         except Exception as error:
             fault = describe(error, self.stores.places())
             if fault is None:

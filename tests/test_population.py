@@ -90,6 +90,25 @@ def test_member_equals_the_same_learner_alone(estimator):
     assert reports[0][-1]["loss"] != reports[1][-1]["loss"]
 
 
+@pytest.mark.parametrize("cell", ["tanh", "gru"])
+def test_clip_never_reached_keeps_the_lone_update(cell):
+    """A lone learner that clips takes the general update path (``_apply``), one that does not
+    the lone one (``_lone_apply``): with a clip its gradients never reach, the two agree."""
+
+    def run(**clip):
+        return _alone(_spec("uoro", seed=3, cell=cell, lr=3e-3, lr_decay=0.1, **clip), 300)
+
+    def gap(a: Learner, b: Learner) -> float:
+        return max(float((p - q).abs().max()) for p, q in zip(a.params, b.params, strict=True))
+
+    (plain, learner), (clipped, other) = run(), run(clip=1e9)
+    assert learner.population._lone and not other.population._lone
+    assert _close(plain, clipped) <= TOL
+    assert _close(plain, clipped, "grad_norm") <= 1e-9
+    assert gap(learner, other) <= TOL
+    assert gap(learner, run(clip=1e-3)[1]) > 1e-4  # a clip that is reached changes the run
+
+
 @pytest.mark.parametrize(
     "specs",
     [
