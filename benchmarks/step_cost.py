@@ -17,6 +17,10 @@ and parameters (``ratio_to_own_estimator``: the overhead on the very state it st
 plain forward step on them (``ratio_to_forward``), for every estimator in
 ``LEARNER_ESTIMATORS`` at n=64 (``--quick`` included: few calls, one repeat); each is checked
 against ``LEARNER_FORWARD_BOUNDS`` and the overhead bound ``LEARNER_OVERHEAD_BOUND``.
+Each learner row also says where the overhead lives: the learner's update (gradient norm,
+Adam, counters) timed alone on one gradient (``update_us``) and right after its estimator's
+step, as the learner runs it (``update_after_estimator_us``: the estimator then the update,
+less the estimator alone, the median over repeats of that difference).
 ``--learner-only`` measures only these. ``--compiled`` adds rows ``path: "learner-compiled"``:
 the same learners with ``compile: true`` after a warm-up whose wall time is reported, against
 the forward step (the same bounds), the eager learner and the estimator compiled alone. The
@@ -187,13 +191,24 @@ def learner_steps(name: str, n: int) -> dict[str, Callable[[], object]]:
     x, y = learner.stream.next()
     est, state = start(name, cell, params, task.loss_kind, 1)
     pop = learner.population
+    own = functools.partial(pop.estimator.step, pop.est_params, pop.est_state, x, y)
+    grad = own().grad
+    update = pop._lone_apply  # the learner's update: gradient norm, Adam, counters
+
+    def own_then_update() -> None:
+        update(own().grad)
+
     return {
         "learner": learner.step,
         "estimator": lambda: est.step(params, state, x, y),
         # the learner's own estimator on its own (packed) state and parameters: steps it aside
         # from the learner, which is harmless to a timing
-        "own_estimator": lambda: pop.estimator.step(pop.est_params, pop.est_state, x, y),
+        "own_estimator": own,
         "forward": _forward(cell, params, x, y),
+        # where the overhead lives: the update alone (one gradient, again and again) and
+        # right after the estimator's step, as in the learner
+        "update": lambda: update(grad),
+        "own_estimator_then_update": own_then_update,
     }
 
 
@@ -224,6 +239,19 @@ def measure_learner(names, n: int, repeats: int, calls: int, log) -> list[dict]:
                 "ratio_to_own_estimator": _ratio(whole, samples["own_estimator"]),
                 "own_estimator_us": statistics.median(samples["own_estimator"]) * 1e6,
                 "forward_us": statistics.median(fwd) * 1e6,
+                "update_us": statistics.median(samples["update"]) * 1e6,
+                "own_estimator_then_update_us": statistics.median(
+                    samples["own_estimator_then_update"]
+                )
+                * 1e6,
+                # the update's cost where the learner pays it: after the estimator's step
+                "update_after_estimator_us": statistics.median(
+                    a - b
+                    for a, b in zip(
+                        samples["own_estimator_then_update"], samples["own_estimator"], strict=True
+                    )
+                )
+                * 1e6,
             }
         )
         log(
@@ -473,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"\n{'learner step':<12} {'n':>4} {'B':>3} {'us':>8} {'est us':>8} {'fwd us':>8} "
-        f"{'x forward (bound)':>18} {'x estimator (bound)':>20} {'x own est':>10}"
+        f"{'x forward (bound)':>18} {'x estimator (bound)':>20} {'x own est':>10} "
+        f"{'update us: alone':>16} {'after est':>10}"
     )
     for r in rows:
         if r["path"] == "learner":
@@ -484,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['forward_us']:>8.1f} "
                 f"{r['ratio_to_forward']:>11.2f} ({fwd_bound:>3g}x)"
                 f"{r['ratio_to_estimator']:>13.3f} ({LEARNER_OVERHEAD_BOUND:g}x)"
-                f"{r['ratio_to_own_estimator']:>11.3f}"
+                f"{r['ratio_to_own_estimator']:>11.3f} "
+                f"{r['update_us']:>16.1f} {r['update_after_estimator_us']:>10.1f}"
             )
     compiled = [r for r in rows if r["path"] == "learner-compiled"]
     if compiled:

@@ -30,6 +30,11 @@ def test_step_cost_json_has_learner_rows_against_their_estimator(capsys):
         assert row["ratio_to_own_estimator"] == pytest.approx(
             row["us_per_stream_step"] / row["own_estimator_us"], rel=1e-9
         )
+        # the update's cost after the estimator: the pair's time less the estimator's
+        assert row["update_us"] > 0
+        assert row["update_after_estimator_us"] == pytest.approx(
+            row["own_estimator_then_update_us"] - row["own_estimator_us"], rel=1e-9, abs=1e-9
+        )
     # every learner row is judged against issue 14's bounds, beside its own ratio
     verdicts = {
         (t["estimator"], t["against"]): t for t in out["targets"] if t["hidden"] == 64
