@@ -357,11 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-mlflow", action="store_true", help="do not record in MLflow")
     run.add_argument("--tracking-uri", help="MLflow URI (default: SQLite in the state dir)")
     run.add_argument("--state-dir", help="default $RNNSWEEP_STATE_DIR or ./.rnnsweep")
-    run.add_argument("--checkpoint", metavar="PATH", help="write checkpoints here (atomically)")
+    run.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="write checkpoints here (atomically; with --resume: default its PATH)",
+    )
     run.add_argument(
         "--checkpoint-every", type=_positive_int, default=10000, help="steps (default 10000)"
     )
-    run.add_argument("--resume", metavar="PATH", help="continue the run in this checkpoint")
+    run.add_argument(
+        "--resume", metavar="PATH", help="continue the run in this checkpoint (and update it)"
+    )
     run.add_argument(
         "--config", metavar="FILE", help="a run file, e.g. written by `rnnsweep best -o FILE`"
     )

@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from rnnsweep.algorithms.atomic_file import write_atomic
+from rnnsweep.orchestrator import output_path
 
 EXPERIMENT = "rnnsweep-compare"
 ARTIFACT_PATH = "compare"
@@ -133,6 +134,7 @@ def compare_command(args) -> int:
     run_name = f"compare-{args.task}-{drive}-s{args.seed}"
     state_dir = resolve_state_dir(args.state_dir)
     out = os.path.abspath(args.out or os.path.join(state_dir, "compare", run_name))
+    output_path.folder_target(out, "--out")  # before any step
     tracker = None
     if not args.no_mlflow:
         from rnnsweep.orchestrator.tracking import Tracker, check_store, default_tracking_uri

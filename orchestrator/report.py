@@ -29,7 +29,7 @@ import sys
 from typing import Any
 
 from rnnsweep.algorithms.atomic_file import write_atomic
-from rnnsweep.orchestrator import continuation, report_page, sweep_store
+from rnnsweep.orchestrator import continuation, output_path, report_page, sweep_store
 from rnnsweep.orchestrator.sweep_commands import driver_state, no_complete_text
 
 LOSS, BIAS_TRUNC, BIAS_NOISE, BEST = (
@@ -65,6 +65,7 @@ def report_command(args) -> int:
     pyplot()  # before anything is read or written
     state_dir, record = sweep_store.read_record(args.state_dir, args.name)
     out = os.path.abspath(args.out or os.path.join(state_dir, "reports", record["name"]))
+    output_path.folder_target(out, "--out")
     mlflow_client = _client(record["tracking_uri"])
     trials = sweep_trials(record, mlflow_client)
     if any(t["state"] == "RUNNING" for t in trials) and not driver_state(record)["running"]:

@@ -1,10 +1,11 @@
 """``rnnsweep run``: train one online learner end to end, with MLflow tracking and checkpoints.
 
-Everything is validated before any work starts (unknown ``--set`` keys and bad values exit 2).
-Checkpoints are written atomically every ``--checkpoint-every`` steps, at the end, and on
-Ctrl-C or SIGTERM (the path and the resume command are printed, exit 130); ``--resume PATH``
-continues a checkpointed run bit-for-bit, in the same MLflow run, with no metric step written
-twice.
+Everything is validated before any work starts (unknown ``--set`` keys, bad values and output
+paths that cannot be written exit 2). Checkpoints are written atomically every
+``--checkpoint-every`` steps, at the end, and on Ctrl-C or SIGTERM (the path and the resume
+command are printed, exit 130); ``--resume PATH`` continues a checkpointed run bit-for-bit, in
+the same MLflow run, with no metric step written twice, and keeps writing its checkpoint to
+PATH unless ``--checkpoint`` names another file.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rnnsweep.algorithms.learner import (
     unused_settings,
 )
 from rnnsweep.algorithms.settings import RESUME_SAFE_KEYS, SETTINGS
+from rnnsweep.orchestrator import output_path
 from rnnsweep.orchestrator.progress import ProgressLine
 from rnnsweep.orchestrator.spec_file import read_yaml
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
@@ -175,10 +177,32 @@ def build_learner(args) -> tuple[Learner, dict[str, Any]]:
     return Learner(spec), {}
 
 
+def _refuse_a_second_trajectory(uri: str, run_id: str, step: int, args) -> None:
+    """``ValueError`` if the checkpoint's MLflow run already goes past ``step``: a continuation
+    with new values would write a second trajectory into it, skipping the steps it holds."""
+    from rnnsweep.orchestrator.tracking import client
+
+    last = max((m.step for m in client(uri).get_metric_history(run_id, "loss")), default=-1)
+    if last > step:
+        raise ValueError(
+            f"--resume {args.resume}: its MLflow run {run_id} already holds steps up to {last}, "
+            f"past this checkpoint's step {step} (a later continuation of it); --set would "
+            "mix two trajectories in that run: continue from the latest checkpoint, or add "
+            "--no-mlflow"
+        )
+
+
 def run_command(args) -> int:
     from rnnsweep.orchestrator.device import resolve_device
 
     args.device = resolve_device(args.device)
+    outputs = [(args.checkpoint, "--checkpoint"), (args.summary_json, "--summary-json")]
+    if args.resume and not args.checkpoint:
+        args.checkpoint = args.resume  # a continued run keeps its checkpoint up to date
+        outputs[0] = (args.resume, "--resume")
+    for path, flag in outputs:
+        if path:
+            output_path.file_target(path, flag)  # before any work
     learner, extra = build_learner(args)
     changed = extra.pop("resume_changes", "")
     if changed:
@@ -199,6 +223,8 @@ def run_command(args) -> int:
         state_dir = resolve_state_dir(args.state_dir)
         uri = args.tracking_uri or default_tracking_uri(state_dir)
         spec = learner.spec
+        if changed and extra.get("mlflow_run_id"):
+            _refuse_a_second_trajectory(uri, extra["mlflow_run_id"], learner.counters["t"], args)
         tracker = Tracker(
             uri,
             EXPERIMENT,
@@ -262,6 +288,10 @@ def run_command(args) -> int:
         signal.signal(signum, on_stop)
     try:
         summary = learner.run(steps, on_report, stop_requested)
+        if args.checkpoint:
+            if tracker is not None:
+                tracker.flush()
+            save_checkpoint(learner, args.checkpoint, extra)
     except BaseException:
         if tracker is not None:
             tracker.close("FAILED")
@@ -270,10 +300,6 @@ def run_command(args) -> int:
         for signum in stops:
             signal.signal(signum, previous[signum])
         progress.close()
-    if args.checkpoint:
-        if tracker is not None:
-            tracker.flush()
-        save_checkpoint(learner, args.checkpoint, extra)
     summary.update(
         {
             "task": learner.spec.task,

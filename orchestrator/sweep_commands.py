@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from rnnsweep.orchestrator import sweep_store
+from rnnsweep.algorithms.atomic_file import write_atomic
+from rnnsweep.orchestrator import output_path, sweep_store
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
 from rnnsweep.orchestrator.url_secrets import redact
 
@@ -358,6 +359,8 @@ def estimator_summaries(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def best_command(args) -> int:
+    if args.output:
+        output_path.file_target(args.output, "-o")
     state_dir, record = sweep_store.read_record(args.state_dir, args.name)
     spec = record["spec"]
     runs = []
@@ -401,8 +404,7 @@ def best_command(args) -> int:
         {"sweep": args.name, "objective": spec["objective"], "best": runs}, sort_keys=False
     )
     if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text)
+        write_atomic(args.output, text.encode())
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         print(text, end="")

@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from rnnsweep.orchestrator import metric_journal, url_secrets
+from rnnsweep.orchestrator import metric_journal, output_path, url_secrets
 from rnnsweep.orchestrator.store_outage import FIRST_DELAY, MAX_DELAY, Outage, Patient, unavailable
 from rnnsweep.orchestrator.ui_view import KIND_TAG, MODEL_TRAINING
 from rnnsweep.orchestrator.url_secrets import redact
@@ -137,17 +137,10 @@ def check_store(uri: str) -> None:
         path = uri.removeprefix("sqlite:///")
         if os.path.exists(path):
             return
-        folder = os.path.dirname(os.path.abspath(path))
-        while not os.path.exists(folder):
-            folder = os.path.dirname(folder)
+        folder = output_path.nearest_folder(path)
         if not os.path.isdir(folder):
             raise ValueError(f"MLflow tracking URI {uri!r}: {folder} is not a directory")
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-        if read_only or not os.access(folder, os.W_OK | os.X_OK):
-            from rnnsweep.orchestrator.environment_fault import EnvironmentFault
-
-            cause = "it is on a read-only file system" if read_only else "permission denied"
-            raise EnvironmentFault(f"cannot write {path}: {cause}")
+        output_path.check_writable_folder(folder, path)
         return
     if scheme in ("", "file"):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):

@@ -182,3 +182,67 @@ def test_set_values_are_yaml_scalars_with_exponents_as_numbers():
         "clip": 20.0,
         "labels": "soft",
     }
+
+
+def _step_of(path) -> int:
+    from rnnsweep.algorithms.checkpoint_file import read_header
+
+    return read_header(path.read_bytes(), str(path)).step
+
+
+def test_resume_keeps_its_own_checkpoint_up_to_date(tmp_path):
+    """``--resume CK`` without ``--checkpoint`` writes CK again: a second extension (or a
+    Ctrl-C) continues from where the first ended, not from the first checkpoint."""
+    ck = tmp_path / "ck.pt"
+    assert main(BASE + ["--steps", "300", "--no-mlflow", "--checkpoint", str(ck)]) == 0
+    assert _step_of(ck) == 300
+    assert main(["run", "--resume", str(ck), "--steps", "600", "--no-mlflow"]) == 0
+    assert _step_of(ck) == 600
+    out = tmp_path / "s.json"
+    assert main(["run", "--resume", str(ck), "--steps", "900", "--no-mlflow",
+                 "--summary-json", str(out)]) == 0
+    assert _step_of(ck) == 900 and json.loads(out.read_text())["steps"] == 900
+
+
+def test_new_values_on_an_outrun_checkpoint_are_refused(tmp_path, capsys):
+    """A copy of a checkpoint whose MLflow run a later continuation took further cannot take
+    ``--set`` values: the run would hold two trajectories. Without new values it continues the
+    same trajectory, whose steps the run already has."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ck, old = tmp_path / "ck.pt", tmp_path / "old.pt"
+    track = ["--tracking-uri", uri]
+    assert main(BASE + ["--steps", "300", "--set", "log_every=100", "--checkpoint", str(ck)]
+                + track) == 0
+    old.write_bytes(ck.read_bytes())
+    assert main(["run", "--resume", str(ck), "--steps", "600"] + track) == 0
+    capsys.readouterr()
+    assert main(["run", "--resume", str(old), "--steps", "600", "--set", "lr=0.003"]
+                + track) == 2
+    err = capsys.readouterr().err
+    assert "already holds steps up to 600, past this checkpoint's step 300" in err
+    assert _step_of(old) == 300  # nothing written
+    assert main(["run", "--resume", str(old), "--steps", "600"] + track) == 0
+
+
+@pytest.mark.parametrize("flag", ["--summary-json", "--checkpoint"])
+def test_an_output_path_that_is_a_folder_exits_2_before_any_work(tmp_path, capsys, flag):
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    state = tmp_path / "state"
+    assert main(BASE + ["--steps", "200", flag, str(folder), "--state-dir", str(state)]) == 2
+    assert f"{flag} {folder}: is a folder" in capsys.readouterr().err
+    assert not state.exists() and list(folder.iterdir()) == []  # no MLflow run, no file
+
+
+def test_best_and_compare_check_their_output_before_any_work(tmp_path, capsys):
+    folder, existing = tmp_path / "adir", tmp_path / "existing.txt"
+    folder.mkdir()
+    existing.write_text("{}")
+    state = tmp_path / "state"
+    assert main(["best", "nosuch", "-o", str(folder), "--state-dir", str(state)]) == 2
+    assert f"-o {folder}: is a folder" in capsys.readouterr().err
+    compare = ["compare", "--task", "add", "--estimators", "uoro,rtrl", "--hidden", "4",
+               "--steps", "200", "--out", str(existing), "--state-dir", str(state)]
+    assert main(compare) == 2
+    assert f"--out {existing}: exists and is not a folder" in capsys.readouterr().err
+    assert not state.exists() and existing.read_text() == "{}"
