@@ -94,7 +94,7 @@ TABLE: tuple[Setting, ...] = (
     Setting("hidden", int, 32, "hidden units n (a task that fixes the system sets its own)",
             "run", low=1),
     Setting("seed", int, 0, "initial parameters, task stream and estimator noise", "run",
-            low=0, per_member=True),
+            low=0, high=2**32 - 1, per_member=True),  # the samplers' (NumPy's) seed range
     Setting("dtype", str, "float32", "floating-point type of parameters and states", "run",
             choices=("float32", "float64")),
     # -- learner

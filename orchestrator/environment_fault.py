@@ -89,6 +89,10 @@ def describe(error: BaseException, stores: Mapping[str, str]) -> str | None:
     for link in _chain(error):
         if isinstance(link, MemoryError):
             return f"out of memory ({str(link) or 'MemoryError'})"
+        if isinstance(link, RuntimeError) and "can't allocate memory" in str(link):
+            # torch's CPU allocator: "...: you tried to allocate N bytes. Error code 12 ..."
+            first = str(link).strip().splitlines()[0]
+            return f"out of memory ({first.split('DefaultCPUAllocator: ')[-1]})"
         if isinstance(link, OSError) and link.errno in _ERRNO:
             path = link.filename or ", ".join(stores.values())
             return f"cannot write {path}: {_ERRNO[link.errno]} ({link.strerror})"

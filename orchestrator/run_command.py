@@ -11,6 +11,7 @@ PATH unless ``--checkpoint`` names another file.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -130,15 +131,21 @@ def resume_changes(args, saved_spec: dict[str, Any]) -> dict[str, Any]:
 def build_learner(args) -> tuple[Learner, dict[str, Any]]:
     """A new learner from the arguments, or the one in ``--resume`` (plus its saved extras)."""
     if args.resume:
+        if args.config:
+            raise ValueError(
+                f"--config {args.config} and --resume {args.resume}: a checkpoint holds its "
+                "run's settings; give one of them"
+            )
         saved = checkpoint_file.read(args.resume)
         saved_spec = saved.snapshot["spec"]
-        for flag, key in (("task", "task"), ("estimator", "estimator"), ("cell", "cell")):
-            given = getattr(args, flag)
+        for key in ("task", "estimator", "cell", "hidden", "seed", "dtype"):
+            given = getattr(args, key)
             if given is not None and given != saved_spec.get(key):
                 raise ValueError(
-                    f"--{flag} {given} contradicts the checkpoint {args.resume!r} "
+                    f"--{key} {given} contradicts the checkpoint {args.resume!r} "
                     f"({key} = {saved_spec.get(key)})"
                 )
+        saved_spec["device"] = args.device  # a run may continue on another device
         changes = resume_changes(args, saved_spec)
         extra = dict(saved.extra)
         if changes:  # the checkpoint's spec is the run's: the new values go into both
@@ -177,12 +184,28 @@ def build_learner(args) -> tuple[Learner, dict[str, Any]]:
     return Learner(spec), {}
 
 
-def _refuse_a_second_trajectory(uri: str, run_id: str, step: int, args) -> None:
-    """``ValueError`` if the checkpoint's MLflow run already goes past ``step``: a continuation
-    with new values would write a second trajectory into it, skipping the steps it holds."""
+def _check_resumed_run(uri: str, run_id: str, step: int, changed: bool, args) -> None:
+    """``ValueError`` (creating nothing) if the checkpoint's MLflow run is not in the store
+    ``uri``, or if it already goes past ``step`` while ``changed`` values would write a second
+    trajectory into it (skipping the steps it holds)."""
     from rnnsweep.orchestrator.tracking import client
+    from rnnsweep.orchestrator.url_secrets import redact
 
-    last = max((m.step for m in client(uri).get_metric_history(run_id, "loss")), default=-1)
+    missing = (
+        f"--resume {args.resume}: its MLflow run {run_id} is not in {redact(uri)} (was it "
+        "recorded under another --state-dir or --tracking-uri?): give that store, or add "
+        "--no-mlflow"
+    )
+    if uri.startswith("sqlite:///") and not os.path.exists(uri.removeprefix("sqlite:///")):
+        raise ValueError(missing)  # (opening the file would create it)
+    store = client(uri)
+    try:
+        store.get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow says "not found" in several exception types
+        raise ValueError(missing) from None
+    if not changed:
+        return
+    last = max((m.step for m in store.get_metric_history(run_id, "loss")), default=-1)
     if last > step:
         raise ValueError(
             f"--resume {args.resume}: its MLflow run {run_id} already holds steps up to {last}, "
@@ -217,21 +240,29 @@ def run_command(args) -> int:
     tracker = None
     last_logged = -1
     if not args.no_mlflow:
-        from rnnsweep.orchestrator.tracking import Tracker, default_tracking_uri
+        from rnnsweep.orchestrator.sweep_store import open_error
+        from rnnsweep.orchestrator.tracking import Tracker, check_store, default_tracking_uri
         from rnnsweep.orchestrator.url_secrets import redact
 
         state_dir = resolve_state_dir(args.state_dir)
+        if not args.tracking_uri:
+            output_path.folder_target(state_dir, "--state-dir")
         uri = args.tracking_uri or default_tracking_uri(state_dir)
+        check_store(uri)  # creates nothing: a file store, an unreachable server, ...
         spec = learner.spec
-        if changed and extra.get("mlflow_run_id"):
-            _refuse_a_second_trajectory(uri, extra["mlflow_run_id"], learner.counters["t"], args)
-        tracker = Tracker(
-            uri,
-            EXPERIMENT,
-            run_name=f"{spec.task}-{spec.estimator}-s{spec.seed}",
-            run_id=extra.get("mlflow_run_id"),
-            tags={"task": spec.task, "estimator": spec.estimator, "cell": spec.cell},
-        )
+        run_id = extra.get("mlflow_run_id")
+        if run_id:
+            _check_resumed_run(uri, run_id, learner.counters["t"], bool(changed), args)
+        try:
+            tracker = Tracker(
+                uri,
+                EXPERIMENT,
+                run_name=f"{spec.task}-{spec.estimator}-s{spec.seed}",
+                run_id=run_id,
+                tags={"task": spec.task, "estimator": spec.estimator, "cell": spec.cell},
+            )
+        except Exception as error:  # noqa: BLE001 - any failure makes the store unusable here
+            raise ValueError(open_error(f"the MLflow store {redact(uri)}", error)) from None
         last_logged = tracker.resume_step()
         tracker.log_params(
             {

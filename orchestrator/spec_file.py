@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Any
 
 import yaml
@@ -133,6 +134,9 @@ def read_yaml(path: str, what: str = "sweep file") -> Any:
     """The YAML document in file ``path`` (any value), read within the limits above;
     ``SpecError`` naming the file (and ``what`` it is) otherwise."""
     try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block
+                raise SpecError(f"{path}: the {what} is not a regular file")
         size = os.path.getsize(path)
         if size > MAX_BYTES:
             raise SpecError(
@@ -147,7 +151,11 @@ def read_yaml(path: str, what: str = "sweep file") -> Any:
         raise SpecError(f"{path}: cannot read the {what}: {error}") from None
     if len(text.encode("utf-8")) > MAX_BYTES:  # it grew since it was measured
         raise SpecError(f"{path}: the {what} is larger than {MAX_BYTES} bytes (1 MB): refused")
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # its reader refuses characters YAML does not allow (e.g. NUL)
+    except yaml.YAMLError as error:
+        where = " ".join(str(error).replace('"<unicode string>"', "the file").split())
+        raise SpecError(f"{path}: not valid YAML: {where}") from None
     loader.name = path  # marks in messages name the file, not "<unicode string>"
     try:
         return loader.get_single_data()

@@ -160,6 +160,9 @@ class Setting:
 
 
 def _bound(value: float) -> str:
+    """``0.001``, ``1e-08``; an integer bound in full (``4294967295``, not ``4.29497e+09``)."""
+    if isinstance(value, int):
+        return str(value)
     return f"{value:g}"
 
 

@@ -246,3 +246,84 @@ def test_best_and_compare_check_their_output_before_any_work(tmp_path, capsys):
     assert main(compare) == 2
     assert f"--out {existing}: exists and is not a folder" in capsys.readouterr().err
     assert not state.exists() and existing.read_text() == "{}"
+
+
+def test_resume_refuses_what_contradicts_the_checkpoint(tmp_path, capsys):
+    ck = tmp_path / "ck.pt"
+    assert main(BASE + ["--steps", "100", "--no-mlflow", "--checkpoint", str(ck)]) == 0
+    for extra, message in (
+        (["--hidden", "16"], "--hidden 16 contradicts the checkpoint"),
+        (["--seed", "5"], "--seed 5 contradicts the checkpoint"),
+        (["--dtype", "float32"], "--dtype float32 contradicts the checkpoint"),
+        (["--config", str(ck)], "a checkpoint holds its run's settings; give one of them"),
+    ):
+        capsys.readouterr()
+        assert main(["run", "--resume", str(ck), "--steps", "200", "--no-mlflow"] + extra) == 2
+        assert message in capsys.readouterr().err
+    assert _step_of(ck) == 100
+
+
+def test_resume_continues_on_this_device_whatever_the_checkpoint_says(tmp_path):
+    """A checkpoint written on a GPU machine records ``device: cuda``; here it continues on the
+    CPU (its tensors are read onto the CPU), as the same run."""
+    from rnnsweep.algorithms import checkpoint_file
+
+    ck, moved = tmp_path / "ck.pt", tmp_path / "cuda.pt"
+    assert main(BASE + ["--steps", "100", "--no-mlflow", "--checkpoint", str(ck)]) == 0
+    saved = checkpoint_file.read(str(ck))
+    saved.snapshot["spec"]["device"] = "cuda"
+    moved.write_bytes(checkpoint_file.encode(saved.snapshot, saved.extra))
+    out = tmp_path / "s.json"
+    assert main(["run", "--resume", str(moved), "--steps", "200", "--no-mlflow",
+                 "--summary-json", str(out)]) == 0
+    assert json.loads(out.read_text())["steps"] == 200
+
+
+def test_resume_against_a_store_without_its_run_creates_nothing(tmp_path, capsys):
+    ck = tmp_path / "ck.pt"
+    first = tmp_path / "first"
+    assert main(BASE + ["--steps", "100", "--checkpoint", str(ck), "--state-dir", str(first)]) == 0
+    other = tmp_path / "other"
+    capsys.readouterr()
+    assert main(["run", "--resume", str(ck), "--steps", "200", "--state-dir", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "its MLflow run" in err and "is not in sqlite:///" in err and "--no-mlflow" in err
+    assert not other.exists() and _step_of(ck) == 100
+    other.mkdir()  # an existing store without the run: the same, and it stays as it was
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    from rnnsweep.orchestrator.tracking import client
+
+    client(uri).search_experiments()
+    assert main(["run", "--resume", str(ck), "--steps", "200", "--tracking-uri", uri]) == 2
+    assert "is not in" in capsys.readouterr().err and _step_of(ck) == 100
+
+
+@pytest.mark.parametrize(
+    "uri,message",
+    [
+        ("ftp://x/y", "is unusable"),
+        ("file:///tmp/mlruns", "is a file store, which MLflow 3 refuses"),
+    ],
+)
+def test_an_unusable_tracking_uri_exits_2_before_any_work(tmp_path, capsys, uri, message):
+    state = tmp_path / "state"
+    assert main(BASE + ["--steps", "100", "--tracking-uri", uri, "--state-dir", str(state)]) == 2
+    assert message in capsys.readouterr().err
+    assert not state.exists()
+
+
+def test_a_state_dir_that_is_a_file_exits_2(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(BASE + ["--steps", "100", "--state-dir", str(afile)]) == 2
+    assert f"--state-dir {afile}: exists and is not a folder" in capsys.readouterr().err
+
+
+def test_a_size_beyond_memory_is_one_line_naming_it(capsys):
+    # rtrl's influence [n, P] at n = 100,000: 320 GB, refused by the allocator at once
+    run = ["run", "--task", "add", "--estimator", "rtrl", "--hidden", "100000"]
+    code = main(run + ["--steps", "10", "--no-mlflow"])
+    assert code == 74
+    err = capsys.readouterr().err
+    assert err.startswith("rnnsweep run: error: out of memory (") and "allocate" in err
+    assert len(err.strip().splitlines()) == 1

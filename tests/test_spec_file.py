@@ -90,3 +90,28 @@ def test_run_config_files_load_within_the_same_limits(tmp_path, capsys):
     assert f"--config {bomb}: not valid YAML" in err and "alias expansion limit" in err
     assert main(["run", "--config", str(tmp_path / "none.yaml"), "--no-mlflow"]) == 2
     assert "none.yaml: run file does not exist" in capsys.readouterr().err
+
+
+def test_a_nul_byte_and_a_fifo_are_refused_naming_the_file(tmp_path):
+    import os
+    import threading
+
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"name: s1\x00\n")
+    with pytest.raises(SpecError, match=r"nul.yaml: not valid YAML: unacceptable character #x0000"):
+        read_spec_file(str(nul))
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_spec_file(str(fifo))
+        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+            errors.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=20)  # opening a FIFO for reading blocks until a writer comes
+    assert not reader.is_alive(), "read_spec_file blocked on a FIFO"
+    assert isinstance(errors[0], SpecError) and "is not a regular file" in str(errors[0])
