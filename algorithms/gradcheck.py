@@ -88,8 +88,11 @@ def gradcheck(
     if samples < 2:
         raise ValueError(f"samples must be >= 2 to estimate a standard error, got {samples}")
     names = list(estimators) if estimators else default_estimators()
-    for name in names:
-        get_estimator(name)
+    cells = {name: get_estimator(name).cells for name in names}
+    if all(c is not None and cell_name not in c for c in cells.values()):
+        raise ValueError(
+            f"none of {', '.join(names)} supports the {cell_name} cell: nothing to check"
+        )
     cell, params, xs, ys = draw_problem(cell_name, hidden, steps, seed, scale)
     params = type(params)(params.theta.to(device, dtype), params.readout.to(device, dtype))
     xs, ys = xs.to(device, dtype), ys.to(device)
@@ -98,6 +101,7 @@ def gradcheck(
     truth_norm = truth_flat.norm()
     tol = exact_tolerance(dtype)
     results: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
     for name in names:
         estimator = get_estimator(name)
         hyper: dict[str, Any] = {}
@@ -108,8 +112,9 @@ def gradcheck(
             exact = unbiased = hyper["truncation"] >= steps
             note = f"truncation={hyper['truncation']}"
         if estimator.cells is not None and cell.name not in estimator.cells:
+            skipped[name] = f"supports the {', '.join(estimator.cells)} cell only"
             if progress:
-                progress(f"{name}: skipped (supports the {', '.join(estimator.cells)} cell only)")
+                progress(f"{name}: skipped ({skipped[name]})")
             continue
         stochastic = unbiased and not exact
         k = samples if stochastic else 1
@@ -155,5 +160,6 @@ def gradcheck(
         "seed": seed,
         "exact_tolerance": tol,
         "estimators": results,
+        "skipped": skipped,
         "passed": all(r["passed"] for r in results.values()),
     }

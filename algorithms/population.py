@@ -753,7 +753,8 @@ class Population:
         if steps < c["planned"]:
             raise ValueError(f"this run was planned for {c['planned']} steps; it cannot shrink")
         if steps - max(1, steps // 10) < c["t"]:
-            least = c["t"] + 1
+            # N - N // 10 <= 0.9 N + 0.9: no N below 10 t / 9 - 1 works; a few steps from there
+            least = max(c["t"] + 1, c["t"] * 10 // 9 - 2)
             while least - max(1, least // 10) < c["t"]:
                 least += 1
             raise ValueError(

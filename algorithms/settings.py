@@ -18,10 +18,9 @@ Pure Python (no torch): ``rnnsweep --help`` reads it without loading the numeric
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from rnnsweep.tasks.settings import Setting
+from rnnsweep.tasks.settings import Setting, did_you_mean
 
 KALMAN_RULES = {"nobacktrack-kalman": "nobacktrack", "uoro-kalman": "uoro", "rtrl-kalman": "rtrl"}
 ONLINE = ("kf-rtrl", "nobacktrack", "rflo", "rtrl", "snap1", "tbptt", "uoro")
@@ -215,12 +214,6 @@ def not_applying(key: str, estimator: str, optimizer: str) -> str:
     entry = SETTINGS[key]
     using = f"{estimator}" if entry.group == "estimator" else f"{estimator} with {optimizer}"
     return f"setting {key!r} applies {where(entry)}, not to {using}"
-
-
-def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
-    """`` (did you mean 'lr'?)`` for the closest option, or ``""``."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def unknown_estimator(name: Any) -> str:

@@ -266,6 +266,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in 1..65535, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -483,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sweep_parser("ui", "browse a sweep's runs in the MLflow UI (127.0.0.1 only)", UI_EXAMPLES)
     ui.add_argument("name", nargs="?", help="the sweep (default: list every experiment)")
     ui.add_argument(
-        "--port", type=_positive_int, help="default 5000, or the next free one if 5000 is taken"
+        "--port", type=_port, help="default 5000, or the next free one if 5000 is taken"
     )
     ui.add_argument(
         "--timeout",
@@ -627,6 +634,8 @@ def format_gradcheck(report: dict) -> str:
             f"{name:<12} {claim:<9} {r['rel_error']:>10.3e} {r['std_error']:>10.3e} "
             f"{r['rel_variance']:>10.3e} {r['cosine']:>8.4f}  {verdict}{note}"
         )
+    for name, why in report.get("skipped", {}).items():
+        lines.append(f"{name:<12} skipped: {why}")
     lines.append("all claims hold" if report["passed"] else "SOME CLAIMS FAIL")
     return "\n".join(lines)
 

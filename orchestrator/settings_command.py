@@ -15,11 +15,14 @@ import textwrap
 from typing import Any
 
 from rnnsweep.algorithms.settings import (
+    RULES,
+    SETTINGS,
     TABLE,
     applies,
     default_optimizer,
     did_you_mean,
     task_default_text,
+    unknown_estimator,
     where,
 )
 from rnnsweep.orchestrator.sweep_settings import SWEEP_TABLE
@@ -121,6 +124,10 @@ def json_row(row: Setting) -> dict[str, Any]:
 
 
 def settings_command(args: Any) -> int:
+    if args.estimator and args.estimator not in RULES:
+        raise ValueError(f"--estimator: {unknown_estimator(args.estimator)}")
+    if args.optimizer:
+        SETTINGS["optimizer"].check(args.optimizer, "--optimizer: ")
     rows = select(entries(args.task), args.keys, args.estimator, args.optimizer)
     if args.json:
         print(json.dumps([json_row(row) for row in rows], indent=2))

@@ -77,11 +77,29 @@ def read_record(
     try:
         with open(path) as handle:
             record = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"sweep record {path} is unreadable: {error}") from None
+    problem = record_problem(record)
+    if problem:
+        raise ValueError(f"sweep record {path} is not a sweep record: {problem}")
     if record.get("state") == "creating" and not creating:
         raise ValueError(half_created(name, state_dir))
     return state_dir, record
+
+
+# what every sweep record holds from its creation on (``stores.SweepStores._new_record``)
+RECORD_KEYS = {"name": str, "spec": dict, "optuna_storage": str, "tracking_uri": str}
+
+
+def record_problem(record: Any) -> str:
+    """What makes ``record`` (a file's JSON) no sweep record, or ``""``."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not a mapping"
+    for key, kind in RECORD_KEYS.items():
+        if not isinstance(record.get(key), kind):
+            what = "missing" if key not in record else f"not a {kind.__name__}"
+            return f"its {key!r} is {what}"
+    return ""
 
 
 def half_created(name: str, state_dir: str) -> str:

@@ -24,7 +24,7 @@ from rnnsweep.tasks import (
     mimic,
     text,
 )
-from rnnsweep.tasks.settings import Setting
+from rnnsweep.tasks.settings import Setting, did_you_mean
 from rnnsweep.tasks.task import Task
 
 TaskFactory = Callable[..., Task]
@@ -67,7 +67,10 @@ def task_names() -> list[str]:
 def task_setting_entries(name: str) -> tuple[Setting, ...]:
     """The declared settings of task ``name``."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+        raise ValueError(
+            f"unknown task {name!r}{did_you_mean(name, sorted(TASKS))}; "
+            f"known tasks: {', '.join(sorted(TASKS))}"
+        )
     return SETTINGS[name]
 
 

@@ -11,6 +11,7 @@ of ``algorithms/``, so the type lives here), the sweep-level keys in
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Sequence
@@ -99,7 +100,11 @@ class Setting:
         if value is None and (self.nullable or self.default is None):
             return None
         if self.choices:
-            return None if value in self.choices else self.requirement()
+            if value in self.choices:
+                return None
+            if not isinstance(value, str):
+                return self.requirement()
+            return self.requirement() + did_you_mean(value, [str(c) for c in self.choices])
         if not self._type_ok(value):
             return self.requirement()
         if self.type in (int, float):
@@ -157,6 +162,12 @@ class Setting:
             "doc": self.doc,
             **({"sweep_default": self.sweep_default, "why": self.why} if self.why else {}),
         }
+
+
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """`` (did you mean 'lr'?)`` for the closest option, or ``""``."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _bound(value: float) -> str:

@@ -397,3 +397,22 @@ def test_population_benchmark_measures_each_members_memory(capsys):
     one, eight = rows
     # shared buffers (the stream's, the step's) spread over more members
     assert eight["state_bytes_per_member"] <= one["state_bytes_per_member"]
+
+
+@pytest.mark.parametrize("t", [0, 1, 9, 10, 11, 99, 1000, 12345, 10**15])
+def test_replan_names_the_least_length_at_once(t):
+    """The least run length whose tail (the last max(1, N // 10) steps) starts at or after step
+    ``t``: computed in closed form (a checkpoint with an absurd step must not hang it)."""
+    pop = Population([_spec("uoro")])
+    pop.counters.update(t=t, planned=t + 1, tail_steps=1)
+    least = t + 1
+    while t < 10**6 and least - max(1, least // 10) < t:  # brute force where it is quick
+        least += 1
+    if t >= 10**6:
+        least = next(n for n in range(t * 10 // 9 - 2, t * 10 // 9 + 3) if n - n // 10 >= t)
+    try:
+        pop.replan(t + 2)
+        named = None
+    except ValueError as error:
+        named = int(str(error).split("at least ")[1].split()[0])
+    assert named == (None if t + 2 - max(1, (t + 2) // 10) >= t else least)
