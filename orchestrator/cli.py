@@ -641,13 +641,24 @@ def format_gradcheck(report: dict) -> str:
 
 
 def _one_line_warnings(command: str) -> None:
-    """rnnsweep's own warnings (e.g. a ``compile`` that steps eagerly) print as one line
-    naming the command, like its errors; other libraries' keep their format."""
+    """rnnsweep's own warnings (a ``compile`` that steps eagerly, a probe whose horizon is
+    short, ...) print as one line naming the command, like its errors; other libraries' keep
+    their format."""
+    import os
     import warnings
 
-    from rnnsweep.algorithms.compiled_step import CompileWarning
-
     plain = warnings.formatwarning
+    packages = ("rnnsweep.algorithms", "rnnsweep.orchestrator", "rnnsweep.tasks")
+
+    def ours(filename: str) -> bool:
+        # asked only when a warning prints: a package that warned is imported by then (and
+        # no command pays for importing torch to install this hook)
+        folders = [
+            os.path.dirname(module.__file__) + os.sep
+            for module in map(sys.modules.get, packages)
+            if module is not None and module.__file__
+        ]
+        return str(filename).startswith(tuple(folders))
 
     def format_warning(
         message: Warning | str,
@@ -656,7 +667,7 @@ def _one_line_warnings(command: str) -> None:
         lineno: int,
         line: str | None = None,
     ) -> str:
-        if issubclass(category, CompileWarning):
+        if ours(filename):
             return f"rnnsweep {command}: warning: {message}\n"
         return plain(message, category, filename, lineno, line)
 
@@ -666,8 +677,7 @@ def _one_line_warnings(command: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "run":
-        _one_line_warnings(args.command)
+    _one_line_warnings(args.command)
     try:
         return args.handler(args)
     except BrokenPipeError:  # `rnnsweep status NAME | head`: the reader left, as for any tool

@@ -37,7 +37,10 @@ class ProgressLine:
         done = step / self.total if self.total else 1.0
         elapsed = time.monotonic() - self.start
         rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        if step >= self.total:
+            eta = 0.0  # done, however fast (a first report at the end has no rate yet)
+        else:
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
         width = 24
         filled = int(width * min(1.0, done))
         parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()]

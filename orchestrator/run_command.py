@@ -29,7 +29,7 @@ from rnnsweep.algorithms.learner import (
     split_settings,
     unused_settings,
 )
-from rnnsweep.algorithms.settings import RESUME_SAFE_KEYS, SETTINGS
+from rnnsweep.algorithms.settings import RESUME_SAFE_KEYS, SETTINGS, did_you_mean
 from rnnsweep.orchestrator import output_path
 from rnnsweep.orchestrator.progress import ProgressLine
 from rnnsweep.orchestrator.spec_file import read_yaml
@@ -81,27 +81,44 @@ def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
                 raise ValueError(
                     f"--config {path} has no run for estimator {estimator!r}{why}"
                 )
+        if not runs:
+            raise ValueError(f"--config {path}: its 'best' list holds no run")
         if len(runs) != 1:
-            names = ", ".join(r.get("estimator", "?") for r in runs)
+            names = ", ".join(str(r.get("estimator", "?")) for r in runs)
             raise ValueError(
                 f"--config {path} holds several runs ({names}): pick one with --estimator"
             )
         data = runs[0]
     if not isinstance(data, dict) or "task" not in data or "estimator" not in data:
         raise ValueError(f"--config {path}: expected a mapping with 'task' and 'estimator'")
-    unknown = set(data) - {
-        "task",
-        "estimator",
-        "cell",
-        "hidden",
-        "steps",
-        "seed",
-        "dtype",
-        "settings",
-    }
-    if unknown:
-        raise ValueError(f"--config {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key in data:
+        if key not in RUN_FILE_KEYS:
+            close = did_you_mean(str(key), RUN_FILE_KEYS)
+            raise ValueError(
+                f"--config {path}: unknown key {key!r}{close}; known: {', '.join(RUN_FILE_KEYS)}"
+            )
+    for key in ("task", "estimator"):
+        if not isinstance(data[key], str):
+            raise ValueError(f"--config {path}: {key} must be a name, got {data[key]!r}")
+    for key in ("cell", "hidden", "seed", "dtype"):
+        if key in data:
+            data[key] = SETTINGS[key].check(data[key], f"--config {path}: ")
+    steps = data.get("steps")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise ValueError(f"--config {path}: steps must be an integer >= 1, got {steps!r}")
+    settings = data.get("settings", {})
+    if settings is None:
+        data["settings"] = settings = {}
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise ValueError(
+            f"--config {path}: settings must be a mapping of setting names to values, "
+            f"got {settings!r}"
+        )
     return data
+
+
+# the keys of a run file (``load_run_config``)
+RUN_FILE_KEYS = ("task", "estimator", "cell", "hidden", "steps", "seed", "dtype", "settings")
 
 
 def resume_changes(args, saved_spec: dict[str, Any]) -> dict[str, Any]:

@@ -327,3 +327,45 @@ def test_a_size_beyond_memory_is_one_line_naming_it(capsys):
     err = capsys.readouterr().err
     assert err.startswith("rnnsweep run: error: out of memory (") and "allocate" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("steps: abc", "steps must be an integer >= 1, got 'abc'"),
+        ("steps: 200.5", "steps must be an integer >= 1, got 200.5"),
+        ("steps: true", "steps must be an integer >= 1, got True"),
+        ("settings: [lr, 0.1]", "settings must be a mapping of setting names to values"),
+        ("settings: {5: 0.1}", "settings must be a mapping of setting names to values"),
+        ("stepz: 3", "unknown key 'stepz' (did you mean 'steps'?)"),
+        ("hidden: 0", "setting 'hidden' must be >= 1, got 0"),
+    ],
+)
+def test_a_run_file_of_bad_values_is_refused_naming_it(tmp_path, capsys, body, message):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"task: add\nestimator: uoro\n{body}\n")
+    state = tmp_path / "state"
+    assert main(["run", "--config", str(config), "--state-dir", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert f"--config {config}: {message}" in err and len(err.strip().splitlines()) == 1
+    assert not state.exists()  # no MLflow run
+
+
+def test_own_warnings_are_one_line_and_a_finished_run_shows_no_eta_left(tmp_path):
+    """In a real process (pytest captures warnings in its own): the probe's horizon warning
+    prints as ``rnnsweep run: warning: ...``, not Python's two-line format with the source."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "rnnsweep.orchestrator.cli"] + BASE + [
+        "--steps", "2000", "--probe-every", "1000", "--set", "probe_horizon=3",
+        "probe_window=3", "--no-mlflow",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    warned = [line for line in lines if "horizon_error" in line]
+    assert len(warned) == 1 and warned[0].startswith("rnnsweep run: warning: probe: horizon_error")
+    assert "RuntimeWarning" not in done.stderr and "probe.py" not in done.stderr
+    last = [line for line in lines if "2000/2000" in line][-1]
+    assert last.endswith("ETA 0:00")
