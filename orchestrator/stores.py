@@ -502,8 +502,11 @@ class SweepStores:
                 restarted = f"{refused}; restarted from step 0 (resume --restart-broken)"
                 self._restart(trial, run_id, restarted)
                 refused, run_id = "", None
-            elif refused:
-                refused += "; `rnnsweep resume --restart-broken` restarts it from step 0"
+            elif refused:  # the trial fails now: the hint says what would have restarted it
+                refused += (
+                    "; a resume with --restart-broken restarts such a trial from step 0 instead; "
+                    f"`rnnsweep extend {self.name} --trials +1` adds a trial in its place"
+                )
             found.append(
                 Unfinished(
                     trial,

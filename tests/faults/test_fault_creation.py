@@ -348,7 +348,8 @@ def test_a_deleted_checkpoint_fails_its_trial_naming_the_file(ray_session, tmp_p
     trials = _study(tmp_path).trials
     assert trials[1].user_attrs["fail_reason"] == (
         f"checkpoint {paths[1]!r} of trial 1 is missing (the trial had reached step {had}); "
-        "`rnnsweep resume --restart-broken` restarts it from step 0"
+        "a resume with --restart-broken restarts such a trial from step 0 instead; "
+        "`rnnsweep extend c --trials +1` adds a trial in its place"
     )
     assert trials[2].user_attrs["fail_reason"].startswith(f"checkpoint {paths[2]!r} of trial 2 ")
     assert trials[0].state.name == "COMPLETE" and trials[0].value == _plain_value(spec, trials[0])
