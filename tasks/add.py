@@ -78,9 +78,14 @@ class AddStream(Stream):
         self._history = state["history"].clone()
 
 
+MAX_LAG = 10**6
+
 SETTINGS = (
-    Setting("t1", int, 5, "first lag: P(y_t = 1) rises by 1/2 with x_{t-t1}", low=0),
-    Setting("t2", int, 9, "second lag: P(y_t = 1) falls by 1/4 with x_{t-t2}", low=0),
+    # the stream keeps the last max(t1, t2) inputs of each stream: a million steps at most
+    Setting("t1", int, 5, "first lag: P(y_t = 1) rises by 1/2 with x_{t-t1}", low=0,
+            high=MAX_LAG),
+    Setting("t2", int, 9, "second lag: P(y_t = 1) falls by 1/4 with x_{t-t2}", low=0,
+            high=MAX_LAG),
     Setting(
         "labels",
         str,

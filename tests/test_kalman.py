@@ -539,3 +539,20 @@ def test_float32_runs():
         _, new = ks.filtered_step(est, params, st, kf, x, torch.tensor([0, 1]))
         assert new.theta.dtype == torch.float32 and torch.isfinite(new.flat()).all()
 
+
+
+def test_a_full_covariance_beyond_free_memory_is_refused_before_allocating(capsys):
+    """n=512: the covariance alone is ~1 TB; refused up front in one line (exit 74), where the
+    allocation would have been killed by the kernel's out-of-memory killer."""
+    from rnnsweep.algorithms import memory_budget
+    from rnnsweep.orchestrator.cli import main
+
+    free = memory_budget.available_bytes("cpu")
+    assert free is not None and free > 0
+    memory_budget.check_fits(free // 2, "cpu", "half of it")  # fits: no error
+    with pytest.raises(MemoryError, match=r"^too much needs .* GiB, more than the .* GiB free"):
+        memory_budget.check_fits(free + 2**30, "cpu", "too much")
+    run = ["run", "--task", "add", "--estimator", "nobacktrack-kalman", "--hidden", "512"]
+    assert main(run + ["--set", "covariance=full", "--steps", "5", "--no-mlflow"]) == 74
+    err = capsys.readouterr().err
+    assert "out of memory (a learner with the full Kalman covariance [1, " in err

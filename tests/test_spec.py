@@ -180,7 +180,10 @@ ERRORS = [
     (_set("workers", 10**9), "workers: must be an integer in [1, 1024], got 1000000000"),
     (_set("task", "ad"), "task: unknown task 'ad' (did you mean 'add'?)"),
     (_set("task_settings", {"t3": 4}), "unknown key 't3' in task_settings (known: t1, t2"),
-    (_set("task_settings", {"t1": -1}), "task_settings: add: setting 't1' must be >= 0, got -1"),
+    (
+        _set("task_settings", {"t1": -1}),
+        "task_settings: add: setting 't1' must be in [0, 1000000], got -1",
+    ),
     (_set("cell", "lstn"), "cell: unknown cell 'lstn' (did you mean 'lstm'?)"),
     (_set("dtype", "float16"), "dtype: unknown dtype 'float16'"),
     (_set("estimators", []), "estimators: must be a non-empty list"),
