@@ -88,14 +88,21 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
     def estimator_key(key: str) -> bool:  # a hyperparameter of this learner's estimator
         return key in HYPER_KEYS and spec.estimator in (SETTINGS[key].estimators or ())
 
+    prefix = f"{spec.task}."  # ``text.path``: the task's setting, whatever else is named so
+    task_named = {key.removeprefix(prefix) for key in spec.settings if key.startswith(prefix)}
     for key, value in spec.settings.items():
+        task_key = key.removeprefix(prefix)
+        if task_key != key and task_key in task_entries:
+            task_keys[task_key] = value
+            continue
         mine = estimator_key(key)
         owners = [
             owner
             for owner, known in (
                 ("learner", key in LEARNER_KEYS),
                 (f"estimator {name}", mine),
-                (f"task {spec.task}", key in task_entries),
+                # with the task's named ``text.path``, a bare ``path`` is the other owner's
+                (f"task {spec.task}", key in task_entries and key not in task_named),
             )
             if known
         ]
@@ -113,7 +120,10 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
             hint = did_you_mean(key, known + [k for k in HYPER_KEYS if k not in known])
             raise ValueError(f"unknown setting {key!r}{hint} (known: {', '.join(known)})")
         if len(owners) > 1:
-            raise ValueError(f"setting {key!r} is ambiguous: it belongs to {' and '.join(owners)}")
+            hint = f"; {prefix}{key} names the task's" if key in task_entries else ""
+            raise ValueError(
+                f"setting {key!r} is ambiguous: it belongs to {' and '.join(owners)}{hint}"
+            )
         if owners[0] == "learner":
             learner[key] = SETTINGS[key].check(value)
         elif owners[0].startswith("estimator"):

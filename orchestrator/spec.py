@@ -55,6 +55,7 @@ from rnnsweep.algorithms.settings import (
     applies,
     default_optimizer,
     did_you_mean,
+    hyper_defaults,
     unknown_estimator,
     where,
 )
@@ -267,6 +268,18 @@ def suggest(spec: SweepSpec, trial: optuna.trial.Trial) -> tuple[str, dict[str, 
     return estimator, {**fixed, **suggested}
 
 
+def learner_task_settings(
+    task: str, settings: Mapping[str, Any], estimator: str
+) -> dict[str, Any]:
+    """A sweep's ``task_settings`` as a learner's settings: a key that also names a learner
+    setting or one of the estimator's (the text task's ``path`` and uoro's) qualified with the
+    task's name (``text.path``), others as they are."""
+    return {
+        f"{task}.{key}" if key in LEARNER_KEYS or key in hyper_defaults(estimator) else key: v
+        for key, v in settings.items()
+    }
+
+
 def learner_spec(
     spec: SweepSpec, estimator: str, settings: Mapping[str, Any], seed: int, device: str = "cpu"
 ) -> LearnerSpec:
@@ -283,7 +296,11 @@ def learner_spec(
         seed=seed,
         dtype=spec.dtype,
         device=device,
-        settings={**spec.task_settings, **spec.probe.settings(), **settings},
+        settings={
+            **learner_task_settings(spec.task, spec.task_settings, estimator),
+            **spec.probe.settings(),
+            **settings,
+        },
     )
     try:
         split_settings(result)
@@ -698,7 +715,8 @@ def _resolve_estimators(
 
 def _check_values(
     base: Mapping[str, Any],
-    shared: Mapping[str, Any],
+    task_settings: Mapping[str, Any],
+    probe_settings: Mapping[str, Any],
     estimators: tuple[str, ...],
     fixed: Mapping[str, Any],
     fixed_for: Mapping[str, tuple[str, ...]],
@@ -706,7 +724,7 @@ def _check_values(
 ) -> None:
     """Validate the fixed values and every search bound or choice with ``split_settings``.
 
-    ``base`` holds the LearnerSpec fields, ``shared`` the task and probe settings.
+    ``base`` holds the LearnerSpec fields; the task and probe settings go to every learner.
     """
 
     def check(estimator: str, settings: dict[str, Any], path: str) -> None:
@@ -716,6 +734,8 @@ def _check_values(
             _fail(path, f"{error} (estimator {estimator})")
 
     for estimator in estimators:
+        task = learner_task_settings(base["task"], task_settings, estimator)
+        shared = {**task, **probe_settings}
         check(estimator, dict(shared), "probe")
         mine = {k: v for k, v in fixed.items() if estimator in fixed_for[k]}
         for key, value in mine.items():
@@ -785,8 +805,7 @@ def _build(d: Mapping[str, Any], source: str) -> SweepSpec:
     for key, param in search.items():
         search[key] = _resolve_estimators(key, param, estimators, optimizers, fixed_for, task_keys)
     base = {"task": task, "cell": cell, "hidden": hidden, "seed": seed, "dtype": dtype}
-    shared = {**task_settings, **probe.settings()}
-    _check_values(base, shared, estimators, fixed, fixed_for, search)
+    _check_values(base, task_settings, probe.settings(), estimators, fixed, fixed_for, search)
 
     metric, direction = top.objective.metric, top.objective.direction
     if metric == "final_bpc" and not task_obj.bits_per_char:

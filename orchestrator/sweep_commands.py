@@ -43,7 +43,10 @@ def launch_command(args) -> int:
             from rnnsweep.orchestrator.spec_overrides import overrides_text
 
             print(overrides_text(sets))
-        print(spec_.dry_run_text(dataclasses.replace(spec, workers=workers)))
+        storage = dataclasses.replace(
+            spec.storage, state_dir=args.state_dir or spec.storage.state_dir
+        )  # the state directory this launch would use: --state-dir, else the spec's
+        print(spec_.dry_run_text(dataclasses.replace(spec, workers=workers, storage=storage)))
         return 0
     state_dir = resolve_state_dir(args.state_dir or spec.storage.state_dir)
     if os.path.exists(sweep_store.record_path(state_dir, spec.name)):

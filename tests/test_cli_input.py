@@ -36,3 +36,12 @@ def test_bad_input_is_one_line_naming_it(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_dry_run_shows_the_state_directory_it_was_given(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ntask: add\nhidden: 4\nsteps: 100\ntrials: 1\nestimators: [uoro]\n")
+    state = tmp_path / "elsewhere"
+    assert main(["launch", str(spec), "--dry-run", "--state-dir", str(state)]) == 0
+    assert f"  state directory: {state}\n" in capsys.readouterr().out
+    assert not state.exists()

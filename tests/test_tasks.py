@@ -462,3 +462,32 @@ def test_text_default_corpus() -> None:
     t = task("text")
     assert t.settings["path"] is None and len(t.alphabet) == t.inputs > 50
     assert 2.0 < nats_to_bits(t.references["memoryless"]) < 6.0
+
+
+def test_text_path_beside_an_estimator_path_is_qualified(tmp_path) -> None:
+    """The text task's ``path`` (a corpus) and uoro's ``path`` (closed form or torch.func) share a
+    name: bare, ``path`` is ambiguous and the message names ``text.path``, which reaches the
+    task; a sweep's ``task_settings.path`` is qualified so, and its learners are built."""
+    from rnnsweep.algorithms.learner import Learner, LearnerSpec, split_settings
+    from rnnsweep.orchestrator import spec as spec_
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abcab cabba " * 50)
+    bare = LearnerSpec("text", "uoro", hidden=4, settings={"path": str(corpus)})
+    with pytest.raises(ValueError, match=r"ambiguous: .* text\.path names the task's"):
+        split_settings(bare)
+    both = {"text.path": str(corpus), "path": "closed-form"}
+    spec = LearnerSpec("text", "uoro", hidden=4, settings=both)
+    _, hyper, task_keys, _, _ = split_settings(spec)
+    assert task_keys == {"path": str(corpus)} and hyper["path"] == "closed-form"
+    assert Learner(spec).task.settings["path"] == str(corpus)
+
+    sweep = spec_.load_spec_dict({
+        "name": "tx", "task": "text", "hidden": 4, "steps": 100, "trials": 2,
+        "estimators": ["uoro", "rflo"], "task_settings": {"path": str(corpus)},
+    })
+    for estimator in ("uoro", "rflo"):
+        built = spec_.learner_spec(sweep, estimator, {}, seed=0)
+        assert Learner(built).task.settings["path"] == str(corpus)
+    assert "text.path" in spec_.learner_spec(sweep, "uoro", {}, 0).settings
+    assert "path" in spec_.learner_spec(sweep, "rflo", {}, 0).settings  # no clash: as it was
