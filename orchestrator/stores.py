@@ -164,9 +164,10 @@ class SweepStores:
             if fault is not None:
                 raise EnvironmentFault(f"{fault}; fix it, then run the command again") from None
             first = str(error).splitlines()[0]
+            given = "the spec's storage.optuna, " if self.spec.storage.optuna else ""
             raise ValueError(
-                f"cannot take the lease of sweep {self.name!r} in {redact(self.optuna_url)}: "
-                f"{first}"
+                f"cannot take the lease of sweep {self.name!r} in {given}"
+                f"{redact(self.optuna_url)}: {first}"
             ) from None
 
     def open(self, resume: bool, on_stage: Callable[[str], None] | None = None) -> None:
