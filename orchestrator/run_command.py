@@ -31,6 +31,7 @@ from rnnsweep.algorithms.learner import (
 )
 from rnnsweep.algorithms.settings import RESUME_SAFE_KEYS, SETTINGS, did_you_mean
 from rnnsweep.orchestrator import output_path
+from rnnsweep.orchestrator.environment_fault import EnvironmentFault
 from rnnsweep.orchestrator.progress import ProgressLine
 from rnnsweep.orchestrator.spec_file import read_yaml
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
@@ -242,7 +243,15 @@ def run_command(args) -> int:
         outputs[0] = (args.resume, "--resume")
     for path, flag in outputs:
         if path:
-            output_path.file_target(path, flag)  # before any work
+            try:
+                output_path.file_target(path, flag)  # before any work
+            except EnvironmentFault as error:
+                if flag != "--resume":
+                    raise
+                raise EnvironmentFault(
+                    f"{error} (a continued run keeps its checkpoint up to date: give "
+                    "--checkpoint PATH where it can be written)"
+                ) from None
     learner, extra = build_learner(args)
     changed = extra.pop("resume_changes", "")
     if changed:
