@@ -150,6 +150,8 @@ def check_store(uri: str) -> None:
             "use a database such as sqlite:///PATH/mlflow.db (`mlflow migrate-filestore` "
             "converts an old store)"
         )
+    if scheme in ("http", "https"):
+        _check_reachable(uri, scheme)
     try:
         client(uri).search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - any failure makes the store unusable
@@ -157,6 +159,25 @@ def check_store(uri: str) -> None:
         raise ValueError(
             f"MLflow tracking URI {redact(uri)!r} is unusable: "
             f"{type(error).__name__}: {url_secrets.scrub(first)[:300]}"
+        ) from None
+
+
+def _check_reachable(uri: str, scheme: str, seconds: float = 5.0) -> None:
+    """``ValueError`` at once if nothing listens at a tracking server's address (MLflow's own
+    client would retry with backoff for minutes before saying so)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError as error:  # a port that is not a number, or out of range
+        raise ValueError(f"MLflow tracking URI {redact(uri)!r}: {error}") from None
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=seconds).close()
+    except OSError as error:
+        raise ValueError(
+            f"MLflow tracking URI {redact(uri)!r} is unreachable: {error.strerror or error}"
         ) from None
 
 

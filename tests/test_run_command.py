@@ -369,3 +369,19 @@ def test_own_warnings_are_one_line_and_a_finished_run_shows_no_eta_left(tmp_path
     assert "RuntimeWarning" not in done.stderr and "probe.py" not in done.stderr
     last = [line for line in lines if "2000/2000" in line][-1]
     assert last.endswith("ETA 0:00")
+
+
+def test_a_tracking_server_nobody_listens_at_is_refused_at_once(tmp_path, capsys):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens at once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = tmp_path / "state"
+    start = time.monotonic()
+    uri = f"http://127.0.0.1:{port}"
+    assert main(BASE + ["--steps", "10", "--tracking-uri", uri, "--state-dir", str(state)]) == 2
+    assert time.monotonic() - start < 30  # MLflow's own client retries for minutes
+    assert f"MLflow tracking URI '{uri}' is unreachable" in capsys.readouterr().err
+    assert not state.exists()
