@@ -343,33 +343,42 @@ def test_sqlite_store_full_stops_cleanly_and_resumes(ray_session, tmp_path, caps
 
 
 def test_out_of_memory_in_one_trial_fails_that_trial_only(ray_session, tmp_path):
-    """A sweep comparing uoro to a full-covariance Kalman filter at a width whose P x P
-    covariance (P = 161,201 parameters: 208 GB) no machine here has: the Kalman trials fail
-    in their actor with the allocator's reason, the uoro trial goes on. The split asks the
-    estimators in the spec's order: kalman, uoro."""
+    """A sweep comparing uoro to two learners no machine here can hold, at n=400: a
+    full-covariance Kalman filter (Q = 161,602 coordinates: a Q x Q covariance of 209 GB),
+    refused before it allocates (``memory_budget``), and tbptt with a window of 10^9 steps,
+    refused by torch's allocator (3.2 TB). Each fails in its actor with its reason; the uoro
+    trial goes on. The split asks the estimators in the spec's order."""
     spec = spec_.load_spec_dict(
         _spec_dict(
-            trials=2,
+            trials=3,
             seed=0,
             hidden=400,
             steps=200,
-            estimators=["nobacktrack-kalman", "uoro"],
-            fixed={"log_every": LOG_EVERY, "covariance": "full"},
+            estimators=["nobacktrack-kalman", "tbptt", "uoro"],
+            fixed={"log_every": LOG_EVERY, "covariance": "full", "truncation": 10**9},
         )
     )
     summary = Driver(spec, str(tmp_path), workers=1).run()
     record, states, steps = _record_states(str(tmp_path))
-    assert states == ["FAIL", "COMPLETE"] and summary["states"] == {"COMPLETE": 1, "FAIL": 1}
+    assert states == ["FAIL", "FAIL", "COMPLETE"]
+    assert summary["states"] == {"COMPLETE": 1, "FAIL": 2}
     trials = sweep_store.load_study(record).get_trials()
-    assert [t.user_attrs["estimator"] for t in trials] == ["nobacktrack-kalman", "uoro"]
+    assert [t.user_attrs["estimator"] for t in trials] == ["nobacktrack-kalman", "tbptt", "uoro"]
     runs = record_checks.child_runs(record)
-    for trial in trials[:1]:
-        reason = trial.user_attrs["fail_reason"]
-        assert reason.startswith("out of memory in the learner: can't allocate memory: "), reason
-        assert "you tried to allocate 2" in reason  # 2.08e11 bytes: P x P float64
+    kalman, window = (trials[i].user_attrs["fail_reason"] for i in (0, 1))
+    assert kalman.startswith(
+        "out of memory in the learner: a learner with the full Kalman covariance "
+        "[1, 161602, 161602] (torch.float64"
+    ), kalman
+    assert "GiB free on cpu" in kalman
+    assert window.startswith("out of memory in the learner: can't allocate memory: "), window
+    # 10^9 columns [h; 1; x] of 402 float64
+    assert "you tried to allocate 3216000000000 bytes" in window
+    for trial in trials[:2]:
         run = runs[trial.number]
+        reason = trial.user_attrs["fail_reason"]
         assert run.info.status == "FAILED" and run.data.tags["reason"] == reason
-    assert steps[1] == _complete_steps(spec.steps)
+    assert steps[2] == _complete_steps(spec.steps)
 
 
 def _recursing_pack():
