@@ -677,7 +677,8 @@ def _one_line_warnings(command: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _one_line_warnings(args.command)
+    if args.command == "run":  # (not the serving commands: they keep Python's own format)
+        _one_line_warnings(args.command)
     try:
         return args.handler(args)
     except BrokenPipeError:  # `rnnsweep status NAME | head`: the reader left, as for any tool
