@@ -1,6 +1,7 @@
 """Snapshots of estimator, optimizer and learner states as plain trees, and their restoration.
 
-``snapshot(obj)`` walks an object's attributes (dataclasses and plain classes alike) and
+``snapshot(obj)`` walks an object's attributes (dataclasses and plain classes alike, less
+those its class names ``TRANSIENT``) and
 returns a tree of dicts, lists, strings, numbers and cloned tensors, nothing else, so that
 ``torch.load(weights_only=True)`` reads it back (the file format is ``checkpoint_file``'s):
 tuples become lists, dtypes and devices their names, generators their uint8 state; any other
@@ -24,6 +25,17 @@ from rnnsweep.algorithms.cell import Cell
 from rnnsweep.algorithms.signs import SignStream
 
 _SCALARS = (int, float, bool, str, type(None))
+
+
+def _stored_fields(obj: Any) -> dict[str, Any]:
+    """An object's attributes that a checkpoint holds: not its functions, nor the names its
+    class lists in ``TRANSIENT`` (buffers lent to it for a step, e.g. a gradient's destination)."""
+    transient = getattr(type(obj), "TRANSIENT", ())
+    return {
+        key: value
+        for key, value in vars(obj).items()
+        if (not callable(value) or isinstance(value, Tensor)) and key not in transient
+    }
 
 
 def _is_constant(tensor: Tensor) -> bool:
@@ -64,8 +76,7 @@ def snapshot(obj: Any, path: str = "state", shapes: bool = False) -> Any:
             "__object__": type(obj).__name__,
             "fields": {
                 key: snapshot(value, f"{path}.{key}", shapes)
-                for key, value in vars(obj).items()
-                if not callable(value) or isinstance(value, Tensor)
+                for key, value in _stored_fields(obj).items()
             },
         }
     raise ValueError(f"{path}: a {type(obj).__name__} cannot be stored in a checkpoint")
@@ -139,7 +150,7 @@ def restore(obj: Any, tree: Any, path: str = "state") -> Any:
             found = tree.get("__object__") if isinstance(tree, dict) else type(tree).__name__
             raise ValueError(f"{path}: checkpoint holds a {found}, this run a {type(obj).__name__}")
         fields = tree["fields"]
-        own = {k for k, v in vars(obj).items() if not callable(v) or isinstance(v, Tensor)}
+        own = set(_stored_fields(obj))
         if set(fields) != own:
             raise ValueError(
                 f"{path}: checkpoint fields {sorted(fields)} differ from {sorted(own)}"

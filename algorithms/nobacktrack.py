@@ -50,6 +50,7 @@ from rnnsweep.algorithms.uoro import (
     rank_one_gradient,
     rank_one_influence,
     rho,
+    score_into,
     tanh_forward,
 )
 
@@ -63,7 +64,7 @@ def init(
 
 
 def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
-    traj, v, w, norms, eps = state.traj, state.v, state.w, state.norms, state.eps
+    v, w, norms, eps = state.v, state.w, state.norms, state.eps
     z, d, nu, jv = tanh_forward(params, state, x)
     r0 = rho(norms, eps)[:, 0:1]
     rho_k = torch.mul(d, torch.linalg.vector_norm(z, dim=1, keepdim=True))
@@ -71,7 +72,7 @@ def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> Ste
     torch.addcmul(jv.mul_(r0), nu, rho_k, out=v)
     w.div_(r0.unsqueeze(2))
     add_outer_(w, torch.mul(d, nu).div_(rho_k), z)
-    loss, out, dh, g_readout = traj.score(params, y)
+    loss, out, dh, g_readout = score_into(params, state, y)
     return StepResult(loss, out, rank_one_gradient(params, state, dh, g_readout))
 
 

@@ -200,7 +200,8 @@ def adam_(
     its device that the caller keeps at ``t``). Fused as ``adam_unit_steps``, else public
     operations equal to it to 1e-12."""
     if adam_path(fused) == "fused":
-        _fused_adam(list(params), grads, list(m), list(v), list(count), lr, beta1, beta2, eps)
+        dense = [g.contiguous() for g in grads]  # the kernel walks dense memory
+        _fused_adam(list(params), dense, list(m), list(v), list(count), lr, beta1, beta2, eps)
         return
     correction1 = 1.0 - beta1**t
     correction2_sqrt = (1.0 - beta2**t) ** 0.5
@@ -223,7 +224,8 @@ def lone_stepper(
 ) -> Callable[[Sequence[Tensor], Sequence[Tensor], int, float], None]:
     """``step(grads, count, t, lr)``: ``adam_`` (or sgd's ``theta <- theta - lr g``) over fixed
     ``params`` and moments with every argument but the gradients, the count and the rate bound
-    once: a lone learner's update, with the least work per call."""
+    once: a lone learner's update, with the least work per call. The gradients must be dense
+    (contiguous), as a lone learner's gradient ring is."""
     params, m, v = list(params), list(m), list(v)
     if kind == "sgd":
 
@@ -247,7 +249,7 @@ def lone_stepper(
 
 def _fused_adam(
     out: list[Tensor],
-    grads: Sequence[Tensor],
+    grads: list[Tensor],
     m: list[Tensor],
     v: list[Tensor],
     count: list[Tensor],
@@ -257,10 +259,11 @@ def _fused_adam(
     eps: float,
 ) -> None:
     """``out <- out - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`` with m and v
-    advanced in place: torch's fused Adam kernel, the package's one private torch API."""
+    advanced in place: torch's fused Adam kernel, the package's one private torch API.
+    ``grads`` must be dense (the kernel walks memory): the callers' part."""
     torch._fused_adam_(
         out,
-        [g.contiguous() for g in grads],  # the kernel walks dense memory
+        grads,
         m,
         v,
         [],

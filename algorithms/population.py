@@ -75,7 +75,8 @@ from rnnsweep.tasks import make_task
 from rnnsweep.tasks.packed_stream import PackedStream
 
 SHARED_COUNTERS = ("t", "updates", "pending", "planned", "tail_steps")
-RING = 64  # steps of per-stream losses (and gradient norms) kept on the device between folds
+RING = 64  # steps of per-stream losses (and gradients) kept on the device between folds
+GRAD_RING_BYTES = 1 << 22  # a lone learner's ring of gradients holds at most this much
 Report = Callable[[int, dict[str, Any]], None]
 
 
@@ -220,6 +221,7 @@ class Population:
             stream.load_state_dict(snap["stream"])
             cpu_streams.append(stream)
         self.stream = PackedStream(cpu_streams, dev)
+        self._observes = self.stream.observes
         self.probes = [self._probe(m, snap) for m, snap in zip(members, snaps, strict=True)]
         self._probed = [i for i, p in enumerate(self.probes) if p is not None]
 
@@ -243,16 +245,15 @@ class Population:
 
     def _prepare_step(self) -> None:
         """The step's buffers and constants, so that its hot path looks up no settings: the
-        list of the steps' losses (``[pack b]`` each, at most ``RING``) and a lone member's
-        per-tensor gradient norms (at most ``RING`` steps of ``(|g_theta|, |g_readout|)``),
-        both folded into ``sums`` by ``_fold``;
-        and, for a lone member updating every step without clipping (``_lone``), its rate's
-        terms as floats and its parameters and moments as the tensors the in-place update
-        takes."""
+        list of the steps' losses (``[pack b]`` each, at most ``RING``) and, for a lone member
+        updating every step without clipping (``_lone``), a ring of its flat gradients (at most
+        ``RING`` steps of ``[Q]``, the trained region's layout), both folded into ``sums`` by
+        ``_fold``; and that member's rate's terms as floats and its flat parameters and moments
+        as the tensors the in-place update takes."""
         dev, c = self.device, self.counters
         self._tail_from = c["planned"] - c["tail_steps"]  # the first step of the tail
         self._losses: list[Tensor] = []  # each step's loss [pack b] since the last fold
-        self._norm_k = 0  # steps in the gradient-norm ring since its last fold
+        self._grad_k = 0  # steps in the gradient ring since its last fold
         self._compiled: Callable[..., Tensor] | None = None
         cfg = self.member_config[0]
         self._lone = (
@@ -261,25 +262,44 @@ class Population:
             and cfg["update_every"] == 1
             and not self._clipping
         )
+        self._lends_grad = False
         if not self._lone:
             return
-        self._trained_count = 1 if self.fixed_readout else 2
-        # |g_theta|, |g_readout| of each step, written in place (no allocation, one fold)
-        self._norm_ring = torch.zeros(RING, self._trained_count, dtype=self.dtype, device=dev)
-        self._norm_slots = [list(row.unbind(0)) for row in self._norm_ring.unbind(0)]
-        self._targets = list(self.est_params)[: self._trained_count]  # views of row 0
+        # each step's gradient in the trained region's flat layout: the update reads one
+        # tensor, and the norms the report needs are taken at the fold, for the ring at once;
+        # RING steps, fewer where that would pass GRAD_RING_BYTES (at least one)
+        q = self.trained.shape[1]
+        slots = max(1, min(RING, GRAD_RING_BYTES // (q * self.trained.element_size())))
+        self._grad_ring = torch.zeros(slots, q, dtype=self.dtype, device=dev)
+        self._grad_rows = [[row] for row in self._grad_ring.unbind(0)]
+        theta, readout = self.est_params
+        p = self.cell.num_params
+        # a fixed readout's gradient is computed but not trained: it lands in a scratch buffer
+        scratch = torch.empty_like(readout)
+        self._grad_slots = [
+            Params(
+                row[:p].view(theta.shape),
+                scratch if self.fixed_readout else row[p:].view(readout.shape),
+            )
+            for [row] in self._grad_rows
+        ]
+        # estimators whose state takes a destination write the gradient into the ring
+        self._lends_grad = hasattr(self.est_state, "grad_out")
         self._lr, self._lr_decay = float(cfg["lr"]), float(cfg["lr_decay"])
+        adam = self.optimizer == "adam"
         self._lone_update = optimizer.lone_stepper(
             self.optimizer,
-            self._targets,
-            [m[0] for m in self.opt_state.m],
-            [v[0] for v in self.opt_state.v],
+            [self.trained[0]],
+            [self.flat_opt.m[0][0]] if adam else [],
+            [self.flat_opt.v[0][0]] if adam else [],
             float(cfg["beta1"]),
             float(cfg["beta2"]),
             float(cfg["adam_eps"]),
         )
-        self._counts: list[list[Tensor]] = []  # Adam's step counts t, t + 1, ... as tensors
-        self._count_k = 0
+        # Adam's step count for each ring slot: float32 [1] views of one buffer, refilled when
+        # the ring starts over
+        self._count_values = torch.zeros(slots, dtype=torch.float32, device=dev)
+        self._counts = [[c] for c in self._count_values.view(slots, 1).unbind(0)]
         self._lone_apply = self._lone_applier()
         # one stream: the estimators write into strided views (out=) at B > 1, which Dynamo
         # refuses, and with those writes made compile-friendly the compiled step was slower
@@ -329,47 +349,46 @@ class Population:
 
     def _lone_applier(self) -> Callable[[Params], None]:
         """A lone member's update in the fewest operations (in place, at a float rate): the
-        gradient norms into their ring, then Adam (or SGD); everything it reads but the
-        gradient is bound here, so that a step looks up no settings."""
-        trained, slots, update = self._trained_count, self._norm_slots, self._lone_update
+        gradient into its ring slot (already there when the estimator wrote it there), then
+        Adam (or SGD) over the flat trained region; everything it reads but the gradient is
+        bound here, so that a step looks up no settings."""
+        rows, slots, update = self._grad_rows, self._grad_slots, self._lone_update
+        slots_n = len(slots)
+        fixed_readout = self.fixed_readout
         lr0, decay, c = self._lr, self._lr_decay, self.counters
         opt, lone_opt = self.flat_opt, self.opt_state
-        norm = torch.linalg.vector_norm
 
         def apply(grad: Params) -> None:
-            k = self._norm_k
-            row = slots[k]
-            norm(grad[0], out=row[0])
-            if trained == 2:
-                norm(grad[1], out=row[1])
-            self._norm_k = k + 1
+            k = self._grad_k
+            slot = slots[k]
+            if grad is not slot:  # an estimator that made its own tensors
+                slot.theta.copy_(grad.theta)
+                if not fixed_readout:
+                    slot.readout.copy_(grad.readout)
+            self._grad_k = k + 1
             updates = c["updates"]
             t = opt.t + 1
             opt.t = lone_opt.t = t
-            j = self._count_k
-            if j == len(self._counts):
+            if k == 0:  # a fresh ring: the counts of its steps, t .. t + RING - 1
                 self._refill_counts(t)
-                j = 0
-            self._count_k = j + 1
-            update(grad[:trained], self._counts[j], t, lr0 / (1.0 + decay * updates**0.5))
+            update(rows[k], self._counts[k], t, lr0 / (1.0 + decay * updates**0.5))
             c["updates"] = updates + 1
-            if k + 1 == RING:
+            if k + 1 == slots_n:
                 self._fold()
 
         return apply
 
     def _refill_counts(self, t: int) -> None:
-        """The fused Adam kernel's step counts ``t .. t + RING - 1`` (float32 ``[1]``, once per
-        trained tensor), made on the device in one operation."""
-        values = torch.arange(t, t + RING, dtype=torch.float32, device=self.device)
-        self._counts = [[c] * self._trained_count for c in values.view(RING, 1).unbind(0)]
-        self._count_k = 0
+        """The fused Adam kernel's step counts ``t, t + 1, ...``, one per slot of the gradient
+        ring, written in place in one operation (``_counts`` holds views of them)."""
+        slots = self._count_values.shape[0]
+        torch.arange(t, t + slots, dtype=torch.float32, device=self.device, out=self._count_values)
 
     def _fold(self) -> None:
         """Add the steps since the last fold to ``sums`` (window and, past ``_tail_from``, tail
-        loss; the global gradient norms ``||(|g_theta|, |g_readout|)||``) and empty the loss
-        list and the norm ring. The step folds every ``RING`` steps and at the tail's first
-        step, so a fold never straddles it."""
+        loss; the gradient norms ``||g||`` of the ring's steps) and empty the loss list and the
+        gradient ring. The step folds every ``RING`` steps and at the tail's first step, so a
+        fold never straddles it."""
         if self._losses:
             k = len(self._losses)
             rows = torch.stack(self._losses).view(k, self.pack, self.width).sum(2)
@@ -378,10 +397,10 @@ class Population:
             if self.counters["t"] - k >= self._tail_from:
                 self.sums[:, 1] += total
             self._losses = []
-        if self._norm_k:
-            norms = torch.linalg.vector_norm(self._norm_ring[: self._norm_k], dim=1)
+        if self._grad_k:
+            norms = torch.linalg.vector_norm(self._grad_ring[: self._grad_k], dim=1)
             self.sums[:, 2] += norms.to(torch.float64).sum()
-            self._norm_k = 0
+            self._grad_k = 0
 
     def _views(self, flat: Tensor) -> Params:
         """``flat [pack, Q]`` (or its theta region) as ``Params`` views."""
@@ -480,9 +499,7 @@ class Population:
         return h["live_lr"] / (1.0 + h["lr_decay"] * updates**0.5)
 
     def _apply(self, grad: Params) -> None:
-        if self._lone:
-            self._lone_apply(grad)
-            return
+        """A pack's update (a lone member's fewest operations are ``_lone_apply``'s)."""
         cfg, c, h = self.config, self.counters, self.hyper
         g_theta, g_readout = grad
         if self.pack == 1:  # shared layout: already the mean over the member's streams
@@ -554,11 +571,16 @@ class Population:
         else:
             loss = self._step_compiled(x, y) if self._compiled is not None else None
             if loss is None:
-                result = self.estimator.step(self.est_params, self.est_state, x, y)
-                if result.grad is not None:
-                    self._apply(result.grad)
+                state = self.est_state
+                if self._lends_grad:
+                    state.grad_out = self._grad_slots[self._grad_k]
+                result = self.estimator.step(self.est_params, state, x, y)
+                grad = result.grad
+                if grad is not None:
+                    self._lone_apply(grad) if self._lone else self._apply(grad)
                 loss = result.loss
-        self.stream.observe(loss)
+        if self._observes:
+            self.stream.observe(loss)
         t = c["t"]
         if len(self._losses) == RING or t == self._tail_from:
             self._fold()
@@ -687,6 +709,8 @@ class Population:
         self.hyper["live"][members] = 0.0
         self.hyper["live_lr"][members] = 0.0
         self._lone = False  # a frozen row keeps its zero rate: the masked update takes over
+        if self._lends_grad:  # the masked update makes its own gradient
+            self.est_state.grad_out, self._lends_grad = None, False
         self._compiled = None
         self._sync_stream_params()
         for name, obj in self._states():

@@ -73,12 +73,15 @@ class Trajectory:
     def set_state(self, s: Tensor) -> None:
         self.s = s.to(dtype=self.s.dtype, device=self.s.device).expand_as(self.s).clone()
 
-    def score(self, params: Params, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(loss [B], output [B, o], dl/ds [B, S], dl/dreadout)`` at the current state."""
+    def score(
+        self, params: Params, y: Tensor, grad_out: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(loss [B], output [B, o], dl/ds [B, S], dl/dreadout)`` at the current state; a
+        shared readout's gradient written into ``grad_out`` when given."""
         hb = torch.cat([self.h, torch.ones_like(self.s[:, :1])], dim=1)
         out = readout_.output(params.readout, hb)
         loss, delta = loss_and_delta(self.loss_kind, out, y)
-        dh, g_readout = readout_.backward(params.readout, delta, hb)
+        dh, g_readout = readout_.backward(params.readout, delta, hb, grad_out)
         ds = torch.zeros_like(self.s)
         ds[:, self.cell.out_slice] = dh
         return loss, out, ds, g_readout
@@ -124,12 +127,15 @@ class TanhTrajectory:
         self.t += 1
         return z_prev, d
 
-    def score(self, params: Params, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(loss [B], output [B, o], dl/dh [B, n], dl/dreadout)`` at the current state."""
+    def score(
+        self, params: Params, y: Tensor, grad_out: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(loss [B], output [B, o], dl/dh [B, n], dl/dreadout)`` at the current state; a
+        shared readout's gradient written into ``grad_out`` when given."""
         hb = self.hb
         out = readout_.output(params.readout, hb)
         loss, delta = loss_and_delta(self.loss_kind, out, y)
-        dh, g_readout = readout_.backward(params.readout, delta, hb)
+        dh, g_readout = readout_.backward(params.readout, delta, hb, grad_out)
         return loss, out, dh, g_readout
 
     @property

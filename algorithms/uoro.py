@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -62,6 +62,10 @@ class RankOneState:
     eps: float
     closed_form: bool
     norms: Tensor  # [B, 4] scratch: ||w||, ||J v||, a, b
+    # Where a step writes its (shared) gradient: a buffer a learner lends, so that its update
+    # reads the gradient where it already lies; None: fresh tensors. Lent, not stored.
+    grad_out: Params | None = None
+    TRANSIENT: ClassVar[tuple[str, ...]] = ("grad_out",)
 
 
 def init_rank_one(
@@ -91,10 +95,23 @@ def init_rank_one(
 
 
 def rank_one_gradient(params: Params, state: RankOneState, ds: Tensor, g_readout: Tensor) -> Params:
-    """``(dl/ds . v) w`` and the exact readout gradient."""
+    """``(dl/ds . v) w`` and the exact readout gradient (``state.grad_out`` itself, when lent:
+    the readout's part already written there by ``score_into``)."""
     scale = torch.linalg.vecdot(ds, state.v)
+    out = state.grad_out
+    if out is not None:
+        readout_.reduce_streams(state.w, scale, shared=True, out=out.theta)
+        return out
     g_theta = readout_.reduce_streams(state.w, scale, shared=not params.per_stream)
     return Params(g_theta.reshape(params.theta.shape), g_readout)
+
+
+def score_into(
+    params: Params, state: RankOneState, y: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``state.traj.score``, the readout's gradient written into ``state.grad_out`` when lent."""
+    out = state.grad_out
+    return state.traj.score(params, y, None if out is None else out.readout)
 
 
 def rank_one_influence(state: RankOneState) -> tuple[Tensor, Tensor]:
@@ -132,7 +149,7 @@ def tanh_forward(
 
 
 def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> StepResult:
-    traj, v, w, norms = state.traj, state.v, state.w, state.norms
+    v, w, norms = state.v, state.w, state.norms
     z, d, nu, jv = tanh_forward(params, state, x)
     torch.mul(
         torch.linalg.vector_norm(d, dim=1), torch.linalg.vector_norm(z, dim=1), out=norms[:, 2]
@@ -142,7 +159,7 @@ def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> Ste
     torch.addcmul(jv.mul_(r0), nu, r1, out=v)
     w.div_(r0.unsqueeze(2))
     add_outer_(w, torch.mul(d, nu).div_(r1), z)
-    loss, out, dh, g_readout = traj.score(params, y)
+    loss, out, dh, g_readout = score_into(params, state, y)
     return StepResult(loss, out, rank_one_gradient(params, state, dh, g_readout))
 
 
@@ -168,7 +185,7 @@ def advance_and_score(params: Params, state: RankOneState, y: Tensor, s_next: Te
     traj = state.traj
     traj.s = s_next
     traj.t += 1
-    loss, out, ds, g_readout = traj.score(params, y)
+    loss, out, ds, g_readout = score_into(params, state, y)
     return StepResult(loss, out, rank_one_gradient(params, state, ds, g_readout))
 
 

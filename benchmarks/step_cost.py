@@ -17,8 +17,9 @@ and parameters (``ratio_to_own_estimator``: the overhead on the very state it st
 plain forward step on them (``ratio_to_forward``), for every estimator in
 ``LEARNER_ESTIMATORS`` at n=64 (``--quick`` included: few calls, one repeat); each is checked
 against ``LEARNER_FORWARD_BOUNDS`` and the overhead bound ``LEARNER_OVERHEAD_BOUND``.
-Each learner row also says where the overhead lives: the learner's update (gradient norm,
-Adam, counters) timed alone on one gradient (``update_us``) and right after its estimator's
+Each learner row also says where the overhead lives: the learner's update (the gradient into
+its ring, where uoro and nobacktrack write it themselves; Adam; counters; the gradient norms,
+taken every 64 steps) timed alone on one gradient (``update_us``) and right after its estimator's
 step, as the learner runs it (``update_after_estimator_us``: the estimator then the update,
 less the estimator alone, the median over repeats of that difference).
 ``--learner-only`` measures only these. ``--compiled`` adds rows ``path: "learner-compiled"``:
@@ -191,12 +192,21 @@ def learner_steps(name: str, n: int) -> dict[str, Callable[[], object]]:
     x, y = learner.stream.next()
     est, state = start(name, cell, params, task.loss_kind, 1)
     pop = learner.population
-    own = functools.partial(pop.estimator.step, pop.est_params, pop.est_state, x, y)
-    grad = own().grad
-    update = pop._lone_apply  # the learner's update: gradient norm, Adam, counters
+    step = functools.partial(pop.estimator.step, pop.est_params, pop.est_state, x, y)
+
+    def own() -> object:  # as the learner steps it: the gradient into its ring's next slot
+        if pop._lends_grad:
+            pop.est_state.grad_out = pop._grad_slots[pop._grad_k]
+        return step()
+
+    grad = step().grad
+    apply = pop._lone_apply  # the learner's update: the gradient in its ring, Adam, counters
+
+    def update() -> None:  # on a gradient where the estimator leaves it (a slot, or its own)
+        apply(pop._grad_slots[pop._grad_k] if pop._lends_grad else grad)
 
     def own_then_update() -> None:
-        update(own().grad)
+        apply(own().grad)
 
     return {
         "learner": learner.step,
@@ -207,7 +217,7 @@ def learner_steps(name: str, n: int) -> dict[str, Callable[[], object]]:
         "forward": _forward(cell, params, x, y),
         # where the overhead lives: the update alone (one gradient, again and again) and
         # right after the estimator's step, as in the learner
-        "update": lambda: update(grad),
+        "update": update,
         "own_estimator_then_update": own_then_update,
     }
 

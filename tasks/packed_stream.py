@@ -113,6 +113,11 @@ class PackedStream:
             s.settle(host[: len(values)])
             host = host[len(values) :]
 
+    @property
+    def observes(self) -> bool:
+        """Whether ``observe`` does anything: some member keeps a curriculum."""
+        return bool(self._curricula)
+
     def observe(self, loss: Tensor) -> None:
         """Hand each member with a curriculum its rows of the per-stream loss ``[pack b]``."""
         if not self._curricula:

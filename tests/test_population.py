@@ -416,3 +416,23 @@ def test_replan_names_the_least_length_at_once(t):
     except ValueError as error:
         named = int(str(error).split("at least ")[1].split()[0])
     assert named == (None if t + 2 - max(1, (t + 2) // 10) >= t else least)
+
+
+def test_a_short_gradient_ring_folds_the_same_norms(monkeypatch):
+    """A lone learner keeps its steps' gradients in a ring of at most ``GRAD_RING_BYTES`` (a
+    big network's ring is short): a ring of 3 slots, folded every 3 steps, reports the same
+    gradient norms and reaches the same parameters as the full ring and as a pack."""
+    from rnnsweep.algorithms import population
+
+    spec = _spec("uoro", seed=2, lr=3e-3)
+    full, learner = _alone(spec, 200)
+    row_bytes = learner.population._grad_ring[0].numel() * 8
+    monkeypatch.setattr(population, "GRAD_RING_BYTES", 3 * row_bytes + 1)
+    short, other = _alone(spec, 200)
+    assert learner.population._grad_ring.shape[0] == 64
+    assert other.population._grad_ring.shape[0] == 3
+    assert _close(full, short, "grad_norm") <= 1e-12
+    gap = max(float((p - q).abs().max()) for p, q in zip(learner.params, other.params, strict=True))
+    assert gap == 0.0
+    reports, pop = _packed([spec, _spec("uoro", seed=3, lr=1e-3)], 200)
+    assert _close(short, reports[0], "grad_norm") <= 1e-9
