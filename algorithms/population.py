@@ -266,10 +266,13 @@ class Population:
         if not self._lone:
             return
         # each step's gradient in the trained region's flat layout: the update reads one
-        # tensor, and the norms the report needs are taken at the fold, for the ring at once;
-        # RING steps, fewer where that would pass GRAD_RING_BYTES (at least one)
+        # tensor, and the norms the report needs are taken at the fold, for the ring at once.
+        # RING steps of one stream, fewer where that would pass GRAD_RING_BYTES; one step of
+        # several streams (their step dwarfs a norm, and a ring would weigh like their
+        # influence state)
         q = self.trained.shape[1]
-        slots = max(1, min(RING, GRAD_RING_BYTES // (q * self.trained.element_size())))
+        slots = RING if self.width == 1 else 1
+        slots = max(1, min(slots, GRAD_RING_BYTES // (q * self.trained.element_size())))
         self._grad_ring = torch.zeros(slots, q, dtype=self.dtype, device=dev)
         self._grad_rows = [[row] for row in self._grad_ring.unbind(0)]
         theta, readout = self.est_params
