@@ -16,7 +16,8 @@ judged on it), against the learner's own estimator stepped aside on the learner'
 and parameters (``ratio_to_own_estimator``: the overhead on the very state it steps), and a
 plain forward step on them (``ratio_to_forward``), for every estimator in
 ``LEARNER_ESTIMATORS`` at n=64 (``--quick`` included: few calls, one repeat); each is checked
-against ``LEARNER_FORWARD_BOUNDS`` and the overhead bound ``LEARNER_OVERHEAD_BOUND``.
+against ``LEARNER_FORWARD_BOUNDS`` and the overhead bound ``LEARNER_OVERHEAD_BOUND`` (and uoro
+also against ``ENGINE_OVERHEAD_BOUND``, the one stepping engine's).
 Each learner row also says where the overhead lives: the learner's update (the gradient into
 its ring, where uoro and nobacktrack write it themselves; Adam; counters; the gradient norms,
 taken every 64 steps) timed alone on one gradient (``update_us``) and right after its estimator's
@@ -117,6 +118,10 @@ TARGETS += tuple(
         ("estimator", LEARNER_OVERHEAD_BOUND),
     )
 )
+# The redesign's bound (issue 10): one stepping engine for packs and lone learners must not
+# cost a lone uoro stream more than this over its estimator step.
+ENGINE_OVERHEAD_BOUND = 1.15
+TARGETS += (("uoro", "learner", LEARNER_HIDDEN, 1, "estimator", ENGINE_OVERHEAD_BOUND),)
 
 
 def _flops(name: str, n: int, batch: int, generic: bool) -> float:
