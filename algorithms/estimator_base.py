@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -40,6 +40,17 @@ class StepResult(NamedTuple):
     loss: Tensor  # [B]
     output: Tensor  # [B, o]
     grad: Params | None
+
+
+@dataclass
+class LentGradient:
+    """A state's ``grad_out``: where its next step writes the shared gradient, a buffer a lone
+    learner lends so that its update reads the gradient where it already lies (no copy); None:
+    fresh tensors. The step returns that ``Params`` itself, with the same values bit for bit.
+    Lent, not stored: a checkpoint skips the names in ``TRANSIENT``."""
+
+    grad_out: Params | None = field(default=None, kw_only=True)
+    TRANSIENT: ClassVar[tuple[str, ...]] = ("grad_out",)
 
 
 @dataclass(frozen=True)

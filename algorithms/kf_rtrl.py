@@ -35,7 +35,7 @@ from torch import Tensor
 
 from rnnsweep.algorithms import readout as readout_
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator_base import Estimator, StepResult
+from rnnsweep.algorithms.estimator_base import Estimator, LentGradient, StepResult
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.settings import hyper_defaults
 from rnnsweep.algorithms.signs import SignStream
@@ -44,7 +44,7 @@ from rnnsweep.algorithms.uoro import rho
 
 
 @dataclass
-class KfRtrlState:
+class KfRtrlState(LentGradient):
     """``dh/dTheta ~ A (x) u`` per stream, and the step's scratch buffers."""
 
     traj: TanhTrajectory
@@ -97,15 +97,21 @@ def step(params: Params, state: KfRtrlState, x: Tensor, y: Tensor) -> StepResult
     u.mul_(coef[:, 0:1]).addcmul_(z, coef[:, 1:2])
     torch.mul(ja, coef[:, 2].view(batch, 1, 1), out=a)
     a.diagonal(dim1=1, dim2=2).addcmul_(d, coef[:, 3:4])
-    loss, out, dh, g_readout = traj.score(params, y)
+    lent = state.grad_out
+    loss, out, dh, g_readout = traj.score(params, y, None if lent is None else lent.readout)
     return StepResult(loss, out, kronecker_gradient(params, state, dh, g_readout))
 
 
 def kronecker_gradient(params: Params, state: KfRtrlState, dh: Tensor, g_readout: Tensor) -> Params:
-    """``g[j, l] = ((dl/dh)^T A)_j u_l``, per stream or the mean over streams; readout exact."""
+    """``g[j, l] = ((dl/dh)^T A)_j u_l``, per stream or the mean over streams; readout exact
+    (``state.grad_out`` itself when lent, the readout's part already written by ``score``)."""
     left = torch.bmm(dh.unsqueeze(1), state.a).squeeze(1)  # [B, n]
+    lent = state.grad_out
     if params.per_stream:
         g_theta = torch.bmm(left.unsqueeze(2), state.u.unsqueeze(1))
+    elif lent is not None:
+        readout_.mean_outer(left, state.u, lent.theta.view(left.shape[1], -1))
+        return lent
     else:
         g_theta = readout_.mean_outer(left, state.u)
     return Params(g_theta.reshape(params.theta.shape), g_readout)

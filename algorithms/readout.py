@@ -42,10 +42,8 @@ def mean_outer(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     given. At one stream the broadcast product (the same values as ``mm``, and a loop Inductor
     fuses), else ``mm``."""
     if a.shape[0] == 1:
-        return torch.mul(a.t(), b, out=out) if out is not None else a.t() * b
-    if out is not None:
-        return torch.mm(a.t(), b, out=out).div_(a.shape[0])
-    return torch.mm(a.t(), b).div_(a.shape[0])
+        return torch.mul(a.t(), b, out=out)
+    return torch.mm(a.t(), b, out=out).div_(a.shape[0])
 
 
 def reduce_streams(
@@ -59,6 +57,6 @@ def reduce_streams(
     batch = per_stream.shape[0]
     if shared:
         flat = per_stream.reshape(batch, -1)
-        mean = torch.mv(flat.t(), scale) if out is None else torch.mv(flat.t(), scale, out=out)
+        mean = torch.mv(flat.t(), scale, out=out)
         return (mean.div_(batch) if batch > 1 else mean).view(per_stream.shape[1:])
     return per_stream * scale.view((batch,) + (1,) * (per_stream.dim() - 1))

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from rnnsweep.algorithms import readout as readout_
 from rnnsweep.algorithms.cell import Cell
-from rnnsweep.algorithms.estimator_base import Estimator, StepResult
+from rnnsweep.algorithms.estimator_base import Estimator, LentGradient, StepResult
 from rnnsweep.algorithms.loss import loss_and_delta
 from rnnsweep.algorithms.params import Params
 from rnnsweep.algorithms.settings import hyper_defaults
@@ -35,7 +35,7 @@ from rnnsweep.algorithms.trajectory import TanhTrajectory, add_outer_, unit_bloc
 
 
 @dataclass
-class RfloState:
+class RfloState(LentGradient):
     traj: TanhTrajectory
     e: Tensor  # [B, n, n + 1 + m] eligibility traces
     feedback: Tensor | None  # Bfb [n, o]; None: the readout's V^T
@@ -72,10 +72,16 @@ def step(params: Params, state: RfloState, x: Tensor, y: Tensor) -> StepResult:
     hb = traj.hb
     out = readout_.output(params.readout, hb)
     loss, delta = loss_and_delta(traj.loss_kind, out, y)
-    dh, g_readout = readout_.backward(params.readout, delta, hb)
+    lent = state.grad_out
+    dh, g_readout = readout_.backward(
+        params.readout, delta, hb, None if lent is None else lent.readout
+    )
     fb = dh if state.feedback is None else torch.mm(delta, state.feedback.t())  # [B, n]
     if params.per_stream:
         g_theta = e * fb.unsqueeze(2)
+    elif lent is not None and e.shape[0] == 1:  # one stream: the product, where it is lent
+        torch.mul(e[0], fb[0].unsqueeze(1), out=lent.theta.view(e.shape[1:]))
+        return StepResult(loss, out, lent)
     else:
         g_theta = torch.einsum("bj,bjl->jl", fb, e).div_(e.shape[0])
     return StepResult(loss, out, Params(g_theta.reshape(params.theta.shape), g_readout))

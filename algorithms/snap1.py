@@ -32,6 +32,7 @@ from torch import Tensor
 from rnnsweep.algorithms.cell import Cell
 from rnnsweep.algorithms.estimator_base import (
     Estimator,
+    LentGradient,
     StepResult,
     by_path,
     use_closed_form,
@@ -44,7 +45,7 @@ from rnnsweep.algorithms.trajectory import TanhTrajectory, Trajectory, unit_bloc
 
 
 @dataclass
-class Snap1State:
+class Snap1State(LentGradient):
     """Sparse influence per stream."""
 
     traj: TanhTrajectory | Trajectory
@@ -100,12 +101,17 @@ def _step_tanh(params: Params, state: Snap1State, x: Tensor, y: Tensor) -> StepR
     if leak != 1.0:
         j_diag.add_(1.0 - leak)
     g1.mul_(j_diag.unsqueeze(2)).addcmul_(d.unsqueeze(2), z.unsqueeze(1))
-    loss, out, dh, g_readout = traj.score(params, y)
+    lent = state.grad_out
+    loss, out, dh, g_readout = traj.score(params, y, None if lent is None else lent.readout)
     if params.per_stream:
         g_theta = torch.mul(g1, dh.unsqueeze(2)).view(params.theta.shape)
     else:
         # sum_b dh[b, j] G1[b, j, :] as n products [1, B] x [B, k], then the mean over streams
-        g_theta = torch.bmm(dh.t().unsqueeze(1), g1.transpose(0, 1)).view(-1).div_(g1.shape[0])
+        into = None if lent is None else lent.theta.view(n, 1, -1)
+        g_theta = torch.bmm(dh.t().unsqueeze(1), g1.transpose(0, 1), out=into)
+        g_theta = g_theta.view(-1).div_(g1.shape[0])
+        if lent is not None:
+            return StepResult(loss, out, lent)
     return StepResult(loss, out, Params(g_theta, g_readout))
 
 

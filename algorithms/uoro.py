@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,6 +31,7 @@ from rnnsweep.algorithms import readout as readout_
 from rnnsweep.algorithms.cell import Cell
 from rnnsweep.algorithms.estimator_base import (
     Estimator,
+    LentGradient,
     StepFn,
     StepResult,
     by_path,
@@ -52,7 +53,7 @@ from rnnsweep.algorithms.trajectory import (
 
 
 @dataclass
-class RankOneState:
+class RankOneState(LentGradient):
     """Shared by UORO and NoBackTrack: ``G ~ v w^T`` per stream."""
 
     traj: TanhTrajectory | Trajectory
@@ -62,10 +63,6 @@ class RankOneState:
     eps: float
     closed_form: bool
     norms: Tensor  # [B, 4] scratch: ||w||, ||J v||, a, b
-    # Where a step writes its (shared) gradient: a buffer a learner lends, so that its update
-    # reads the gradient where it already lies; None: fresh tensors. Lent, not stored.
-    grad_out: Params | None = None
-    TRANSIENT: ClassVar[tuple[str, ...]] = ("grad_out",)
 
 
 def init_rank_one(

@@ -191,35 +191,3 @@ def test_influence_decay_scales_the_carried_influence(name, cell_name):
         last = plain.step(params, c, x, y)
     assert float((last.grad.flat() - got.grad.flat()).abs().max()) > 1e-6
 
-
-@pytest.mark.parametrize("name", ["uoro", "nobacktrack"])
-@pytest.mark.parametrize(
-    "cell_name,path", [("tanh", "closed-form"), ("gru", "auto"), ("tanh", "generic")]
-)
-@pytest.mark.parametrize("batch", [1, 3])
-def test_a_lent_gradient_buffer_is_written_in_place_with_the_same_values(
-    name, cell_name, path, batch
-):
-    """A learner lends ``state.grad_out``: the step writes its shared gradient there and
-    returns that buffer, bit for bit the gradient it returns in fresh tensors."""
-    from rnnsweep.algorithms import checkpoint
-
-    cell = make_cell(cell_name, 5, 3)
-    params, xs, ys = _stream(cell, 6, batch)
-    est, fresh = start(name, cell, params, "ce", batch, seed=4, path=path)
-    _, lent = start(name, cell, params, "ce", batch, seed=4, path=path)
-    buffer = Params(torch.full_like(params.theta, float("nan")), torch.zeros_like(params.readout))
-    lent.grad_out = buffer
-    for x, y in zip(xs, ys, strict=True):
-        a, b = est.step(params, fresh, x, y), est.step(params, lent, x, y)
-        assert b.grad is buffer
-        assert torch.equal(a.loss, b.loss)
-        assert torch.equal(a.grad.theta, buffer.theta)
-        assert torch.equal(a.grad.readout, buffer.readout)
-    # lent, not stored: a checkpoint of the state has no such field, and restores into a
-    # state that has none lent
-    tree = checkpoint.snapshot(lent)
-    assert "grad_out" not in tree["fields"]
-    _, other = start(name, cell, params, "ce", batch, seed=9, path=path)
-    checkpoint.restore(other, tree)
-    assert other.grad_out is None and torch.equal(other.v, lent.v)
