@@ -79,9 +79,11 @@ def step(params: Params, state: RfloState, x: Tensor, y: Tensor) -> StepResult:
     fb = dh if state.feedback is None else torch.mm(delta, state.feedback.t())  # [B, n]
     if params.per_stream:
         g_theta = e * fb.unsqueeze(2)
-    elif lent is not None and e.shape[0] == 1:  # one stream: the product, where it is lent
-        torch.mul(e[0], fb[0].unsqueeze(1), out=lent.theta.view(e.shape[1:]))
-        return StepResult(loss, out, lent)
+    elif e.shape[0] == 1:  # one stream: the product (einsum's overhead is most of a step here)
+        into = None if lent is None else lent.theta.view(e.shape[1:])
+        g_theta = torch.mul(e[0], fb[0].unsqueeze(1), out=into)
+        if lent is not None:
+            return StepResult(loss, out, lent)
     else:
         g_theta = torch.einsum("bj,bjl->jl", fb, e).div_(e.shape[0])
     return StepResult(loss, out, Params(g_theta.reshape(params.theta.shape), g_readout))
