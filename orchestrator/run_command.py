@@ -35,6 +35,7 @@ from rnnsweep.orchestrator.environment_fault import EnvironmentFault
 from rnnsweep.orchestrator.progress import ProgressLine
 from rnnsweep.orchestrator.spec_file import read_yaml
 from rnnsweep.orchestrator.state_dir import resolve as resolve_state_dir
+from rnnsweep.orchestrator.sweep_settings import SWEEP_SETTINGS
 
 EXPERIMENT = "rnnsweep-runs"
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -104,9 +105,8 @@ def load_run_config(path: str, estimator: str | None) -> dict[str, Any]:
     for key in ("cell", "hidden", "seed", "dtype"):
         if key in data:
             data[key] = SETTINGS[key].check(data[key], f"--config {path}: ")
-    steps = data.get("steps")
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-        raise ValueError(f"--config {path}: steps must be an integer >= 1, got {steps!r}")
+    if data.get("steps") is not None:  # a sweep's steps per trial, a run's steps
+        data["steps"] = SWEEP_SETTINGS["steps"].check(data["steps"], f"--config {path}: ")
     settings = data.get("settings", {})
     if settings is None:
         data["settings"] = settings = {}

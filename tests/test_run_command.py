@@ -332,9 +332,10 @@ def test_a_size_beyond_memory_is_one_line_naming_it(capsys):
 @pytest.mark.parametrize(
     "body,message",
     [
-        ("steps: abc", "steps must be an integer >= 1, got 'abc'"),
-        ("steps: 200.5", "steps must be an integer >= 1, got 200.5"),
-        ("steps: true", "steps must be an integer >= 1, got True"),
+        ("steps: abc", "setting 'steps' must be an integer >= 1, got 'abc'"),
+        ("steps: 200.5", "setting 'steps' must be an integer >= 1, got 200.5"),
+        ("steps: true", "setting 'steps' must be an integer >= 1, got True"),
+        ("steps: 0", "setting 'steps' must be >= 1, got 0"),
         ("settings: [lr, 0.1]", "settings must be a mapping of setting names to values"),
         ("settings: {5: 0.1}", "settings must be a mapping of setting names to values"),
         ("stepz: 3", "unknown key 'stepz' (did you mean 'steps'?)"),
