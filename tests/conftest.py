@@ -9,6 +9,10 @@
 * ``storage_url``: an empty Optuna storage URL, once on SQLite (a file in ``tmp_path``) and once
   on PostgreSQL (``postgresql+psycopg2://``, a database of its own on the ``postgres_url``
   server, dropped afterwards).
+
+Ctrl-C reaches the commands the tests start: a test run started in the background by a shell
+(``pytest &``, ``nohup``) inherits SIGINT ignored, and so would every process it starts, which
+then never sees the SIGINT a test sends it (``ui``, ``status --watch``, a driver).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -27,6 +32,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 POSTGRES_URL_ENV = "RNNSWEEP_TEST_POSTGRES_URL"
+
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # handled, so children get the default
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
