@@ -45,9 +45,10 @@ class StepResult(NamedTuple):
 @dataclass
 class LentGradient:
     """A state's ``grad_out``: where its next step writes the shared gradient, a buffer a lone
-    learner lends so that its update reads the gradient where it already lies (no copy); None:
-    fresh tensors. The step returns that ``Params`` itself, with the same values bit for bit.
-    Lent, not stored: a checkpoint skips the names in ``TRANSIENT``."""
+    learner lends for one step so that its update reads the gradient where it already lies (no
+    copy); None: fresh tensors (and always for per-stream parameters). The step returns that
+    ``Params`` itself, with the same values bit for bit. Lent, not stored: a checkpoint skips
+    the names in ``TRANSIENT``."""
 
     grad_out: Params | None = field(default=None, kw_only=True)
     TRANSIENT: ClassVar[tuple[str, ...]] = ("grad_out",)

@@ -76,7 +76,7 @@ from rnnsweep.tasks.packed_stream import PackedStream
 
 SHARED_COUNTERS = ("t", "updates", "pending", "planned", "tail_steps")
 RING = 64  # steps of per-stream losses (and gradients) kept on the device between folds
-GRAD_RING_BYTES = 1 << 22  # a lone learner's ring of gradients holds at most this much
+GRAD_RING_BYTES = 1 << 22  # a lone learner's ring of gradients holds at most this / its streams
 Report = Callable[[int, dict[str, Any]], None]
 
 
@@ -267,12 +267,12 @@ class Population:
             return
         # each step's gradient in the trained region's flat layout: the update reads one
         # tensor, and the norms the report needs are taken at the fold, for the ring at once.
-        # RING steps of one stream, fewer where that would pass GRAD_RING_BYTES; one step of
-        # several streams (their step dwarfs a norm, and a ring would weigh like their
-        # influence state)
+        # RING steps, fewer where they would pass GRAD_RING_BYTES / streams (more streams: a
+        # dearer step, where a norm each step matters less, and a bigger state beside which
+        # the ring must stay small); at least one
         q = self.trained.shape[1]
-        slots = RING if self.width == 1 else 1
-        slots = max(1, min(slots, GRAD_RING_BYTES // (q * self.trained.element_size())))
+        budget = GRAD_RING_BYTES // self.width
+        slots = max(1, min(RING, budget // (q * self.trained.element_size())))
         self._grad_ring = torch.zeros(slots, q, dtype=self.dtype, device=dev)
         self._grad_rows = [[row] for row in self._grad_ring.unbind(0)]
         theta, readout = self.est_params
@@ -377,7 +377,7 @@ class Population:
             update(rows[k], self._counts[k], t, lr0 / (1.0 + decay * updates**0.5))
             c["updates"] = updates + 1
             if k + 1 == slots_n:
-                self._fold()
+                self._fold_gradients()
 
         return apply
 
@@ -400,6 +400,11 @@ class Population:
             if self.counters["t"] - k >= self._tail_from:
                 self.sums[:, 1] += total
             self._losses = []
+        self._fold_gradients()
+
+    def _fold_gradients(self) -> None:
+        """Add the gradient norms ``||g||`` of the ring's steps to ``sums`` and empty the ring
+        (the losses keep their own schedule: ``_fold`` takes both)."""
         if self._grad_k:
             norms = torch.linalg.vector_norm(self._grad_ring[: self._grad_k], dim=1)
             self.sums[:, 2] += norms.to(torch.float64).sum()
@@ -575,9 +580,12 @@ class Population:
             loss = self._step_compiled(x, y) if self._compiled is not None else None
             if loss is None:
                 state = self.est_state
-                if self._lends_grad:
+                if self._lends_grad:  # lent for this step only
                     state.grad_out = self._grad_slots[self._grad_k]
-                result = self.estimator.step(self.est_params, state, x, y)
+                    result = self.estimator.step(self.est_params, state, x, y)
+                    state.grad_out = None
+                else:
+                    result = self.estimator.step(self.est_params, state, x, y)
                 grad = result.grad
                 if grad is not None:
                     self._lone_apply(grad) if self._lone else self._apply(grad)

@@ -96,7 +96,7 @@ def rank_one_gradient(params: Params, state: RankOneState, ds: Tensor, g_readout
     the readout's part already written there by ``score_into``)."""
     scale = torch.linalg.vecdot(ds, state.v)
     out = state.grad_out
-    if out is not None:
+    if out is not None and not params.per_stream:
         readout_.reduce_streams(state.w, scale, shared=True, out=out.theta)
         return out
     g_theta = readout_.reduce_streams(state.w, scale, shared=not params.per_stream)

@@ -200,9 +200,12 @@ def learner_steps(name: str, n: int) -> dict[str, Callable[[], object]]:
     step = functools.partial(pop.estimator.step, pop.est_params, pop.est_state, x, y)
 
     def own() -> object:  # as the learner steps it: the gradient into its ring's next slot
-        if pop._lends_grad:
-            pop.est_state.grad_out = pop._grad_slots[pop._grad_k]
-        return step()
+        if not pop._lends_grad:
+            return step()
+        pop.est_state.grad_out = pop._grad_slots[pop._grad_k]
+        result = step()
+        pop.est_state.grad_out = None
+        return result
 
     grad = step().grad
     apply = pop._lone_apply  # the learner's update: the gradient in its ring, Adam, counters

@@ -78,3 +78,39 @@ def test_a_lone_learner_updates_from_its_ring_like_a_pack(name):
         assert abs(a["loss"] - b["loss"]) <= 1e-12 * max(1.0, a["loss"])
     for p, q in zip(learner.params, pop.params, strict=True):
         assert float((p - q[0]).abs().max()) <= 1e-12
+
+
+@pytest.mark.parametrize("name", ["uoro", "nobacktrack", "snap1", "rflo", "kf-rtrl"])
+def test_per_stream_parameters_ignore_a_loan(name):
+    """A loan holds a shared gradient: with per-stream parameters (a pack's layout) the step
+    returns its own per-stream tensors, the same as without a loan, and leaves the buffer."""
+    cell = make_cell("tanh", 5, 3)
+    gen = torch.Generator().manual_seed(2)
+    params = init_params(cell, 2, gen, torch.float64).expand(3)
+    xs = torch.randn(4, 3, cell.inputs, generator=gen, dtype=torch.float64)
+    ys = torch.randint(0, 2, (4, 3), generator=gen)
+    est, fresh = start(name, cell, params, "ce", 3, seed=4)
+    _, lent = start(name, cell, params, "ce", 3, seed=4)
+    shared = init_params(cell, 2, gen, torch.float64)
+    buffer = Params(torch.zeros_like(shared.theta), torch.zeros_like(shared.readout))
+    lent.grad_out = buffer
+    for x, y in zip(xs, ys, strict=True):
+        a, b = est.step(params, fresh, x, y), est.step(params, lent, x, y)
+        assert b.grad is not buffer and b.grad.theta.shape == params.theta.shape
+        assert torch.equal(a.grad.theta, b.grad.theta)
+        assert torch.equal(a.grad.readout, b.grad.readout)
+    assert not buffer.theta.any() and not buffer.readout.any()
+
+
+@pytest.mark.parametrize("batch,hidden,slots", [(1, 8, 64), (3, 8, 64), (64, 128, 1)])
+def test_the_loan_lasts_one_step_and_the_ring_fits_its_budget(batch, hidden, slots):
+    """Between steps no buffer is lent (a caller stepping the state aside cannot write into
+    the ring); the ring holds at most GRAD_RING_BYTES / streams, RING rows, at least one."""
+    learner = Learner(
+        LearnerSpec("add", "uoro", "tanh", hidden, settings={"log_every": 10**9, "batch": batch})
+    )
+    pop = learner.population
+    for _ in range(3):
+        learner.step()
+        assert pop.est_state.grad_out is None
+    assert pop._lends_grad and pop._grad_ring.shape[0] == slots
