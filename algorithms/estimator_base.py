@@ -53,6 +53,11 @@ class LentGradient:
     grad_out: Params | None = field(default=None, kw_only=True)
     TRANSIENT: ClassVar[tuple[str, ...]] = ("grad_out",)
 
+    @property
+    def readout_out(self) -> Tensor | None:
+        """Where the readout's gradient goes: the loan's readout part, or None."""
+        return None if self.grad_out is None else self.grad_out.readout
+
 
 @dataclass(frozen=True)
 class Estimator:

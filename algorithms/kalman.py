@@ -153,9 +153,8 @@ def init(
     if not p0 > 0.0 or p0 == float("inf"):
         raise ValueError(f"p0 must be a finite number > 0, got {p0!r}")
     if structure == "full":
-        itemsize = torch.empty((), dtype=dtype).element_size()
         memory_budget.check_fits(
-            FULL_BUILD_COPIES * batch * q_size * q_size * itemsize,
+            FULL_BUILD_COPIES * batch * q_size * q_size * dtype.itemsize,
             device,
             f"a learner with the full Kalman covariance [{batch}, {q_size}, {q_size}] ({dtype}, "
             f"{FULL_BUILD_COPIES} copies while it is built)",

@@ -97,8 +97,7 @@ def step(params: Params, state: KfRtrlState, x: Tensor, y: Tensor) -> StepResult
     u.mul_(coef[:, 0:1]).addcmul_(z, coef[:, 1:2])
     torch.mul(ja, coef[:, 2].view(batch, 1, 1), out=a)
     a.diagonal(dim1=1, dim2=2).addcmul_(d, coef[:, 3:4])
-    lent = state.grad_out
-    loss, out, dh, g_readout = traj.score(params, y, None if lent is None else lent.readout)
+    loss, out, dh, g_readout = traj.score(params, y, state.readout_out)
     return StepResult(loss, out, kronecker_gradient(params, state, dh, g_readout))
 
 

@@ -9,6 +9,7 @@ the engine (``member``, ``population``) and the ``Learner`` facade, which all re
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,23 @@ class LearnerSpec:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def _estimator_owns(key: str, estimator: str) -> bool:
+    """Whether ``key`` is one of ``estimator``'s hyperparameters."""
+    return key in HYPER_KEYS and estimator in (SETTINGS[key].estimators or ())
+
+
+def qualified_task_settings(
+    task: str, settings: Mapping[str, Any], estimator: str
+) -> dict[str, Any]:
+    """A task's settings as a learner's settings: a key that also names a learner setting or
+    one of the estimator's (the text task's ``path`` and uoro's) qualified with the task's
+    name (``text.path``, which ``split_settings`` gives the task), others as they are."""
+    return {
+        f"{task}.{key}" if key in LEARNER_KEYS or _estimator_owns(key, estimator) else key: v
+        for key, v in settings.items()
+    }
+
+
 def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
     """Route ``spec.settings`` to (learner, estimator, task) settings; validate every key.
 
@@ -86,7 +104,7 @@ def split_settings(spec: LearnerSpec) -> tuple[dict, dict, dict, str, str]:
     est_keys, task_keys = {}, {}
 
     def estimator_key(key: str) -> bool:  # a hyperparameter of this learner's estimator
-        return key in HYPER_KEYS and spec.estimator in (SETTINGS[key].estimators or ())
+        return _estimator_owns(key, spec.estimator)
 
     prefix = f"{spec.task}."  # ``text.path``: the task's setting, whatever else is named so
     task_named = {key.removeprefix(prefix) for key in spec.settings if key.startswith(prefix)}

@@ -50,7 +50,6 @@ from rnnsweep.algorithms.uoro import (
     rank_one_gradient,
     rank_one_influence,
     rho,
-    score_into,
     tanh_forward,
 )
 
@@ -72,7 +71,7 @@ def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> Ste
     torch.addcmul(jv.mul_(r0), nu, rho_k, out=v)
     w.div_(r0.unsqueeze(2))
     add_outer_(w, torch.mul(d, nu).div_(rho_k), z)
-    loss, out, dh, g_readout = score_into(params, state, y)
+    loss, out, dh, g_readout = state.traj.score(params, y, state.readout_out)
     return StepResult(loss, out, rank_one_gradient(params, state, dh, g_readout))
 
 

@@ -61,6 +61,7 @@ from rnnsweep.algorithms import (
     pack_state,
 )
 from rnnsweep.algorithms.estimator import check_step, get_estimator, resolve_hyper, start
+from rnnsweep.algorithms.estimator_base import StepResult
 from rnnsweep.algorithms.learner_spec import (
     CHECKPOINT_VERSION,
     PROBE_METRICS,
@@ -579,13 +580,7 @@ class Population:
         else:
             loss = self._step_compiled(x, y) if self._compiled is not None else None
             if loss is None:
-                state = self.est_state
-                if self._lends_grad:  # lent for this step only
-                    state.grad_out = self._grad_slots[self._grad_k]
-                    result = self.estimator.step(self.est_params, state, x, y)
-                    state.grad_out = None
-                else:
-                    result = self.estimator.step(self.est_params, state, x, y)
+                result = self._estimate(x, y)
                 grad = result.grad
                 if grad is not None:
                     self._lone_apply(grad) if self._lone else self._apply(grad)
@@ -598,6 +593,17 @@ class Population:
         self._losses.append(loss)  # a fresh tensor of the estimator's: kept, not copied
         c["t"] = t + 1
         return loss
+
+    def _estimate(self, x: Tensor, y: Tensor) -> StepResult:
+        """The estimator's step, its gradient written into the ring's next row where the
+        estimator takes a loan (lent for this step only)."""
+        state = self.est_state
+        if not self._lends_grad:
+            return self.estimator.step(self.est_params, state, x, y)
+        state.grad_out = self._grad_slots[self._grad_k]
+        result = self.estimator.step(self.est_params, state, x, y)
+        state.grad_out = None
+        return result
 
     def _observe_probes(self, x: Tensor, y: Tensor) -> None:
         t, b = self.counters["t"], self.width
@@ -720,8 +726,7 @@ class Population:
         self.hyper["live"][members] = 0.0
         self.hyper["live_lr"][members] = 0.0
         self._lone = False  # a frozen row keeps its zero rate: the masked update takes over
-        if self._lends_grad:  # the masked update makes its own gradient
-            self.est_state.grad_out, self._lends_grad = None, False
+        self._lends_grad = False  # the masked update makes its own gradient
         self._compiled = None
         self._sync_stream_params()
         for name, obj in self._states():

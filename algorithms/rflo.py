@@ -73,9 +73,7 @@ def step(params: Params, state: RfloState, x: Tensor, y: Tensor) -> StepResult:
     out = readout_.output(params.readout, hb)
     loss, delta = loss_and_delta(traj.loss_kind, out, y)
     lent = state.grad_out
-    dh, g_readout = readout_.backward(
-        params.readout, delta, hb, None if lent is None else lent.readout
-    )
+    dh, g_readout = readout_.backward(params.readout, delta, hb, state.readout_out)
     fb = dh if state.feedback is None else torch.mm(delta, state.feedback.t())  # [B, n]
     if params.per_stream:
         g_theta = e * fb.unsqueeze(2)

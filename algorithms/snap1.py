@@ -102,7 +102,7 @@ def _step_tanh(params: Params, state: Snap1State, x: Tensor, y: Tensor) -> StepR
         j_diag.add_(1.0 - leak)
     g1.mul_(j_diag.unsqueeze(2)).addcmul_(d.unsqueeze(2), z.unsqueeze(1))
     lent = state.grad_out
-    loss, out, dh, g_readout = traj.score(params, y, None if lent is None else lent.readout)
+    loss, out, dh, g_readout = traj.score(params, y, state.readout_out)
     if params.per_stream:
         g_theta = torch.mul(g1, dh.unsqueeze(2)).view(params.theta.shape)
     else:

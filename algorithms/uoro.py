@@ -93,7 +93,7 @@ def init_rank_one(
 
 def rank_one_gradient(params: Params, state: RankOneState, ds: Tensor, g_readout: Tensor) -> Params:
     """``(dl/ds . v) w`` and the exact readout gradient (``state.grad_out`` itself, when lent:
-    the readout's part already written there by ``score_into``)."""
+    the readout's part already written there by ``score``)."""
     scale = torch.linalg.vecdot(ds, state.v)
     out = state.grad_out
     if out is not None and not params.per_stream:
@@ -101,14 +101,6 @@ def rank_one_gradient(params: Params, state: RankOneState, ds: Tensor, g_readout
         return out
     g_theta = readout_.reduce_streams(state.w, scale, shared=not params.per_stream)
     return Params(g_theta.reshape(params.theta.shape), g_readout)
-
-
-def score_into(
-    params: Params, state: RankOneState, y: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``state.traj.score``, the readout's gradient written into ``state.grad_out`` when lent."""
-    out = state.grad_out
-    return state.traj.score(params, y, None if out is None else out.readout)
 
 
 def rank_one_influence(state: RankOneState) -> tuple[Tensor, Tensor]:
@@ -156,7 +148,7 @@ def _step_tanh(params: Params, state: RankOneState, x: Tensor, y: Tensor) -> Ste
     torch.addcmul(jv.mul_(r0), nu, r1, out=v)
     w.div_(r0.unsqueeze(2))
     add_outer_(w, torch.mul(d, nu).div_(r1), z)
-    loss, out, dh, g_readout = score_into(params, state, y)
+    loss, out, dh, g_readout = state.traj.score(params, y, state.readout_out)
     return StepResult(loss, out, rank_one_gradient(params, state, dh, g_readout))
 
 
@@ -182,7 +174,7 @@ def advance_and_score(params: Params, state: RankOneState, y: Tensor, s_next: Te
     traj = state.traj
     traj.s = s_next
     traj.t += 1
-    loss, out, ds, g_readout = score_into(params, state, y)
+    loss, out, ds, g_readout = traj.score(params, y, state.readout_out)
     return StepResult(loss, out, rank_one_gradient(params, state, ds, g_readout))
 
 

@@ -197,17 +197,8 @@ def learner_steps(name: str, n: int) -> dict[str, Callable[[], object]]:
     x, y = learner.stream.next()
     est, state = start(name, cell, params, task.loss_kind, 1)
     pop = learner.population
-    step = functools.partial(pop.estimator.step, pop.est_params, pop.est_state, x, y)
-
-    def own() -> object:  # as the learner steps it: the gradient into its ring's next slot
-        if not pop._lends_grad:
-            return step()
-        pop.est_state.grad_out = pop._grad_slots[pop._grad_k]
-        result = step()
-        pop.est_state.grad_out = None
-        return result
-
-    grad = step().grad
+    own = functools.partial(pop._estimate, x, y)  # as the learner steps it: into its ring
+    grad = pop.estimator.step(pop.est_params, pop.est_state, x, y).grad
     apply = pop._lone_apply  # the learner's update: the gradient in its ring, Adam, counters
 
     def update() -> None:  # on a gradient where the estimator leaves it (a slot, or its own)

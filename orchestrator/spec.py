@@ -45,6 +45,7 @@ from pydantic_core import PydanticCustomError
 
 from rnnsweep.algorithms.estimator import get_estimator
 from rnnsweep.algorithms.learner import KALMAN_RULES, LearnerSpec, split_settings
+from rnnsweep.algorithms.learner_spec import qualified_task_settings
 from rnnsweep.algorithms.settings import (
     HYPER_KEYS,
     LEARNER_KEYS,
@@ -55,7 +56,6 @@ from rnnsweep.algorithms.settings import (
     applies,
     default_optimizer,
     did_you_mean,
-    hyper_defaults,
     unknown_estimator,
     where,
 )
@@ -268,18 +268,6 @@ def suggest(spec: SweepSpec, trial: optuna.trial.Trial) -> tuple[str, dict[str, 
     return estimator, {**fixed, **suggested}
 
 
-def learner_task_settings(
-    task: str, settings: Mapping[str, Any], estimator: str
-) -> dict[str, Any]:
-    """A sweep's ``task_settings`` as a learner's settings: a key that also names a learner
-    setting or one of the estimator's (the text task's ``path`` and uoro's) qualified with the
-    task's name (``text.path``), others as they are."""
-    return {
-        f"{task}.{key}" if key in LEARNER_KEYS or key in hyper_defaults(estimator) else key: v
-        for key, v in settings.items()
-    }
-
-
 def learner_spec(
     spec: SweepSpec, estimator: str, settings: Mapping[str, Any], seed: int, device: str = "cpu"
 ) -> LearnerSpec:
@@ -297,7 +285,7 @@ def learner_spec(
         dtype=spec.dtype,
         device=device,
         settings={
-            **learner_task_settings(spec.task, spec.task_settings, estimator),
+            **qualified_task_settings(spec.task, spec.task_settings, estimator),
             **spec.probe.settings(),
             **settings,
         },
@@ -734,7 +722,7 @@ def _check_values(
             _fail(path, f"{error} (estimator {estimator})")
 
     for estimator in estimators:
-        task = learner_task_settings(base["task"], task_settings, estimator)
+        task = qualified_task_settings(base["task"], task_settings, estimator)
         shared = {**task, **probe_settings}
         check(estimator, dict(shared), "probe")
         mine = {k: v for k, v in fixed.items() if estimator in fixed_for[k]}
